@@ -22,6 +22,16 @@ from transformers.activations import ACT2FN
 from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding
 
 
+def linear(x: Tensor, w: Tensor) -> Tensor:
+    """x (..., I) @ w (O, I)ᵀ. With few rows (2..64, the decode steps) on CPU, `w @ xᵀ` (the weight as the left
+    operand) is 1.2–4× faster than `F.linear` with MKL on the AMD EPYC machines we run on (measured in
+    bench/engine.py's history); the rule is fixed, not autotuned, so that results stay reproducible."""
+    rows = x.numel() // x.shape[-1]
+    if x.device.type != "cpu" or not 2 <= rows <= 64:
+        return F.linear(x, w)
+    return (w @ x.reshape(rows, -1).T).T.contiguous().view(*x.shape[:-1], w.shape[0])
+
+
 def flatten_parameters(module: torch.nn.Module) -> Tensor:
     """Move every parameter of `module` into one contiguous 1-D buffer (in `named_parameters` order)
     and make the parameters views of it. Returns the buffer. Values are unchanged."""
@@ -156,19 +166,19 @@ class FastDecoder:
             mask = torch.arange(end, device=self.device)[None, :] <= q_pos
         for i, p in enumerate(self.layers):
             h = p["ln1"](x)
-            k, v, q = F.linear(h, p["kvq"]).chunk(3, dim=-1)
+            k, v, q = linear(h, p["kvq"]).chunk(3, dim=-1)
             k, v, q = self._heads(k), self._heads(v), self._heads(q)
             if state.k is not None:
                 state.k[i, :, :, pos:end] = k
                 state.v[i, :, :, pos:end] = v
                 k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["out"])
+            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["out"])
             h = p["ln2"](x)
-            q = self._heads(F.linear(h, p["cq"]))
+            q = self._heads(linear(h, p["cq"]))
             a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=state.cross_mask)
-            x = x + F.linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["cout"])
-            x = x + F.linear(self.act(F.linear(p["ln3"](x), p["fc1"])), p["fc2"])
+            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["cout"])
+            x = x + linear(self.act(linear(p["ln3"](x), p["fc1"])), p["fc2"])
         x = self.final_ln(x)
-        logits = F.linear(x, self.heads_w)  # (B, t, K * V)
+        logits = linear(x, self.heads_w)  # (B, t, K * V)
         return logits.view(B, t, K, self.vocab_size).transpose(1, 2)

@@ -63,3 +63,16 @@ def test_delay_mask_matches_transformers(frames):
                                                    num_attention_heads=2, ffn_dim=8, pad_token_id=8, bos_token_id=8))
     _, pattern = lm.build_delay_pattern_mask(torch.full((K, 1), 8), pad_token_id=8, max_length=frames + K)
     assert torch.equal(pattern == -1, delay_valid_mask(K, frames))
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]])
+    probs = logits.softmax(-1)[0]
+    n = 40000
+    tokens = sample_next_token(logits.expand(n, -1), torch.Generator().manual_seed(0), temperature=1.0)
+    freq = torch.bincount(tokens, minlength=5).float() / n
+    assert torch.allclose(freq, probs, atol=4 * (probs * (1 - probs) / n).sqrt().max().item())
+    assert freq[4] == 0  # a ~1e-14 token is never drawn
+    top2 = sample_next_token(logits.expand(n, -1), torch.Generator().manual_seed(1), temperature=1.0, top_k=2)
+    freq2 = torch.bincount(top2, minlength=5).float() / n
+    assert torch.allclose(freq2[:2], logits[0, :2].softmax(-1), atol=0.02) and freq2[2:].sum() == 0
