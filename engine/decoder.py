@@ -22,14 +22,35 @@ from transformers.activations import ACT2FN
 from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding
 
 
-def linear(x: Tensor, w: Tensor) -> Tensor:
-    """x (..., I) @ w (O, I)ᵀ. With few rows (2..64, the decode steps) on CPU, `w @ xᵀ` (the weight as the left
-    operand) is 1.2–4× faster than `F.linear` with MKL on the AMD EPYC machines we run on (measured in
-    bench/engine.py's history); the rule is fixed, not autotuned, so that results stay reproducible."""
+def cpu_row_block(device: torch.device) -> int:
+    """Rows per matmul block for few-row (decode-step) matmuls, or 0 for plain `F.linear`.
+
+    MKL's few-row fp32 GEMM on AMD EPYC picks slow kernels: 1 row runs a single-threaded GEMV and 5-16
+    rows run 2-3x below memory bandwidth, while `w @ xᵀ` with exactly 4 rows streams the weights near
+    the bandwidth bound (see bench/engine.py and the README). So on AMD CPUs rows go through in
+    zero-padded blocks of 4. Decided from the CPU vendor, never from timings, so results are reproducible."""
+    if torch.device(device).type != "cpu":
+        return 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            return 4 if "AuthenticAMD" in f.read(4096) else 0
+    except OSError:
+        return 0
+
+
+def linear(x: Tensor, w: Tensor, row_block: int = 0) -> Tensor:
+    """x (..., I) @ w (O, I)ᵀ. With `row_block` > 0 and at most 4 blocks of rows, computed as `w @ xᵀ` on
+    zero-padded blocks of `row_block` rows; equal to `F.linear` up to float rounding."""
     rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or not 2 <= rows <= 64:
+    if not row_block or rows > 4 * row_block:
         return F.linear(x, w)
-    return (w @ x.reshape(rows, -1).T).T.contiguous().view(*x.shape[:-1], w.shape[0])
+    x2 = x.reshape(rows, -1)
+    padded = -rows % row_block
+    if padded:
+        x2 = F.pad(x2, (0, 0, 0, padded))
+    blocks = [w @ x2[i:i + row_block].T for i in range(0, rows + padded, row_block)]  # each (O, row_block)
+    y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    return y[:, :rows].T.contiguous().view(*x.shape[:-1], w.shape[0])
 
 
 def flatten_parameters(module: torch.nn.Module) -> Tensor:
@@ -93,6 +114,7 @@ class FastDecoder:
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.act = ACT2FN[cfg.activation_function]
+        self.row_block = cpu_row_block(self.flat.device)
         # Embedding tables of the K codebooks, adjacent: (K * (V+1), E), indexed with per-codebook offsets.
         self.embed = _fused(self.flat, [e.weight for e in dec.embed_tokens])
         self.embed_offsets = torch.arange(cfg.num_codebooks, device=self.flat.device).view(1, -1, 1) * (cfg.vocab_size + 1)
@@ -166,19 +188,19 @@ class FastDecoder:
             mask = torch.arange(end, device=self.device)[None, :] <= q_pos
         for i, p in enumerate(self.layers):
             h = p["ln1"](x)
-            k, v, q = linear(h, p["kvq"]).chunk(3, dim=-1)
+            k, v, q = linear(h, p["kvq"], self.row_block).chunk(3, dim=-1)
             k, v, q = self._heads(k), self._heads(v), self._heads(q)
             if state.k is not None:
                 state.k[i, :, :, pos:end] = k
                 state.v[i, :, :, pos:end] = v
                 k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["out"])
+            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["out"], self.row_block)
             h = p["ln2"](x)
-            q = self._heads(linear(h, p["cq"]))
+            q = self._heads(linear(h, p["cq"], self.row_block))
             a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=state.cross_mask)
-            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["cout"])
-            x = x + linear(self.act(linear(p["ln3"](x), p["fc1"])), p["fc2"])
+            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["cout"], self.row_block)
+            x = x + linear(self.act(linear(p["ln3"](x), p["fc1"], self.row_block)), p["fc2"], self.row_block)
         x = self.final_ln(x)
-        logits = linear(x, self.heads_w)  # (B, t, K * V)
+        logits = linear(x, self.heads_w, self.row_block)  # (B, t, K * V)
         return logits.view(B, t, K, self.vocab_size).transpose(1, 2)

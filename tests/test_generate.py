@@ -163,3 +163,15 @@ def test_unconditional_rows_ignore_text(model):
     a = generate_codes(model.decoder, null, 1, 12, GREEDY, None).codes
     b = generate_codes(model.decoder, wide, 1, 12, GREEDY, None).codes
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 17, 40])
+def test_blocked_linear_equals_f_linear(rows):
+    from engine.decoder import linear
+
+    g = torch.Generator().manual_seed(rows)
+    x, w = torch.randn(rows, 1, 48, generator=g), torch.randn(96, 48, generator=g)
+    for block in (0, 4):
+        y = linear(x, w, block)
+        assert y.shape == (rows, 1, 96) and y.is_contiguous()
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
