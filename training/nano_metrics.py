@@ -142,6 +142,14 @@ def main(argv=None) -> None:
         service.generate_base(Request("calm piano with soft strings", num_clips=4, duration_s=8.0, seed=s))
         times.append(time.perf_counter() - t)
     results["speed"] = dict(clips=4, seconds=8.0, wall_s_median=float(np.median(times)))
+    # codec: decode speed on one core, on corpus pieces
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    codes = torch.as_tensor(np.stack([pc.codes for pc in pieces[:8]]).astype(np.int64))
+    t = time.perf_counter()
+    service.model.codec.decode(codes)
+    results["codec"] = dict(real_time_factor_one_core=len(codes) * args.seconds / (time.perf_counter() - t))
+    torch.set_num_threads(threads)
 
     print(f"{'':24s}" + "".join(f"{k:>22s}" for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
     names = sorted({n for k in ("no CFG", "CFG γ=3") for n in results[k]["adherence"]})
@@ -149,7 +157,7 @@ def main(argv=None) -> None:
         row = [results[k]["adherence"].get(n, (float("nan"), 0)) for k in ("no CFG", "CFG γ=3", "corpus (parser check)")]
         print(f"{n:24s}" + "".join(f"{v:>15.3f} (n={c:3d})" for v, c in row))
     print(f"{'degradation rate':24s}" + "".join(f"{results[k]['degradation_rate']:>22.3f}" for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
-    print(json.dumps({k: results[k] for k in ("seed diversity", "speed")}))
+    print(json.dumps({k: results[k] for k in ("seed diversity", "speed", "codec")}))
     if args.out:
         save_json(dict(results, model=args.model, prompts=args.prompts, clips=args.clips), args.out)
 

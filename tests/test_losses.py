@@ -1,0 +1,86 @@
+"""Losses of diversity-rewarded CFG distillation: KL (Eq. 2) and the REINFORCE diversity estimator (Eq. 3-4)."""
+import pytest
+import torch
+from torch.distributions import Categorical, kl_divergence
+
+from engine.sampling import cfg_logits
+from training.losses import (baselines, cfg_distillation_kl, pairwise_diversity, per_sample_rewards,
+                             reinforce_surrogate)
+
+
+def _logits(seed, shape=(2, 4, 6, 11)):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_kl_is_zero_when_student_is_the_teacher_without_guidance():
+    s, n = _logits(0), _logits(1)
+    mask = torch.ones(s.shape[:-1], dtype=torch.bool)
+    assert cfg_distillation_kl(s, s, n, 1.0, mask).abs().max() < 1e-5
+
+
+def test_kl_value_and_direction():
+    s, c, n = _logits(0), _logits(1), _logits(2)
+    mask = torch.ones(s.shape[:-1], dtype=torch.bool)
+    teacher = cfg_logits(c, n, 3.0)
+    expected = kl_divergence(Categorical(logits=s), Categorical(logits=teacher)).sum(dim=(1, 2))
+    torch.testing.assert_close(cfg_distillation_kl(s, c, n, 3.0, mask), expected, rtol=1e-4, atol=1e-4)
+    reverse = kl_divergence(Categorical(logits=teacher), Categorical(logits=s)).sum(dim=(1, 2))
+    assert not torch.allclose(expected, reverse, rtol=1e-2)  # KL(student ‖ teacher), not the other way
+
+
+def test_kl_masks_padding():
+    s, c, n = _logits(0), _logits(1), _logits(2)
+    mask = torch.rand(s.shape[:-1], generator=torch.Generator().manual_seed(3)) > 0.4
+    garbage = s.clone()
+    garbage[~mask] = 50 * torch.randn_like(garbage[~mask])
+    torch.testing.assert_close(cfg_distillation_kl(s, c, n, 3.0, mask), cfg_distillation_kl(garbage, c, n, 3.0, mask))
+    assert cfg_distillation_kl(s, c, n, 3.0, torch.zeros_like(mask)).abs().max() == 0
+
+
+def test_pairwise_diversity_and_rewards():
+    e = torch.randn(3, 5, 8)
+    r = pairwise_diversity(e)
+    assert torch.allclose(r, r.transpose(-1, -2)) and r.diagonal(dim1=-2, dim2=-1).abs().max() == 0
+    assert per_sample_rewards(torch.ones(1, 4, 8)).abs().max() < 1e-6  # identical clips: no diversity
+    with pytest.raises(ValueError, match="at least 2"):
+        per_sample_rewards(torch.randn(2, 1, 8))
+
+
+def test_baselines_ignore_the_sample_they_serve():
+    e = torch.randn(3, 4, 8)
+    for kind in ("loo", "batch"):
+        b = baselines(e, per_sample_rewards(e), kind)
+        moved = e.clone()
+        moved[1, 2] = torch.randn(8)  # change sample (1, 2) only
+        b2 = baselines(moved, per_sample_rewards(moved), kind)
+        assert torch.allclose(b[1, 2], b2[1, 2])
+        advantages = per_sample_rewards(e) - b
+        assert advantages.abs().min() > 0  # N ≥ 3: informative advantages
+
+
+def test_two_samples_trap():
+    """With N = 2, both samples share one reward: a within-prompt baseline cannot work."""
+    e = torch.randn(4, 2, 8)
+    rewards = per_sample_rewards(e)
+    assert torch.allclose(rewards[:, 0], rewards[:, 1])
+    with pytest.raises(ValueError, match="N ≥ 3"):
+        baselines(e, rewards, "loo")
+    assert (rewards - baselines(e, rewards, "batch")).abs().min() > 0
+
+
+@pytest.mark.parametrize("kind", ["loo", "batch"])
+def test_reinforce_matches_the_exact_gradient_in_expectation(kind):
+    """Toy categorical policy: mean estimate of the surrogate's gradient ≈ ½ ∇D with D = E[r_D(y1, y2)]."""
+    g = torch.Generator().manual_seed(0)
+    V, N, M = 5, 4, 40000
+    emb = torch.randn(V, 3, generator=g)
+    theta = torch.randn(V, generator=g, requires_grad=True)
+    p = theta.softmax(-1)
+    exact = torch.autograd.grad(p @ pairwise_diversity(emb) @ p, theta)[0]
+    y = torch.multinomial(p.detach().expand(M, V), N, replacement=True, generator=g)  # (M prompts, N samples)
+    log_probs = theta.log_softmax(-1)[y]
+    e = emb[y]
+    rewards = per_sample_rewards(e)
+    adv = rewards - baselines(e, rewards, kind)
+    estimate = torch.autograd.grad(reinforce_surrogate(log_probs, adv), theta)[0]
+    torch.testing.assert_close(estimate, exact / 2, atol=0.01, rtol=0.1)

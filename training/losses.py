@@ -1,0 +1,74 @@
+"""Losses of diversity-rewarded CFG distillation, as pure functions (paper Section 2, Appendix A).
+
+Q (Eq. 2): the per-token KL(π_θ(·|y<n, x) ‖ π^CFG_θinit(·|y<n, x)), summed over positions and codebooks,
+on sequences sampled from the student. The teacher's logits are γ·z(x) + (1−γ)·z(x⁻) from the frozen base,
+computed by `engine.sampling.cfg_logits`, the same formula the sampler uses.
+
+D (Eq. 3–4, Appendix A): REINFORCE on the diversity reward. For N samples of one prompt, sample j's reward
+is R_j = mean_{i≠j} r_D(y_j, y_i). Then E[R_j ∇log p(y_j)] = ½∇D, whatever N: the paper's estimator
+(Eq. 4, which is ∇J of Eq. 8 for N = 2), so β keeps the paper's scale. A baseline b_j must not depend on
+y_j to keep the estimator unbiased. Note that the other samples' rewards R_k do depend on y_j (they
+contain r_D(y_k, y_j)), so the naive leave-one-out mean of R_k is biased, and with N = 2 it equals R_j,
+giving zero advantage. The baselines here:
+  - "loo": mean pairwise reward among the other samples of the prompt, pairs with j excluded (N ≥ 3);
+  - "batch": mean reward of the samples of the other prompts in the batch (any N ≥ 2, ≥ 2 prompts).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.sampling import cfg_logits
+
+
+def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tensor, guidance: float, mask: Tensor,
+                        temperature: float = 1.0) -> Tensor:
+    """Per-sequence KL(student ‖ CFG teacher), summed over real positions and codebooks: (B,).
+
+    Logits are (B, K, L, V); mask (B, K, L) is True at real (non delay-padding) positions."""
+    teacher = cfg_logits(teacher_cond, teacher_neg, guidance)
+    log_p = F.log_softmax(student.float() / temperature, dim=-1)
+    log_q = F.log_softmax(teacher.float() / temperature, dim=-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, K, L)
+    return (kl * mask).sum(dim=(1, 2))
+
+
+def pairwise_diversity(embeddings: Tensor) -> Tensor:
+    """r_D(y_i, y_j) = 1 − cos(E(y_i), E(y_j)) for embeddings (..., N, D): (..., N, N), zero diagonal."""
+    e = F.normalize(embeddings.float(), dim=-1)
+    r = 1 - e @ e.transpose(-1, -2)
+    return r * (1 - torch.eye(r.shape[-1], device=r.device))
+
+
+def per_sample_rewards(embeddings: Tensor) -> Tensor:
+    """R_j = mean_{i≠j} r_D(y_j, y_i) for groups of embeddings (P prompts, N samples, D): (P, N)."""
+    N = embeddings.shape[-2]
+    if N < 2:
+        raise ValueError("the diversity reward needs at least 2 samples per prompt")
+    return pairwise_diversity(embeddings).sum(-1) / (N - 1)
+
+
+def baselines(embeddings: Tensor, rewards: Tensor, kind: str) -> Tensor:
+    """Baselines b (P, N) independent of each sample's own generation (see the module docstring)."""
+    P, N = rewards.shape
+    if kind == "loo":
+        if N < 3:
+            raise ValueError("the leave-one-out baseline needs N ≥ 3 samples per prompt (with N = 2 use 'batch')")
+        r = pairwise_diversity(embeddings)  # (P, N, N)
+        total = r.sum(dim=(-1, -2))  # (P,) sum over ordered pairs
+        without_j = total[:, None] - 2 * r.sum(-1)  # remove the pairs that involve j
+        return without_j / ((N - 1) * (N - 2))
+    if kind == "batch":
+        if P < 2:
+            raise ValueError("the batch baseline needs at least 2 prompts in the batch")
+        per_prompt = rewards.sum(-1)  # (P,)
+        return ((per_prompt.sum() - per_prompt) / ((P - 1) * N))[:, None].expand(P, N)
+    raise ValueError(f"unknown baseline {kind!r}; use 'loo' or 'batch'")
+
+
+def reinforce_surrogate(log_probs: Tensor, advantages: Tensor) -> Tensor:
+    """Scalar whose gradient is the REINFORCE estimate mean_j A_j ∇log p(y_j) (ascend it).
+
+    log_probs (P, N): log p_θ(y_j | x) of whole sequences, differentiable; advantages (P, N), no gradient."""
+    return (advantages.detach() * log_probs).mean()
