@@ -74,3 +74,22 @@ def test_diversity_term(base):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert metrics["beta"] == 5 and metrics["advantage_std"] > 0 and metrics["reward_mean"] > 0
     assert metrics["log_prob"] < 0 and metrics["entropy"] > 0
+
+
+def test_cli_trains_resumes_exactly_and_exports(tmp_path):
+    import csv
+
+    from engine.checkpoint import read_safetensors
+    from training import distill
+
+    tiny = ["--base", "debug", "--prompts", "2", "--samples", "2", "--seconds", "0.1", "--save-every", "1",
+            "--eval-every", "2"]
+    distill.main(tiny + ["--out", str(tmp_path / "a"), "--steps", "3"])
+    distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "2"])
+    distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "3"])
+    rows = [list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("a", "b")]
+    assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]] and len(rows[0]) == 3
+    assert rows[0][1]["heldout_kl"] != ""
+    distill.main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "theta_q")])
+    exported = read_safetensors(tmp_path / "theta_q" / "decoder.safetensors")
+    assert all(t.dtype == torch.float16 for t in exported.values())

@@ -9,8 +9,12 @@ One step:
      log p_θ(y|x) from the same student forward;
   5. loss = mean KL − β_t · surrogate, β_t warmed up linearly over `beta_warmup` steps.
 
-Status: the step and its losses are implemented and tested on tiny models; the command-line trainer
-(accelerate, logs, checkpoints, eval) is the next piece of work.
+    python -m training.distill --base weights/nano --beta 0 --steps 300 --out runs/theta_q
+    python -m training.distill --out runs/theta_q --export weights/theta_q
+
+Status: β = 0 (θ_q) runs end to end, with CSV logs, atomic checkpoints, exact resume and a NaN stop.
+Still to come: E for β > 0 (the scorers issue), evaluation with the quality/diversity scorers, TensorBoard,
+and multi-process training under `accelerate`.
 """
 from __future__ import annotations
 
@@ -141,3 +145,149 @@ class Distiller:
             entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
             metrics.update(beta=beta, entropy=(entropy * mask).sum().item() / mask.sum().item())
         return loss, metrics
+
+
+# ---------------------------------------------------------------- command line
+def training_prompts(seed: int, n: int, frames: int = 32) -> list[str]:
+    """Clean captions of the corpus's training split (the prompts of the finetuning)."""
+    from training.corpus import generate_piece, split_of
+
+    out, i = [], 0
+    while len(out) < n:
+        if split_of(i) == "train":
+            piece = generate_piece(seed, i, frames)
+            if not piece.attributes["degraded"]:
+                out.append(piece.caption)
+        i += 1
+    return out
+
+
+def heldout_prompts(seed: int, n: int, frames: int = 32) -> list[str]:
+    from training.corpus import HELD_OUT_EVERY, generate_piece
+
+    out, i = [], 0
+    while len(out) < n:
+        piece = generate_piece(seed, i, frames)
+        if not piece.attributes["degraded"]:
+            out.append(piece.caption)
+        i += HELD_OUT_EVERY
+    return out
+
+
+def _save(out, distiller, optimizer, state) -> None:
+    from engine.checkpoint import save_json, save_state
+
+    params = dict(distiller.student_model.named_parameters())
+    save_state(params, out / "decoder.safetensors")
+    opt = {f"{name}::{k}": v for name, p in params.items() for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v)}
+    save_state(opt, out / "optimizer.safetensors")
+    save_json(state, out / "state.json")  # last: it marks the checkpoint complete
+
+
+def _resume(out, distiller, optimizer) -> dict:
+    import json
+
+    from engine.checkpoint import read_safetensors
+
+    distiller.student_model.load_state_dict(read_safetensors(out / "decoder.safetensors"))
+    opt = read_safetensors(out / "optimizer.safetensors")
+    for name, p in distiller.student_model.named_parameters():
+        st = {k.split("::")[1]: v for k, v in opt.items() if k.split("::")[0] == name}
+        if st:
+            optimizer.state[p] = st
+    return json.loads((out / "state.json").read_text())
+
+
+def main(argv=None) -> None:
+    import argparse
+    import csv
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from engine.checkpoint import save_json, save_state
+    from engine.model import load_model
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # model
+    p.add_argument("--base", default="weights/nano", help="base model θ_init (teacher and initial student)")
+    # objective
+    p.add_argument("--beta", type=float, default=0.0)
+    p.add_argument("--beta-warmup", type=int, default=100)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    p.add_argument("--temperature", type=float, default=0.99)
+    p.add_argument("--baseline", default="loo", choices=["loo", "batch"])
+    # optimisation
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--lr", type=float, default=1.5e-4)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    # run
+    p.add_argument("--out", default="runs/distill")
+    p.add_argument("--save-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--export", default=None, help="only write the run's student as fp16 safetensors here and exit")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.export:
+        from engine.checkpoint import read_safetensors
+
+        weights = read_safetensors(out / "decoder.safetensors")
+        save_state({k: v.half() for k, v in weights.items()}, Path(args.export) / "decoder.safetensors")
+        return
+
+    cfg = DistillConfig(args.beta, args.beta_warmup, args.guidance, args.negative_prompt, args.temperature, args.prompts,
+                        args.samples, args.baseline, args.seconds, args.lr)
+    base = load_model(args.base)
+    distiller = Distiller(base, cfg)  # β > 0 needs E: comes with the scorers
+    optimizer = torch.optim.AdamW(distiller.student_model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    out.mkdir(parents=True, exist_ok=True)
+    state = dict(step=0)
+    if (out / "state.json").exists():
+        state = _resume(out, distiller, optimizer)
+        print(f"resumed at step {state['step']}")
+    else:
+        save_json(vars(args), out / "config.json")
+    prompts = training_prompts(args.seed, 1024)
+    held = heldout_prompts(args.seed, 16)
+    fields = ["step", "loss", "kl", "kl_std", "heldout_kl", "beta", "entropy", "reward_mean", "reward_std",
+              "advantage_std", "log_prob", "sample_s", "step_s"]
+    log = open(out / "log.csv", "a", newline="")
+    writer = csv.DictWriter(log, fieldnames=fields, extrasaction="ignore")
+    if state["step"] == 0:
+        writer.writeheader()
+    while state["step"] < args.steps:
+        step = state["step"]
+        rng = np.random.default_rng([args.seed, step])  # per-step randomness: resume is exact
+        batch = [prompts[i] for i in rng.choice(len(prompts), cfg.prompts, replace=False)]
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        t0 = time.perf_counter()
+        codes = distiller.sample(batch, gen)
+        t_sample = time.perf_counter() - t0
+        loss, metrics = distiller.loss_on(codes, batch, step)
+        if not torch.isfinite(loss):
+            print(f"step {step}: loss is {loss.item()}; stopping, the last good checkpoint stays in {out}")
+            raise SystemExit(1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(distiller.student_model.parameters(), 1.0)
+        optimizer.step()
+        state["step"] += 1
+        row = dict(metrics, step=state["step"], loss=loss.item(), sample_s=t_sample, step_s=time.perf_counter() - t0)
+        if state["step"] % args.eval_every == 0:
+            with torch.no_grad():
+                eval_gen = torch.Generator().manual_seed(args.seed)
+                row["heldout_kl"] = distiller.step_loss(held[:cfg.prompts], state["step"], eval_gen)[1]["kl"]
+        writer.writerow(row)
+        log.flush()
+        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        if state["step"] % args.save_every == 0 or state["step"] == args.steps:
+            _save(out, distiller, optimizer, state)
+
+
+if __name__ == "__main__":
+    main()
