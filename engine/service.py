@@ -8,6 +8,7 @@ weights or another user's λ, and a request returns exactly what it returns when
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -209,18 +210,17 @@ class MusicService:
         missing = [n for n, _ in blend.parts if n not in self.mixer.endpoints]
         if missing:
             raise ValueError(f"checkpoint(s) {missing} not loaded; available: {self.checkpoints}")
-        with self.gate.use(blend) as merge_s:
-            gen = self._generate(self.serving, request, blend.describe(), **hooks)
-        gen.timings["merge"] = merge_s
-        return gen
+        return self._generate(self.serving, request, blend.describe(), weights=self.gate.use(blend), **hooks)
 
     def generate_base(self, request: Request, **hooks) -> Generation:
         """Clips from the pristine base weights (the CFG side of an A/B comparison)."""
         return self._generate(self.base, request, "base", **hooks)
 
-    def _generate(self, decoder: FastDecoder, req: Request, label: str,
+    def _generate(self, decoder: FastDecoder, req: Request, label: str, weights=None,
                   progress: Callable[[int, int], None] | None = None,
                   cancel: threading.Event | None = None) -> Generation:
+        """`weights`: a context holding the decoder's weights (the blend gate) during sampling only; it yields
+        the merge time. Text encoding and audio decoding happen outside it."""
         if req.duration_s > self.max_duration_s:
             raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, got {req.duration_s}")
         t_start = time.perf_counter()
@@ -237,12 +237,15 @@ class MusicService:
         t_text = time.perf_counter() - t_start
         num_frames = max(1, round(req.duration_s * self.model.frame_rate))
         generator = torch.Generator(device=decoder.device).manual_seed(seed)
-        out = generate_codes(decoder, cond, req.num_clips, num_frames,
-                             SamplingParams(req.temperature, req.top_k, req.top_p), generator,
-                             neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel)
+        with weights if weights is not None else contextlib.nullcontext() as merge_s:
+            out = generate_codes(decoder, cond, req.num_clips, num_frames,
+                                 SamplingParams(req.temperature, req.top_k, req.top_p), generator,
+                                 neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel)
         t = time.perf_counter()
         audio = self.model.codec.decode(out.codes).clamp(-1, 1).numpy()
         t_codec = time.perf_counter() - t
         total = time.perf_counter() - t_start
         timings = dict(text=t_text, prefill=out.prefill_s, sampling=sum(out.step_times_s), codec=t_codec, total=total)
+        if weights is not None:
+            timings["merge"] = merge_s
         return Generation(audio, out.codes, self.model.sample_rate, seed, label, req, notices, timings, out.step_times_s)
