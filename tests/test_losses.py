@@ -4,7 +4,8 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 from engine.sampling import cfg_logits
-from training.losses import (baselines, cfg_distillation_kl, pairwise_diversity, per_sample_rewards,
+from engine.diversity import pairwise_diversity
+from training.losses import (baselines, cfg_distillation_kl, per_sample_rewards,
                              reinforce_surrogate)
 
 

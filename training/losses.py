@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from engine.diversity import pairwise_diversity
 from engine.sampling import cfg_logits
 
 
@@ -32,13 +33,6 @@ def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tens
     log_q = F.log_softmax(teacher.float() / temperature, dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, K, L)
     return (kl * mask).sum(dim=(1, 2))
-
-
-def pairwise_diversity(embeddings: Tensor) -> Tensor:
-    """r_D(y_i, y_j) = 1 − cos(E(y_i), E(y_j)) for embeddings (..., N, D): (..., N, N), zero diagonal."""
-    e = F.normalize(embeddings.float(), dim=-1)
-    r = 1 - e @ e.transpose(-1, -2)
-    return r * (1 - torch.eye(r.shape[-1], device=r.device))
 
 
 def per_sample_rewards(embeddings: Tensor) -> Tensor:

@@ -1,0 +1,93 @@
+"""E, the diversity embedding (paper Appendix C.1, scaled down): log-mel → small transformer over time → embedding.
+
+Input: mono audio at 16 kHz (resampled if needed), analysed in 4 s windows (window 512, hop 256, 64 mel bands).
+Mel frames are grouped in patches of `patch` frames, embedded, run through a pre-norm transformer encoder,
+averaged over time and projected. A clip longer than one window is embedded as the mean of its windows'
+embeddings (then normalised). Trained contrastively by `training.train_embedding` (next step).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    sample_rate: int = 16000
+    window_s: float = 4.0
+    n_fft: int = 512
+    hop: int = 256
+    n_mels: int = 64
+    patch: int = 4  # mel frames per token
+    dim: int = 128
+    layers: int = 4
+    heads: int = 4
+    out_dim: int = 64
+
+    def __post_init__(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.window_s <= 0 or self.patch < 1:
+            raise ValueError("window_s must be > 0 and patch ≥ 1")
+
+    @property
+    def window_samples(self) -> int:
+        return int(self.window_s * self.sample_rate)
+
+    @property
+    def tokens(self) -> int:
+        return (self.window_samples // self.hop + 1) // self.patch
+
+
+class AudioEmbedder(nn.Module):
+    def __init__(self, config: EmbeddingConfig = EmbeddingConfig()):
+        super().__init__()
+        self.config = config
+        c = config
+        self.register_buffer("mel", AF.melscale_fbanks(c.n_fft // 2 + 1, 0.0, c.sample_rate / 2, c.n_mels, c.sample_rate),
+                             persistent=False)
+        self.register_buffer("window", torch.hann_window(c.n_fft), persistent=False)
+        self.patch_in = nn.Linear(c.patch * c.n_mels, c.dim)
+        self.pos = nn.Parameter(torch.zeros(1, c.tokens, c.dim))
+        layer = nn.TransformerEncoderLayer(c.dim, c.heads, 4 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.out_dim)
+
+    def log_mel(self, audio: Tensor) -> Tensor:
+        """(B, window samples) -> (B, frames, n_mels) log-mel."""
+        c = self.config
+        spec = torch.stft(audio, c.n_fft, c.hop, window=self.window, return_complex=True).abs() ** 2  # (B, F, frames)
+        return torch.log(spec.transpose(1, 2) @ self.mel + 1e-6)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Windows (B, window samples) at the config's rate -> embeddings (B, out_dim), not normalised."""
+        c = self.config
+        mel = self.log_mel(audio)[:, : c.tokens * c.patch]  # (B, frames, n_mels)
+        x = self.patch_in(mel.reshape(mel.shape[0], c.tokens, c.patch * c.n_mels)) + self.pos
+        x = self.norm(self.encoder(x)).mean(dim=1)
+        return self.head(x)
+
+    def windows(self, audio: Tensor, sample_rate: int) -> tuple[Tensor, int]:
+        """Resample (B, samples) and cut into whole windows (zero-padding the last): (B * W, window), W."""
+        c = self.config
+        if sample_rate != c.sample_rate:
+            audio = AF.resample(audio, sample_rate, c.sample_rate)
+        n = c.window_samples
+        w = max(1, -(-audio.shape[-1] // n))
+        audio = F.pad(audio, (0, w * n - audio.shape[-1]))
+        return audio.reshape(audio.shape[0] * w, n), w
+
+    @torch.no_grad()
+    def embed(self, audio: Tensor, sample_rate: int) -> Tensor:
+        """Clips (B, samples) -> unit embeddings (B, out_dim): the mean over the clip's windows."""
+        chunks, w = self.windows(audio.float(), sample_rate)
+        e = F.normalize(self(chunks), dim=-1).view(audio.shape[0], w, -1).mean(dim=1)
+        return F.normalize(e, dim=-1)
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
