@@ -91,3 +91,20 @@ class AudioEmbedder(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def load_embedder(folder) -> AudioEmbedder:
+    """E from a folder with model.json (its config) and embedding.safetensors."""
+    import json
+    from pathlib import Path
+
+    from engine.checkpoint import CheckpointError, load_state
+
+    folder = Path(folder)
+    try:
+        config = EmbeddingConfig(**json.loads((folder / "model.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{folder / 'model.json'}: not a readable embedding config ({e})") from None
+    model = AudioEmbedder(config)
+    model.load_state_dict(load_state(folder / "embedding.safetensors", dict(model.named_parameters())))
+    return model.eval()

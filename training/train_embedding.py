@@ -1,0 +1,146 @@
+"""Train E, the diversity embedding, by self-supervised contrast on rendered corpus audio (Appendix C.1).
+
+Positives: the two non-overlapping 4 s halves of one 8 s piece. Negatives: chunks of the other pieces in
+the batch. Each chunk is augmented independently (noise at a random SNR, gain, speed change = tempo and
+pitch shift by resampling), so that E ignores loudness and noise and keys on musical content.
+Loss: semi-hard triplet loss on cosine distance (FaceNet): for each anchor–positive pair, the closest
+negative that is still farther than the positive, else the hardest negative.
+Eval: same-source retrieval: held-out first halves find their second half among `--eval-candidates`.
+
+    python -m training.train_embedding --out runs/embedding --steps 800        # then --export weights/embedding
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+
+from engine.checkpoint import read_safetensors, save_json, save_state
+from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.score_codec import FRAME_RATE, ScoreCodec
+from training.corpus import HELD_OUT_EVERY, generate_piece, split_of
+
+
+def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec, batch: int = 32) -> torch.Tensor:
+    """(len(indices), samples) audio of corpus pieces."""
+    frames = int(seconds * FRAME_RATE)
+    out = []
+    for j in range(0, len(indices), batch):
+        codes = np.stack([generate_piece(seed, i, frames).codes for i in indices[j:j + batch]]).astype(np.int64)
+        out.append(codec.decode(torch.as_tensor(codes)))
+    return torch.cat(out)
+
+
+def augment(chunks: torch.Tensor, rng: np.random.Generator, sample_rate: int) -> torch.Tensor:
+    """Per chunk: speed change (resampling: tempo and pitch together, ±8 %), gain (±6 dB), noise (15–40 dB SNR)."""
+    n = chunks.shape[-1]
+    out = []
+    for x in chunks:
+        factor = float(rng.uniform(0.92, 1.08))
+        if abs(factor - 1) > 0.01:
+            x = AF.resample(x, int(sample_rate * factor), sample_rate)[:n]
+            x = F.pad(x, (0, n - x.shape[-1]))
+        x = x * 10 ** (rng.uniform(-6, 6) / 20)
+        snr_db = rng.uniform(15, 40)
+        noise = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        x = x + noise * x.pow(2).mean().sqrt() * 10 ** (-snr_db / 20)
+        out.append(x)
+    return torch.stack(out)
+
+
+def semi_hard_triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Anchors (B, D) and their positives (B, D), unit vectors; row j of `positive` is a negative for anchor i ≠ j."""
+    dist = 1 - anchor @ positive.T  # (B, B) cosine distances
+    d_ap = dist.diagonal()[:, None]  # (B, 1)
+    off = ~torch.eye(len(dist), dtype=torch.bool, device=dist.device)
+    semi = off & (dist > d_ap)  # negatives farther than the positive
+    inf = torch.full_like(dist, float("inf"))
+    semi_hard = torch.where(semi, dist, inf).min(dim=1).values  # closest of those
+    hardest = torch.where(off, dist, inf).min(dim=1).values
+    d_an = torch.where(torch.isfinite(semi_hard), semi_hard, hardest)
+    return F.relu(d_ap.squeeze(1) - d_an + margin).mean()
+
+
+@torch.no_grad()
+def retrieval_top1(model: AudioEmbedder, audio: torch.Tensor, sample_rate: int) -> float:
+    """Held-out pieces (N, 2 windows): how often a first half's nearest second half is its own."""
+    w = model.config.window_samples
+    a = F.normalize(model(audio[:, :w]), dim=-1)
+    b = F.normalize(model(audio[:, w:2 * w]), dim=-1)
+    return float(((a @ b.T).argmax(dim=1) == torch.arange(len(a))).float().mean())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # data
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", type=int, default=1500, help="training pieces rendered once and reused with new augmentations")
+    p.add_argument("--eval-candidates", type=int, default=128)
+    # model
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    # optimisation
+    p.add_argument("--batch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--steps", type=int, default=800)
+    # run
+    p.add_argument("--out", default="runs/embedding")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--export", default=None, help="only write the run's model to this folder and exit")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.export:
+        dest = Path(args.export)
+        save_state(read_safetensors(out / "embedding.safetensors"), dest / "embedding.safetensors")
+        save_json(json.loads((out / "model.json").read_text()), dest / "model.json")
+        return
+
+    torch.manual_seed(args.seed)
+    config = EmbeddingConfig(dim=args.dim, layers=args.layers)
+    model = AudioEmbedder(config)
+    codec = ScoreCodec()
+    sr = config.sample_rate
+    train_idx = [i for i in range(args.pool * 2) if split_of(i) == "train"][:args.pool]
+    heldout_idx = [i * HELD_OUT_EVERY for i in range(args.eval_candidates)]
+    t0 = time.time()
+    pool = render_pool(args.seed, train_idx, 2 * config.window_s, codec)
+    heldout = render_pool(args.seed, heldout_idx, 2 * config.window_s, codec)
+    print(f"rendered {len(pool)} + {len(heldout)} pieces in {time.time() - t0:.0f} s", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    out.mkdir(parents=True, exist_ok=True)
+    save_json(dict(vars(args), config=model.config_dict()), out / "model.json")
+    log = csv.writer(open(out / "log.csv", "w", newline=""))
+    log.writerow(["step", "loss", "retrieval_top1", "step_s"])
+    w = config.window_samples
+    for step in range(1, args.steps + 1):
+        t = time.time()
+        rng = np.random.default_rng([args.seed, step])
+        batch = pool[rng.choice(len(pool), args.batch, replace=False)]
+        anchor = F.normalize(model(augment(batch[:, :w], rng, sr)), dim=-1)
+        positive = F.normalize(model(augment(batch[:, w:2 * w], rng, sr)), dim=-1)
+        loss = semi_hard_triplet_loss(anchor, positive, args.margin)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"step {step}: loss is {loss.item()}; stopping without saving")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        top1 = ""
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            top1 = f"{retrieval_top1(model, heldout, sr):.3f}"
+            model.train()
+            save_state(dict(model.state_dict()), out / "embedding.safetensors")
+            print(f"step {step} loss {loss.item():.4f} retrieval top-1 {top1}", flush=True)
+        log.writerow([step, f"{loss.item():.4f}", top1, f"{time.time() - t:.2f}"])
+
+
+if __name__ == "__main__":
+    main()
