@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from engine.merge import Blend
 from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, MusicService, Request
@@ -67,7 +68,7 @@ def build_ui(service: MusicService, banner: list[str]) -> gr.Blocks:
         for gen in (merged, base):
             for i in range(MAX_CLIPS):
                 visible = gen is not None and i < gen.audio.shape[0]
-                value = (gen.sample_rate, gen.audio[i]) if visible else None
+                value = (gen.sample_rate, (gen.audio[i] * 32767).astype(np.int16)) if visible else None
                 outputs.append(gr.Audio(value=value, visible=visible))
         lines = [f"**Seed {merged.seed}**"] + [f"- {n}" for n in merged.notices]
         for title, gen in (("Merged λ=%.2f (%s)" % (lam, merged.model), merged), ("Base + CFG γ=%g" % guidance, base)):
