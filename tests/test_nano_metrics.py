@@ -44,3 +44,14 @@ def test_plot_writes_a_png(tmp_path):
     assert series["heldout"] == [(2.0, 2.5)] and len(series["loss"]) == 3
     out = plot(series, tmp_path / "curve.png", log_y=True)
     assert Image.open(out).size == (800, 450)
+
+
+def test_event_distance_ignores_shared_sustain():
+    from engine.score_codec import HOLD
+    from training.nano_metrics import event_distance
+
+    a = np.full((4, 100), HOLD)
+    b = a.copy()
+    a[0, 0], b[0, 0] = 10, 11  # one differing onset among 400 positions
+    assert event_distance(a, b) == 1.0 and edit_distance(a, b) == 1 / 400
+    assert event_distance(a, a) == 0.0

@@ -20,7 +20,7 @@ import torch
 
 from engine.checkpoint import save_json
 from engine.model import load_model
-from engine.score_codec import DISTORT, FIRST_EVENT, NOISE, STREAMS, TEMPOS, ScoreCodec, parse_token
+from engine.score_codec import DISTORT, FIRST_EVENT, HOLD, NOISE, STREAMS, TEMPOS, ScoreCodec, parse_token
 from engine.service import MusicService, Request
 from training.corpus import HELD_OUT_EVERY, generate_piece
 
@@ -92,6 +92,13 @@ def edit_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float((a != b).mean())
 
 
+def event_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Hamming distance over the positions where either grid has something other than HOLD (note-ons,
+    rests, drum hits): sustain tokens shared by any two clips do not dilute it."""
+    active = (a != HOLD) | (b != HOLD)
+    return float((a != b)[active].mean()) if active.any() else 0.0
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="weights/nano")
@@ -133,7 +140,13 @@ def main(argv=None) -> None:
     gen = service.generate_base(Request("Rock song.", num_clips=8, duration_s=args.seconds, seed=123)).codes.numpy()
     dists = [edit_distance(gen[a], gen[b]) for a in range(len(gen)) for b in range(a + 1, len(gen))]
     same = service.generate_base(Request("Rock song.", num_clips=8, duration_s=args.seconds, seed=123)).codes.numpy()
+    events = [event_distance(gen[a], gen[b]) for a in range(len(gen)) for b in range(a + 1, len(gen))]
+    rock = [pc.codes for pc in (generate_piece(args.seed, i, frames) for i in range(400))
+            if pc.attributes["genre"] == "rock" and not pc.attributes["degraded"]][:8]
+    ref = [event_distance(rock[a], rock[b]) for a in range(len(rock)) for b in range(a + 1, len(rock))]
     results["seed diversity"] = dict(mean_token_distance=float(np.mean(dists)), min=float(np.min(dists)),
+                                     mean_event_distance=float(np.mean(events)), min_event_distance=float(np.min(events)),
+                                     corpus_rock_event_distance=float(np.mean(ref)),
                                      same_seed_distance=edit_distance(gen[0], same[0]))
     # speed: 4 clips x 8 s, text -> waveform
     times = []
