@@ -16,6 +16,7 @@ Also against the obvious alternative: a state-dict of (1−λ)·θ_q + λ·θ_d 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -95,7 +96,7 @@ def bench_merge(model, repeats: int) -> dict:
     mixer.add("d", d)
     nbytes = decoder.flat.numel() * decoder.flat.element_size()
     scratch = torch.empty_like(decoder.flat)
-    copy_s = _median_time(lambda: scratch.copy_(mixer.endpoints["q"]), repeats)
+    copy_s = _median_time(functools.partial(scratch.copy_, mixer.endpoints["q"]), repeats)
     bandwidth = 2 * nbytes / copy_s  # bytes read + written per second
     bound_s = 3 * nbytes / bandwidth
     lams = iter([0.1 + 0.8 * i / (4 * repeats + 8) for i in range(4 * repeats + 8)])  # a new λ every time

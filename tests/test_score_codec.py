@@ -1,5 +1,4 @@
 """The score codec: token helpers round-trip, rendering is deterministic, bounded, finite and fast enough."""
-import numpy as np
 import pytest
 import torch
 

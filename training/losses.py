@@ -15,7 +15,6 @@ giving zero advantage. The baselines here:
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

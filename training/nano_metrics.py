@@ -13,7 +13,6 @@ import argparse
 import json
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
