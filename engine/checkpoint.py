@@ -103,3 +103,20 @@ def save_json(obj, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def optimizer_tensors(optimizer, named_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An optimizer's per-parameter tensor state as flat safetensors entries "<param name>::<key>"."""
+    return {f"{name}::{k}": v for name, p in named_params.items()
+            for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v)}
+
+
+def restore_optimizer(optimizer, named_params: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of `optimizer_tensors`."""
+    by_param: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        name, k = key.split("::", 1)
+        by_param.setdefault(name, {})[k] = v
+    for name, p in named_params.items():
+        if name in by_param:
+            optimizer.state[p] = by_param[name]

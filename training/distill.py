@@ -175,26 +175,21 @@ def heldout_prompts(seed: int, n: int, frames: int = 32) -> list[str]:
 
 
 def _save(out, distiller, optimizer, state) -> None:
-    from engine.checkpoint import save_json, save_state
+    from engine.checkpoint import optimizer_tensors, save_json, save_state
 
     params = dict(distiller.student_model.named_parameters())
     save_state(params, out / "decoder.safetensors")
-    opt = {f"{name}::{k}": v for name, p in params.items() for k, v in optimizer.state.get(p, {}).items() if torch.is_tensor(v)}
-    save_state(opt, out / "optimizer.safetensors")
+    save_state(optimizer_tensors(optimizer, params), out / "optimizer.safetensors")
     save_json(state, out / "state.json")  # last: it marks the checkpoint complete
 
 
 def _resume(out, distiller, optimizer) -> dict:
     import json
 
-    from engine.checkpoint import read_safetensors
+    from engine.checkpoint import read_safetensors, restore_optimizer
 
     distiller.student_model.load_state_dict(read_safetensors(out / "decoder.safetensors"))
-    opt = read_safetensors(out / "optimizer.safetensors")
-    for name, p in distiller.student_model.named_parameters():
-        st = {k.split("::")[1]: v for k, v in opt.items() if k.split("::")[0] == name}
-        if st:
-            optimizer.state[p] = st
+    restore_optimizer(optimizer, dict(distiller.student_model.named_parameters()), read_safetensors(out / "optimizer.safetensors"))
     return json.loads((out / "state.json").read_text())
 
 

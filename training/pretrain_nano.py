@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import MusicgenForCausalLM
 
-from engine.checkpoint import read_safetensors, save_json, save_state
+from engine.checkpoint import optimizer_tensors, read_safetensors, restore_optimizer, save_json, save_state
 from engine.model import NANO_CONFIG, TextCondition, TextEncoder, minilm_encoder, nano_decoder_config
 from engine.sampling import apply_delay, delay_valid_mask
 from engine.score_codec import FRAME_RATE
@@ -78,30 +78,22 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def _named(model, projection) -> dict[str, torch.Tensor]:
+    return dict(model.named_parameters()) | {"proj." + n: p for n, p in projection.named_parameters()}
+
+
 def save_checkpoint(out: Path, model, projection, optimizer, state: dict) -> None:
     """Atomic: tensors first (each file written then renamed), the JSON that points at them last."""
     save_state(dict(model.named_parameters()), out / "decoder.safetensors")
     save_state(dict(projection.named_parameters()), out / "text_projection.safetensors")
-    opt = {}
-    names = {id(p): n for n, p in list(model.named_parameters()) + [("proj." + n, p) for n, p in projection.named_parameters()]}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for k, v in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(v):
-                    opt[f"{names[id(p)]}::{k}"] = v
-    save_state(opt, out / "optimizer.safetensors")
+    save_state(optimizer_tensors(optimizer, _named(model, projection)), out / "optimizer.safetensors")
     save_json(state, out / "state.json")
 
 
 def load_checkpoint(out: Path, model, projection, optimizer) -> dict:
     model.load_state_dict(read_safetensors(out / "decoder.safetensors"))
     projection.load_state_dict(read_safetensors(out / "text_projection.safetensors"))
-    opt = read_safetensors(out / "optimizer.safetensors")
-    params = list(model.named_parameters()) + [("proj." + n, p) for n, p in projection.named_parameters()]
-    for name, p in params:
-        st = {k.split("::")[1]: v for k, v in opt.items() if k.split("::")[0] == name}
-        if st:
-            optimizer.state[p] = st
+    restore_optimizer(optimizer, _named(model, projection), read_safetensors(out / "optimizer.safetensors"))
     return json.loads((out / "state.json").read_text())
 
 
