@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install app test bench
+.PHONY: install app test bench e2e-deps
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,8 @@ test: install
 
 bench: install
 	$(PY) -m bench.engine $(ARGS)
+
+# Chromium for the end-to-end browser test (tests/test_e2e.py skips without it). Needs root or sudo.
+e2e-deps:
+	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }

@@ -1,131 +1,514 @@
-"""Gradio app: steer quality ↔ diversity with λ, and A/B the merged model against the base model with CFG.
+"""Gradio app: steer quality ↔ diversity with λ, A/B the merged model against the base model with CFG, rate blind.
 
-UI only: every model operation goes through `engine.service.MusicService`. Each browser session's
-settings (λ included) travel with its own requests, so users never share a λ.
+UI only: every model operation goes through `engine` (`MusicService` for generation and merging, `Scorers` for
+diversity and quality, `RatingStore` for blind ratings). The callbacks live in `Studio`, a plain class that the
+tests drive without a browser; `build_ui` wires them to components. Each browser session's settings (λ included)
+travel with its own requests, so users never share a λ, and the engine's blend gate makes every generation use
+exactly the weights its own λ asks for.
 """
-from __future__ import annotations
-
 import argparse
+import collections
+import functools
 import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import gradio as gr
 import numpy as np
 
+from engine.checkpoint import CheckpointError
+from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
+from engine.generate import GenerationCancelled
 from engine.merge import Blend
-from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, MusicService, Request
+from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
+from engine.scorers import Scorers, SetScores
+from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request
 
-NANO = Path(__file__).parent / "weights" / "nano"
-EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick", "A peaceful sunset on a beach",
-            "jazz trio, walking bass, brushed drums", "Bad audio quality."]
+ROOT = Path(__file__).parent
+WEIGHTS = ROOT / "weights"
+EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick", "A dreamy ambient piece with pad and bells",
+            "jazz trio, walking bass, brushed drums", "sad hip hop beat with piano", "Bad audio quality."]
+MODES = {"θ_q ↔ θ_d": ("q", "d"), "θ_q ↔ base": ("q", "base")}
+SOUP = "uniform soup"
+PRESETS = {"quality (λ = 0)": 0.0, "balanced (λ = 0.5)": 0.5, "diverse (λ = 1)": 1.0}
+MAX_PAIR_CLIPS = 4
+
+
+def _shipped(name: str) -> str | None:
+    path = WEIGHTS / name
+    return str(path) if path.exists() else None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    # models
-    p.add_argument("--base", default=os.environ.get("MUSIC_BASE"),
-                   help="base model: a local MusicGen folder, a hub id (facebook/musicgen-small), or 'debug' "
-                        "(tiny random model). Default: the shipped nano weights, else 'debug'.")
-    p.add_argument("--theta-q", default=os.environ.get("MUSIC_THETA_Q"), help="quality decoder checkpoint (safetensors)")
-    p.add_argument("--theta-d", default=os.environ.get("MUSIC_THETA_D"), help="diversity decoder checkpoint (safetensors)")
-    p.add_argument("--allow-download", action="store_true", default=bool(os.environ.get("MUSIC_ALLOW_DOWNLOAD")),
-                   help="let transformers download a hub checkpoint (off by default: everything runs offline)")
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # models (defaults: the shipped nano weights)
+    p.add_argument("--base", default=env("MUSIC_BASE"),
+                   help="base model: a nano folder, a local MusicGen folder, a hub id (facebook/musicgen-small), or "
+                        "'debug' (tiny random model). Default: weights/nano, else 'debug'.")
+    p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"), help="quality decoder checkpoint (default: weights/theta_q)")
+    p.add_argument("--theta-d", default=env("MUSIC_THETA_D"), help="diversity decoder checkpoint (default: weights/theta_d)")
+    p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
+                   help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d")
+    p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"), help="diversity embedding E (default: weights/embedding)")
+    p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
+    p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
+    p.add_argument("--fronts", default=env("MUSIC_FRONTS", str(WEIGHTS / "eval" / "fronts.json")),
+                   help="precomputed quality–diversity fronts (from training.evaluate)")
+    p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
+                   help="let transformers download hub checkpoints (off by default: everything runs offline)")
+    p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
     # serving
-    p.add_argument("--max-duration", type=float, default=float(os.environ.get("MUSIC_MAX_DURATION", 10)),
+    p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 10)),
                    help="longest clip a user may ask for, in seconds")
-    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--ratings-db", default=env("MUSIC_RATINGS_DB"),
+                   help="SQLite file of blind ratings (default: ~/.local/share/cfg-distill/ratings.sqlite)")
+    p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
     return p.parse_args(argv)
 
 
-def build_ui(service: MusicService, banner: list[str]) -> gr.Blocks:
-    max_dur = service.max_duration_s
+@dataclass
+class Result:
+    """What one press of Generate produced."""
+    merged: Generation
+    base: Generation | None = None
+    scores: dict[str, SetScores] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    label: str = ""
+    base_label: str = ""
 
-    def merge_now(lam):
-        try:
-            with service.gate.use(Blend.lerp("q", "d", lam)) as merge_s:
-                pass
-        except ValueError as e:
-            raise gr.Error(str(e))
-        return f"Merged weights for λ = {lam:.2f} in {merge_s * 1000:.1f} ms." if merge_s else f"λ = {lam:.2f} (already merged)."
 
-    def generate(prompt, num_clips, duration, seed, temperature, lam, compare, guidance, negative,
-                 progress=gr.Progress()):
-        try:
-            seed = None if seed in (None, "") else int(seed)
-            req = Request(prompt or "", int(num_clips), float(duration), seed, float(temperature))
-            merged = service.generate_merged(req, float(lam), progress=lambda i, n: progress(i / n, desc="merged model"))
-            base = None
-            if compare:
-                cfg_req = Request(req.prompt, req.num_clips, req.duration_s, merged.seed, req.temperature,
-                                  guidance=float(guidance), negative_prompt=negative or "")
-                base = service.generate_base(cfg_req, progress=lambda i, n: progress(i / n, desc="base + CFG"))
-        except ValueError as e:
-            raise gr.Error(str(e))
-        outputs = []
-        for gen in (merged, base):
-            for i in range(MAX_CLIPS):
-                visible = gen is not None and i < gen.audio.shape[0]
-                value = (gen.sample_rate, (gen.audio[i] * 32767).astype(np.int16)) if visible else None
-                outputs.append(gr.Audio(value=value, visible=visible))
-        lines = [f"**Seed {merged.seed}**"] + [f"- {n}" for n in merged.notices]
-        for title, gen in (("Merged λ=%.2f (%s)" % (lam, merged.model), merged), ("Base + CFG γ=%g" % guidance, base)):
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
+
+
+class Studio:
+    """The app's state shared by all sessions (models, scorers, ratings) and its callbacks, free of Gradio."""
+
+    def __init__(self, service: MusicService, scorers: Scorers | None = None, ratings: RatingStore | None = None,
+                 fronts: dict | None = None, banner: list[str] | None = None, out_dir: str | Path | None = None,
+                 soup: list[str] | None = None):
+        self.service, self.scorers, self.ratings = service, scorers or Scorers(), ratings
+        self.fronts, self.banner = fronts or {}, banner or []
+        self.soup = ["q", "d", *(soup or [])]
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="cfg-distill-"))
+        self._cancels: dict[str, threading.Event] = {}
+        self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def modes(self) -> list[str]:
+        return list(MODES) + ([SOUP] if len(self.soup) >= 3 else [])
+
+    def blend(self, mode: str, lam: float) -> Blend:
+        if mode == SOUP:
+            return Blend.soup(self.soup)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {self.modes}")
+        return Blend.lerp(*MODES[mode], _number("λ", lam))
+
+    def merge(self, mode: str, lam: float) -> str:
+        """Merge now (on slider release) so that the next generation starts at once; returns the merge time."""
+        blend = self.blend(mode, lam)
+        with self.service.gate.use(blend) as merge_s:
+            pass
+        what = blend.describe() if mode == SOUP else f"λ = {float(lam):.2f} ({blend.describe()})"
+        return f"{what}: merged in {merge_s * 1000:.1f} ms." if merge_s else f"{what}: already merged."
+
+    def cancel_event(self, session: str) -> threading.Event:
+        with self._lock:
+            return self._cancels.setdefault(session, threading.Event())
+
+    def stop(self, session: str) -> str:
+        self.cancel_event(session).set()
+        return "Stopping…"
+
+    def generate(self, prompt: str, num_clips, duration, seed, temperature, mode: str, lam, compare: bool, guidance,
+                 negative: str, session: str = "", progress=None) -> Result:
+        seed = secrets.randbelow(2**31) if seed in (None, "") else int(_number("seed", seed))
+        req = Request(prompt or "", int(_number("clips", num_clips)), float(_number("duration", duration)), seed,
+                      float(_number("temperature", temperature)))
+        cfg_req = None
+        if compare:  # validated before any work: the same prompt and seed, with CFG
+            cfg_req = Request(req.prompt, req.num_clips, req.duration_s, seed, req.temperature,
+                              guidance=float(_number("γ", guidance)), negative_prompt=negative or "")
+        blend = self.blend(mode, lam)
+        cancel = self.cancel_event(session)
+        cancel.clear()
+        hook = (lambda desc: (lambda i, n: progress(i / n, desc=desc))) if progress else (lambda desc: None)
+        merged = self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel)
+        result = Result(merged, label=f"{mode} λ={float(lam):.2f}" if mode != SOUP else SOUP)
+        if cfg_req is not None:
+            result.base = self.service.generate_base(cfg_req, progress=hook("base + CFG"), cancel=cancel)
+            result.base_label = f"base + CFG γ={cfg_req.guidance:g}"
+        for key, gen in (("merged", result.merged), ("base", result.base)):
+            if gen is not None and (self.scorers.has_diversity or self.scorers.has_quality or self.scorers.clap):
+                result.scores[key] = self.scorers.score(gen.audio, gen.sample_rate, req.prompt)
+        result.files = self._write_wavs(result, mode, lam)
+        return result
+
+    def _write_wavs(self, result: Result, mode: str, lam) -> list[str]:
+        import soundfile as sf
+
+        folder = self.out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        folder.mkdir(parents=True)
+        self._prune()
+        files = []
+        for gen, tag in ((result.merged, f"lam{float(lam):.2f}" if mode != SOUP else "soup"), (result.base, None)):
+            if gen is None:
+                continue
+            req = gen.request
+            tag = tag or f"cfg{req.guidance:g}"
+            for i, clip in enumerate(gen.audio):
+                path = folder / f"{_slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
+                with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
+                    f.title = req.prompt[:200] or "(unconditional)"
+                    f.comment = (f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} "
+                                 f"guidance={req.guidance:g} negative={req.negative_prompt!r} temperature={req.temperature:g}")
+                    f.write(np.clip(clip, -1, 1))
+                files.append(str(path))
+        return files
+
+    def _prune(self, keep: int = 256) -> None:
+        folders = sorted(p for p in self.out_dir.iterdir() if p.is_dir())
+        for old in folders[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ------------------------------------------------------------------ blind A/B
+    def systems(self) -> list[str]:
+        out = [f"merged λ={x:g}" for x in (0, 0.5, 1)] + ["base", "base + CFG γ=3"]
+        return out + ([SOUP] if len(self.soup) >= 3 else [])
+
+    def _generate_system(self, system: str, req: Request) -> Generation:
+        if system == "base":
+            return self.service.generate_base(req)
+        if m := re.fullmatch(r"base \+ CFG γ=([0-9.]+)", system):
+            return self.service.generate_base(Request(req.prompt, req.num_clips, req.duration_s, req.seed,
+                                                      req.temperature, guidance=float(m.group(1))))
+        if m := re.fullmatch(r"merged λ=([0-9.]+)", system):
+            return self.service.generate_merged(req, Blend.lerp("q", "d", float(m.group(1))))
+        if system == SOUP:
+            return self.service.generate_merged(req, Blend.soup(self.soup))
+        raise ValueError(f"unknown system {system!r}; choose from {self.systems()}")
+
+    def new_pair(self, prompt: str, system_1: str, system_2: str, num_clips=2, duration=5.0, seed=None):
+        """Two sets, same prompt and seed, in a random hidden order. Returns (token, set A, set B)."""
+        if system_1 == system_2:
+            raise ValueError("choose two different systems to compare")
+        n = int(_number("clips", num_clips))
+        if not 1 <= n <= MAX_PAIR_CLIPS:
+            raise ValueError(f"clips per set must be between 1 and {MAX_PAIR_CLIPS}, got {n}")
+        seed = secrets.randbelow(2**31) if seed in (None, "") else int(_number("seed", seed))
+        req = Request(prompt or "", n, float(_number("duration", duration)), seed)
+        order = [system_1, system_2]
+        if secrets.randbelow(2):
+            order.reverse()
+        sets = [self._generate_system(s, req) for s in order]
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._pairs[token] = dict(prompt=req.prompt, seed=seed, a=order[0], b=order[1])
+            while len(self._pairs) > 10_000:
+                self._pairs.popitem(last=False)
+        return token, sets[0], sets[1]
+
+    def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
+        """Store a vote on a pair made by `new_pair`; returns which system was which."""
+        if self.ratings is None:
+            raise ValueError("ratings are not enabled on this server")
+        for name, vote in (("quality", quality), ("diversity", diversity)):
+            if vote not in VOTES:
+                raise ValueError(f"choose A, B or tie for {name}")
+        with self._lock:
+            pair = self._pairs.pop(token, None)
+        if pair is None:
+            raise ValueError("this pair was already rated or has expired: make a new pair")
+        self.ratings.add(pair["prompt"], pair["seed"], pair["a"], pair["b"], quality, diversity, session)
+        return f"Thanks! A was **{pair['a']}**, B was **{pair['b']}**."
+
+    def results_table(self) -> list[list]:
+        return self.ratings.table() if self.ratings is not None else []
+
+    def export_ratings(self) -> str:
+        if self.ratings is None:
+            raise ValueError("ratings are not enabled on this server")
+        path = self.out_dir / f"ratings-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        path.write_text(self.ratings.export_csv())
+        return str(path)
+
+    # ------------------------------------------------------------------ presentation
+    def summary(self, result: Result) -> str:
+        m = result.merged
+        lines = [f"**Seed {m.seed}** (enter it to reproduce these clips)"] + [f"- {n}" for n in m.notices]
+        for title, gen in ((f"{result.label} ({m.model})", m), (result.base_label, result.base)):
             if gen is not None:
                 t = gen.timings
-                lines.append(f"- {title}: {t['total']:.2f} s wall, {gen.real_time_factor:.1f}× real time "
-                             f"(text {t['text']:.2f} s, sampling {t['sampling']:.2f} s, codec {t['codec']:.2f} s)")
-        return outputs + ["\n".join(lines)]
+                merge = f", merge {t['merge'] * 1000:.0f} ms" if t.get("merge") else ""
+                lines.append(f"- **{title}**: {t['total']:.2f} s wall, {gen.real_time_factor:.1f}× real time "
+                             f"(text {t['text']:.2f} s, sampling {t['sampling']:.2f} s, codec {t['codec']:.2f} s{merge})")
+        if result.base is not None:
+            ratio = result.base.timings["sampling"] / max(result.merged.timings["sampling"], 1e-9)
+            lines.append(f"- CFG costs **{ratio:.2f}×** the merged model's sampling time here.")
+        return "\n".join(lines)
+
+    def score_markdown(self, result: Result) -> str:
+        lines = []
+        for key, title in (("merged", result.label), ("base", result.base_label)):
+            s = result.scores.get(key)
+            if s is None:
+                continue
+            head = [f"**{title}**"]
+            if s.mean_diversity is not None:
+                head.append(f"mean diversity {s.mean_diversity:.3f}, Vendi {s.vendi:.2f} of {len(s.diversity)}")
+            if s.quality is not None:
+                head.append(f"mean quality {s.mean_quality:.2f}")
+            lines.append(" · ".join(head))
+            if s.quality is not None:
+                lines.append("| clip | quality | adherence | audio quality |\n|---|---|---|---|")
+                lines += [f"| {i + 1} | {q:.2f} | {a:.3f} | {c:.3f} |"
+                          for i, (q, a, c) in enumerate(zip(s.quality, s.adherence, s.audio_quality, strict=True))]
+            elif s.adherence is not None:
+                lines.append("adherence: " + ", ".join(f"{a:.3f}" for a in s.adherence))
+            lines.append("")
+        if not lines:
+            return "_No scorers loaded: diversity and quality are not shown._"
+        return "\n".join(lines) + f"\nquality = {result.scores[next(iter(result.scores))].omega:g}·adherence + audio quality"
+
+    def heatmaps(self, result: Result):
+        out = []
+        for key, title in (("merged", result.label), ("base", result.base_label)):
+            s = result.scores.get(key)
+            out.append(diversity_heatmap(s.diversity, f"r_D, {title}") if s is not None and s.diversity is not None else None)
+        return out
+
+    def qd_plot(self, result: Result | None = None):
+        points = {}
+        if result is not None:
+            for key, title in (("merged", result.label), ("base", result.base_label)):
+                s = result.scores.get(key)
+                if s is not None and s.mean_diversity is not None and s.quality is not None:
+                    points[f"{title} (now)"] = (s.mean_diversity, s.mean_quality)
+        if not self.fronts and not points:
+            return None
+        return quality_diversity_plot(self.fronts, points)
+
+
+def _number(name: str, value):
+    """UI numbers arrive as int/float (or None from an empty box); refuse anything else with a readable message."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------- UI
+def build_ui(studio: Studio):
+    import gradio as gr
+
+    service = studio.service
+    max_dur = service.max_duration_s
+
+    def readable(fn):
+        """Turn engine errors into messages in the UI instead of stack traces."""
+        @functools.wraps(fn)  # keeps the signature: Gradio injects gr.Request and gr.Progress from it
+        def wrapped(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except GenerationCancelled:
+                raise gr.Error("Stopped.") from None
+            except (ValueError, CheckpointError) as e:
+                raise gr.Error(str(e)) from None
+        return wrapped
+
+    def audio_updates(gen: Generation | None, files: list[str], count: int):
+        out = []
+        for i in range(count):
+            visible = gen is not None and i < gen.audio.shape[0]
+            out.append(gr.update(value=files[i] if visible else None, visible=visible))
+        return out
+
+    @readable
+    def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
+                 request: gr.Request, progress=gr.Progress()):
+        session = request.session_hash if request is not None else ""
+        r = studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
+                            session, progress)
+        n = r.merged.audio.shape[0]
+        merged_files, base_files = r.files[:n], r.files[n:]
+        heat_m, heat_b = studio.heatmaps(r)
+        return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
+                + [studio.summary(r), studio.score_markdown(r), heat_m, heat_b, studio.qd_plot(r), r.files, r.merged.seed])
+
+    @readable
+    def merge(mode, lam):
+        return studio.merge(mode, lam)
+
+    def stop(request: gr.Request):
+        return studio.stop(request.session_hash if request is not None else "")
+
+    @readable
+    def new_pair(prompt, system_1, system_2, num_clips, duration):
+        token, a, b = studio.new_pair(prompt, system_1, system_2, num_clips, duration)
+        files = []
+        for gen in (a, b):
+            folder = studio.out_dir / f"pair-{token}"
+            folder.mkdir(parents=True, exist_ok=True)
+            import soundfile as sf
+
+            for i, clip in enumerate(gen.audio):
+                path = folder / f"{'AB'[len(files) // gen.audio.shape[0]]}{i + 1}.wav"
+                sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
+                files.append(str(path))
+        n = a.audio.shape[0]
+        return ([token] + [gr.update(value=files[i] if i < n else None, visible=i < n) for i in range(MAX_PAIR_CLIPS)]
+                + [gr.update(value=files[n + i] if i < n else None, visible=i < n) for i in range(MAX_PAIR_CLIPS)]
+                + ["Listen to both sets, then vote."])
+
+    @readable
+    def rate(token, quality, diversity, request: gr.Request):
+        if not token:
+            raise ValueError("make a pair first")
+        message = studio.rate(token, quality, diversity, request.session_hash if request is not None else "")
+        return message, "", studio.results_table()
+
+    @readable
+    def export():
+        return studio.export_ratings()
 
     with gr.Blocks(title="Diversity-rewarded CFG distillation") as demo:
         gr.Markdown("# Diversity-rewarded CFG distillation\nSteer between the quality model θ_q (λ = 0) and the "
                     "diversity model θ_d (λ = 1); compare with the base model under classifier-free guidance.")
-        for line in banner:
+        for line in studio.banner:
             gr.Markdown(f"> ⚠️ {line}")
-        with gr.Row():
-            with gr.Column(scale=2):
-                prompt = gr.Textbox(label="Prompt", placeholder="e.g. calm piano with soft strings", lines=2)
-                gr.Examples(EXAMPLES, inputs=prompt)
-            with gr.Column():
-                num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Clips")
-                duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
-                seed = gr.Number(label="Seed (blank = random)", precision=0, value=None)
-                temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
-        with gr.Row():
-            lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="λ: quality (0) ↔ diversity (1)")
-            merge_info = gr.Markdown()
-        with gr.Row():
-            compare = gr.Checkbox(label="Compare with the base model + CFG", value=False)
-            guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG γ")
-            negative = gr.Textbox(label="Negative prompt (blank = unconditional)", value=DEFAULT_NEGATIVE_PROMPT)
-        go = gr.Button("Generate", variant="primary")
-        with gr.Row():
-            with gr.Column():
-                gr.Markdown("### Merged model")
-                merged_audio = [gr.Audio(label=f"Clip {i + 1}", visible=False) for i in range(MAX_CLIPS)]
-            with gr.Column():
-                gr.Markdown("### Base model + CFG")
-                base_audio = [gr.Audio(label=f"Clip {i + 1}", visible=False) for i in range(MAX_CLIPS)]
-        info = gr.Markdown()
-        lam.release(merge_now, inputs=lam, outputs=merge_info, api_name="merge")
-        go.click(generate, inputs=[prompt, num_clips, duration, seed, temperature, lam, compare, guidance, negative],
-                 outputs=merged_audio + base_audio + [info], api_name="generate")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=2):
+                    prompt = gr.Textbox(label="Prompt", placeholder="e.g. calm piano with soft strings", lines=2,
+                                        elem_id="prompt")
+                    gr.Examples(EXAMPLES, inputs=prompt)
+                with gr.Column():
+                    num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Clips", elem_id="clips")
+                    duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
+                    seed = gr.Number(label="Seed (blank = random)", precision=0, value=None, elem_id="seed")
+                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+            with gr.Row():
+                mode = gr.Radio(studio.modes, value=studio.modes[0], label="Merge")
+                lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="λ: quality (0) ↔ diversity (1)", elem_id="lambda")
+                with gr.Column(min_width=160):
+                    presets = [gr.Button(name, size="sm") for name in PRESETS]
+            merge_info = gr.Markdown(elem_id="merge-info")
+            with gr.Row():
+                compare = gr.Checkbox(label="Compare with the base model + CFG", value=False, elem_id="compare")
+                guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG γ")
+                negative = gr.Textbox(label="Negative prompt (blank = unconditional)", value=DEFAULT_NEGATIVE_PROMPT)
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            info = gr.Markdown(elem_id="info")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Merged model")
+                    merged_audio = [gr.Audio(label=f"Clip {i + 1}", visible=False, type="filepath",
+                                             elem_classes="merged-clip") for i in range(MAX_CLIPS)]
+                with gr.Column():
+                    gr.Markdown("### Base model + CFG")
+                    base_audio = [gr.Audio(label=f"Clip {i + 1}", visible=False, type="filepath",
+                                           elem_classes="base-clip") for i in range(MAX_CLIPS)]
+            with gr.Row():
+                heat_merged = gr.Image(label="Pairwise diversity, merged", type="pil", show_label=True)
+                heat_base = gr.Image(label="Pairwise diversity, base + CFG", type="pil")
+            scores = gr.Markdown(elem_id="scores")
+            qd = gr.Image(label="Quality vs diversity", type="pil", value=studio.qd_plot())
+            files = gr.File(label="Download WAVs (prompt, seed, λ or γ in the names)", file_count="multiple")
+        with gr.Tab("Blind A/B"):
+            gr.Markdown("Two sets of clips for one prompt from two systems, in a hidden random order. "
+                        "Which set sounds better? Which set is more diverse?")
+            systems = studio.systems()
+            with gr.Row():
+                pair_prompt = gr.Textbox(label="Prompt", value="Rock song.", elem_id="pair-prompt")
+                system_1 = gr.Dropdown(systems, value="base + CFG γ=3", label="System 1")
+                system_2 = gr.Dropdown(systems, value="merged λ=0.5", label="System 2")
+                pair_clips = gr.Slider(1, MAX_PAIR_CLIPS, value=2, step=1, label="Clips per set")
+                pair_duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
+            make_pair = gr.Button("New pair", variant="primary", elem_id="new-pair")
+            token = gr.Textbox(visible=False)
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### Set A")
+                    set_a = [gr.Audio(label=f"A{i + 1}", visible=False, type="filepath") for i in range(MAX_PAIR_CLIPS)]
+                with gr.Column():
+                    gr.Markdown("### Set B")
+                    set_b = [gr.Audio(label=f"B{i + 1}", visible=False, type="filepath") for i in range(MAX_PAIR_CLIPS)]
+            with gr.Row():
+                vote_q = gr.Radio(list(VOTES), label="Better quality", elem_id="vote-quality")
+                vote_d = gr.Radio(list(VOTES), label="More diverse", elem_id="vote-diversity")
+            submit = gr.Button("Submit rating", elem_id="submit-rating")
+            reveal = gr.Markdown(elem_id="reveal")
+        with gr.Tab("Results"):
+            gr.Markdown("Win rate = (W + T/2) / (W + L + T) over blind ratings, with a 95 % confidence interval.")
+            table = gr.Dataframe(headers=TABLE_HEADERS, value=studio.results_table(), interactive=False,
+                                 elem_id="results")
+            with gr.Row():
+                refresh = gr.Button("Refresh")
+                export_btn = gr.Button("Export CSV")
+            export_file = gr.File(label="ratings.csv")
+
+        inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative]
+        outputs = merged_audio + base_audio + [info, scores, heat_merged, heat_base, qd, files, seed]
+        gen_event = go.click(generate, inputs=inputs, outputs=outputs, api_name="generate")
+        stop_btn.click(stop, None, merge_info, cancels=[gen_event], api_name="stop")
+        lam.release(merge, inputs=[mode, lam], outputs=merge_info, api_name="merge")
+        mode.change(merge, inputs=[mode, lam], outputs=merge_info, api_name=False)
+        for button, value in zip(presets, PRESETS.values(), strict=True):
+            button.click(lambda v=value: v, None, lam, api_name=False).then(merge, [mode, lam], merge_info, api_name=False)
+        make_pair.click(new_pair, [pair_prompt, system_1, system_2, pair_clips, pair_duration],
+                        [token] + set_a + set_b + [reveal], api_name="new_pair")
+        submit.click(rate, [token, vote_q, vote_d], [reveal, token, table], api_name="rate")
+        refresh.click(studio.results_table, None, table, api_name="results")
+        export_btn.click(export, None, export_file, api_name="export_ratings")
     return demo
+
+
+def make_studio(args: argparse.Namespace) -> Studio:
+    """Load models and scorers as the flags say (defaults: the shipped nano weights)."""
+    import torch
+
+    banner = []
+    base = args.base or _shipped("nano")
+    if base is None:
+        base = "debug"
+        banner.append("No trained weights in weights/nano: running a tiny random model, so clips are noise.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shipped_nano = args.base is None and base != "debug"
+    theta_q = args.theta_q or (_shipped("theta_q") if shipped_nano else None)
+    theta_d = args.theta_d or (_shipped("theta_d") if shipped_nano else None)
+    service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device)
+    banner += notices
+    soup = []
+    for i, path in enumerate(args.soup or []):
+        service.add_checkpoint(f"soup{i}", path)
+        soup.append(f"soup{i}")
+    embedding = args.embedding or (_shipped("embedding") if shipped_nano else None)
+    quality = args.quality or (_shipped("quality") if shipped_nano else None)
+    scorers = Scorers.from_folders(embedding, quality, clap=args.clap, allow_download=args.allow_download)
+    if not scorers.has_diversity:
+        banner.append("No diversity embedding E loaded: diversity is not shown.")
+    ratings = RatingStore(args.ratings_db)
+    fronts = load_fronts(args.fronts) if args.fronts else {}
+    return Studio(service, scorers, ratings, fronts, banner, soup=soup)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    banner = []
-    base = args.base
-    if base is None:
-        if NANO.is_dir():
-            base = str(NANO)
-        else:
-            base = "debug"
-            banner.append("No trained weights in weights/nano yet: running a tiny random model, so clips are noise.")
-    service, notices = MusicService.from_sources(base, args.theta_q, args.theta_d, args.allow_download, args.max_duration)
-    demo = build_ui(service, banner + notices)
+    studio = make_studio(args)
+    demo = build_ui(studio)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port)
 

@@ -89,20 +89,24 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata
     return path
 
 
-def save_json(obj, path: str | os.PathLike) -> Path:
-    """Write JSON atomically."""
+def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write bytes atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_json(obj, path: str | os.PathLike) -> Path:
+    """Write JSON atomically."""
+    return save_bytes((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), path)
 
 
 def optimizer_tensors(optimizer, named_params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -64,13 +64,16 @@ class AudioEmbedder(nn.Module):
         spec = torch.stft(audio, c.n_fft, c.hop, window=self.window, return_complex=True).abs() ** 2  # (B, F, frames)
         return torch.log(spec.transpose(1, 2) @ self.mel + 1e-6)
 
-    def forward(self, audio: Tensor) -> Tensor:
-        """Windows (B, window samples) at the config's rate -> embeddings (B, out_dim), not normalised."""
+    def features(self, audio: Tensor) -> Tensor:
+        """Windows (B, window samples) at the config's rate -> pooled features (B, dim), before the head."""
         c = self.config
         mel = self.log_mel(audio)[:, : c.tokens * c.patch]  # (B, frames, n_mels)
         x = self.patch_in(mel.reshape(mel.shape[0], c.tokens, c.patch * c.n_mels)) + self.pos
-        x = self.norm(self.encoder(x)).mean(dim=1)
-        return self.head(x)
+        return self.norm(self.encoder(x)).mean(dim=1)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """Windows (B, window samples) at the config's rate -> embeddings (B, out_dim), not normalised."""
+        return self.head(self.features(audio))
 
     def windows(self, audio: Tensor, sample_rate: int) -> tuple[Tensor, int]:
         """Resample (B, samples) and cut into whole windows (zero-padding the last): (B * W, window), W."""

@@ -78,6 +78,7 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
     if use_cfg:
         hn, mn = _rows(neg, N, width)
         h, m = torch.cat([h, hn]), torch.cat([m, mn])
+    h, m = h.to(device), m.to(device)  # text encoders return CPU tensors
     t0 = time.perf_counter()
     state = decoder.new_state(h, m, max_len=L - 1)
     valid = delay_valid_mask(K, T, device)  # (K, L)

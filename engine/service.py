@@ -177,12 +177,13 @@ class MusicService:
 
     @classmethod
     def from_sources(cls, base: str, theta_q: str | None = None, theta_d: str | None = None,
-                     allow_download: bool = False, max_duration_s: float | None = None) -> tuple["MusicService", list[str]]:
+                     allow_download: bool = False, max_duration_s: float | None = None,
+                     device: str = "cpu") -> tuple["MusicService", list[str]]:
         """Build a service from paths/ids; returns it with notices for the user (e.g. missing endpoints).
         A missing θ_q or θ_d falls back to the base weights, shared by reference."""
         from engine.model import load_model
 
-        service = cls(load_model(base, allow_download=allow_download), max_duration_s)
+        service = cls(load_model(base, allow_download=allow_download, device=device), max_duration_s)
         notices = []
         for name, source in (("q", theta_q), ("d", theta_d)):
             if source is None:

@@ -280,6 +280,17 @@ def caption_for(a: dict, rng: np.random.Generator) -> str:
     return forms[int(rng.integers(len(forms)))]()
 
 
+def render(pieces: list[Piece], codec, batch: int = 32):
+    """Audio (len(pieces), samples) of equally long pieces through the score codec (a torch tensor)."""
+    import torch
+
+    out = []
+    for j in range(0, len(pieces), batch):
+        codes = np.stack([pc.codes for pc in pieces[j:j + batch]]).astype(np.int64)
+        out.append(codec.decode(torch.as_tensor(codes)))
+    return torch.cat(out)
+
+
 def split_of(index: int) -> str:
     return "heldout" if index % HELD_OUT_EVERY == 0 else "train"
 

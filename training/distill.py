@@ -9,16 +9,23 @@ One step:
      log p_θ(y|x) from the same student forward;
   5. loss = mean KL − β_t · surrogate, β_t warmed up linearly over `beta_warmup` steps.
 
-    python -m training.distill --base weights/nano --beta 0 --steps 300 --out runs/theta_q
-    python -m training.distill --out runs/theta_q --export weights/theta_q
+    python -m training.distill --beta 0 --steps 300 --out runs/theta_q        # θ_q
+    python -m training.distill --beta 15 --steps 300 --out runs/theta_d       # θ_d (E from weights/embedding)
+    accelerate launch --cpu --num_processes 2 -m training.distill ...         # P prompts split over processes
+    python -m training.distill --out runs/theta_q --export weights/theta_q    # fp16 decoder for serving
 
-Status: β = 0 (θ_q) runs end to end, with CSV logs, atomic checkpoints, exact resume and a NaN stop.
-Still to come: E for β > 0 (the scorers issue), evaluation with the quality/diversity scorers, TensorBoard,
-and multi-process training under `accelerate`.
+Logs: CSV (`log.csv`), TensorBoard (`tb/`), tqdm; eval (`eval.csv`) every `--eval-every` steps on held-out
+prompts: KL to the CFG teacher, and quality (ω·adherence + audio quality) and diversity (mean r_D, Vendi)
+with the shipped scorers, next to the base with and without CFG measured once at step 0.
+fp16 snapshots of the student every `--snapshot-every` steps (`snapshots/`) feed quality/diversity along training.
+Checkpoints (atomic, every `--save-every` steps): student, optimizer, scheduler; the per-step randomness is
+derived from (seed, step, process), so a resumed run draws exactly what an uninterrupted one would.
+A non-finite loss or gradient stops the run and keeps the last good checkpoint.
 """
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,7 +83,10 @@ class DistillConfig:
 
 
 class Distiller:
-    """Holds the frozen teacher (the base decoder) and the student (a trainable copy)."""
+    """Holds the frozen teacher (the base decoder) and the student (a trainable copy).
+
+    `forward_model` is what the loss calls for the student's teacher-forced forward: the student itself, or its
+    DistributedDataParallel wrapper under `accelerate` (same weights, gradients all-reduced)."""
 
     def __init__(self, base: MusicModel, config: DistillConfig, embedder: Embedder | None = None):
         if config.beta > 0 and embedder is None:
@@ -86,11 +96,15 @@ class Distiller:
         # eval mode throughout: no dropout, so that the policy scored is the policy sampled (gradients still flow)
         self.student_model = copy.deepcopy(base.decoder.model).eval()
         self.student = FastDecoder(self.student_model)  # sampling view of the same (trained) weights
+        self.forward_model = self.student_model
         self.negative = base.encode_text([config.negative_prompt])
+        self.timings: dict[str, float] = {}
 
     def _conditions(self, prompts: list[str], n: int) -> TextCondition:
         cond = self.base.encode_text(prompts)
-        return TextCondition(cond.hidden.repeat_interleave(n, 0), cond.mask.repeat_interleave(n, 0), cond.truncated)
+        dev = self.teacher.device
+        return TextCondition(cond.hidden.repeat_interleave(n, 0).to(dev), cond.mask.repeat_interleave(n, 0).to(dev),
+                             cond.truncated)
 
     def sample(self, prompts: list[str], generator: torch.Generator) -> Tensor:
         """(P * N, K, T) codes from the student, N consecutive rows per prompt."""
@@ -113,10 +127,10 @@ class Distiller:
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
         mask = delay_valid_mask(K, T)[:, 1:].expand(B, -1, -1)  # (B, K, T + K - 1)
         cond = self._conditions(prompts, cfg.samples)
-        student_logits = self.student_model(input_ids=inputs.reshape(B * K, -1), encoder_hidden_states=cond.hidden,
+        student_logits = self.forward_model(input_ids=inputs.reshape(B * K, -1), encoder_hidden_states=cond.hidden,
                                             encoder_attention_mask=cond.mask).logits.view(B, K, -1, self.teacher.vocab_size)
         with torch.no_grad():
-            neg = self.negative
+            neg = TextCondition(self.negative.hidden.to(codes.device), self.negative.mask.to(codes.device), [False])
             width = max(cond.hidden.shape[1], neg.hidden.shape[1])
             hc = F.pad(cond.hidden, (0, 0, 0, width - cond.hidden.shape[1]))
             mc = F.pad(cond.mask, (0, width - cond.mask.shape[1]))
@@ -133,8 +147,11 @@ class Distiller:
             token_lp = log_p.gather(-1, targets.clamp(max=self.teacher.vocab_size - 1)[..., None]).squeeze(-1)
             seq_lp = (token_lp * mask).sum(dim=(1, 2)).view(len(prompts), cfg.samples)  # (P, N)
             with torch.no_grad():
+                t0 = time.perf_counter()
                 audio = self.base.codec.decode(codes)
+                t1 = time.perf_counter()
                 emb = self.embedder(audio, self.base.sample_rate).view(len(prompts), cfg.samples, -1)
+                self.timings.update(decode_s=t1 - t0, embed_s=time.perf_counter() - t1)
                 rewards = per_sample_rewards(emb)
                 adv = rewards - baselines(emb, rewards, cfg.baseline)
             loss = loss - beta * reinforce_surrogate(seq_lp, adv)
@@ -174,39 +191,151 @@ def heldout_prompts(seed: int, n: int, frames: int = 32) -> list[str]:
     return out
 
 
-def _save(out, distiller, optimizer, state) -> None:
+@torch.no_grad()
+def evaluate(distiller: Distiller, prompts: list[str], samples: int, seed: int, scorers=None, decoder=None,
+             guidance: float = 1.0) -> dict:
+    """Quality and diversity of `decoder` (default: the student) on held-out prompts, `samples` clips each,
+    sampled as the app does by default (temperature 1, top-k 250), with CFG when guidance > 1."""
+    import numpy as np
+
+    cfg, base = distiller.config, distiller.base
+    decoder = decoder or distiller.student
+    frames = max(1, round(cfg.seconds * base.frame_rate))
+    gen = torch.Generator(device=decoder.device).manual_seed(seed)
+    params = SamplingParams(temperature=1.0, top_k=250, top_p=0.0)
+    quality, diversity, vendi, adherence, clean = [], [], [], [], []
+    t = time.perf_counter()
+    for prompt in prompts:
+        neg = distiller.negative if guidance > 1 else None
+        codes = generate_codes(decoder, base.encode_text([prompt]), samples, frames, params, gen, neg=neg,
+                               guidance=guidance if guidance > 1 else None).codes
+        if scorers is None:
+            continue
+        s = scorers.score(base.codec.decode(codes).cpu(), base.sample_rate, prompt)
+        if s.mean_diversity is not None:
+            diversity.append(s.mean_diversity)
+            vendi.append(s.vendi)
+        if s.quality is not None:
+            quality.extend(s.quality)
+            adherence.extend(s.adherence)
+            clean.extend(s.audio_quality)
+    out = dict(gen_s_per_clip=(time.perf_counter() - t) / (len(prompts) * samples))
+    for name, xs in (("quality", quality), ("adherence", adherence), ("audio_quality", clean),
+                     ("diversity", diversity), ("vendi", vendi)):
+        if xs:
+            xs = np.asarray(xs, dtype=float)
+            out[name] = float(xs.mean())
+            out[name + "_sem"] = float(xs.std(ddof=1) / np.sqrt(len(xs))) if len(xs) > 1 else 0.0
+    return out
+
+
+@torch.no_grad()
+def eval_rows(distiller: Distiller, step: int, prompts: list[str], samples: int, seed: int, scorers=None) -> list[dict]:
+    """Eval rows at `step`: the student, or at step 0 the references (base without and with the teacher's CFG).
+    Each row: quality/diversity from `evaluate` and, except for the CFG teacher, the held-out KL to the teacher."""
+    cfg = distiller.config
+    teacher_name = f"base+CFG γ={cfg.guidance:g}"
+    models = [("student", distiller.student, 1.0)]
+    if step == 0:
+        models = [("base", distiller.teacher, 1.0), (teacher_name, distiller.teacher, cfg.guidance)]
+    rows = []
+    for name, decoder, gamma in models:
+        row = dict(step=step, model=name, **evaluate(distiller, prompts, samples, seed, scorers, decoder, gamma))
+        if name != teacher_name:
+            gen = torch.Generator(device=distiller.teacher.device).manual_seed(seed)
+            wrapped, distiller.forward_model = distiller.forward_model, distiller.student_model  # no DDP collectives
+            try:
+                row["heldout_kl"] = distiller.step_loss(prompts[:cfg.prompts], step, gen)[1]["kl"]
+            finally:
+                distiller.forward_model = wrapped
+        rows.append(row)
+    return rows
+
+
+def eval_snapshots(out, distiller: Distiller, prompts: list[str], samples: int, seed: int, scorers) -> list[dict]:
+    """Re-evaluate a run after the fact (e.g. with newer scorers): the references, then every snapshot in
+    `out/snapshots`; rewrites `out/eval.csv`. The student's weights end at the last snapshot."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from engine.checkpoint import load_state, save_bytes
+
+    out = Path(out)
+    params = dict(distiller.student_model.named_parameters())
+    student = {k: v.detach().clone() for k, v in params.items()}
+    with torch.no_grad():  # step 0 evaluates the base: the student starts as a copy of it
+        for name, p in distiller.teacher.model.named_parameters():
+            params[name].copy_(p)
+    rows = eval_rows(distiller, 0, prompts, samples, seed, scorers)
+    for snap in sorted((out / "snapshots").glob("step_*.safetensors")):
+        with torch.no_grad():
+            for name, tensor in load_state(snap, params).items():
+                params[name].copy_(tensor)
+        rows += eval_rows(distiller, int(snap.stem.split("_")[1]), prompts, samples, seed, scorers)
+        print(f"evaluated {snap.name}", flush=True)
+    if not (out / "snapshots").is_dir():
+        with torch.no_grad():
+            for name, t in student.items():
+                params[name].copy_(t)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=EVAL_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    save_bytes(text.getvalue().encode(), out / "eval.csv")
+    return rows
+
+
+def _save(out, distiller, optimizer, scheduler, state) -> None:
     from engine.checkpoint import optimizer_tensors, save_json, save_state
 
     params = dict(distiller.student_model.named_parameters())
     save_state(params, out / "decoder.safetensors")
     save_state(optimizer_tensors(optimizer, params), out / "optimizer.safetensors")
-    save_json(state, out / "state.json")  # last: it marks the checkpoint complete
+    save_json(dict(state, scheduler=scheduler.state_dict()), out / "state.json")  # last: it marks the checkpoint complete
 
 
-def _resume(out, distiller, optimizer) -> dict:
+def _resume(out, distiller, optimizer, scheduler) -> dict:
     import json
 
-    from engine.checkpoint import read_safetensors, restore_optimizer
+    from engine.checkpoint import CheckpointError, load_state, read_safetensors, restore_optimizer
 
-    distiller.student_model.load_state_dict(read_safetensors(out / "decoder.safetensors"))
-    restore_optimizer(optimizer, dict(distiller.student_model.named_parameters()), read_safetensors(out / "optimizer.safetensors"))
-    return json.loads((out / "state.json").read_text())
+    params = dict(distiller.student_model.named_parameters())
+    try:
+        state = json.loads((out / "state.json").read_text())
+        sched = state.pop("scheduler")
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{out / 'state.json'}: not a readable training state ({e})") from None
+    with torch.no_grad():
+        for name, tensor in load_state(out / "decoder.safetensors", params).items():
+            params[name].copy_(tensor)  # in place: the sampler's flat buffer stays shared
+    restore_optimizer(optimizer, params, read_safetensors(out / "optimizer.safetensors"))
+    scheduler.load_state_dict(sched)
+    return state
+
+
+LOG_FIELDS = ["step", "loss", "kl", "kl_std", "beta", "entropy", "reward_mean", "reward_std", "advantage_std",
+              "log_prob", "lr", "grad_norm", "sample_s", "decode_s", "embed_s", "fwd_bwd_s", "step_s"]
+EVAL_FIELDS = ["step", "model", "heldout_kl", "quality", "quality_sem", "adherence", "adherence_sem", "audio_quality",
+               "audio_quality_sem", "diversity", "diversity_sem", "vendi", "vendi_sem", "gen_s_per_clip"]
 
 
 def main(argv=None) -> None:
     import argparse
     import csv
-    import time
     from pathlib import Path
 
     import numpy as np
+    from accelerate import Accelerator
+    from tqdm import tqdm
 
-    from engine.checkpoint import save_json, save_state
-    from engine.model import load_model
+    from engine.checkpoint import read_safetensors, save_json, save_state
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # model
     p.add_argument("--base", default="weights/nano", help="base model θ_init (teacher and initial student)")
+    p.add_argument("--embedding", default="weights/embedding", help="E for the diversity reward and eval ('' = none)")
+    p.add_argument("--quality", default="weights/quality", help="quality scorer for eval ('' = none)")
     # objective
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--beta-warmup", type=int, default=100)
@@ -215,73 +344,159 @@ def main(argv=None) -> None:
     p.add_argument("--temperature", type=float, default=0.99)
     p.add_argument("--baseline", default="loo", choices=["loo", "batch"])
     # optimisation
-    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--prompts", type=int, default=8, help="P prompts per step, over all processes")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--lr", type=float, default=1.5e-4)
+    p.add_argument("--lr-warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     # run
     p.add_argument("--out", default="runs/distill")
     p.add_argument("--save-every", type=int, default=25)
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--snapshot-every", type=int, default=50, help="keep an fp16 copy of the student every N steps")
+    p.add_argument("--eval-prompts", type=int, default=16)
+    p.add_argument("--eval-samples", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: cores / processes)")
     p.add_argument("--export", default=None, help="only write the run's student as fp16 safetensors here and exit")
+    p.add_argument("--eval-snapshots", action="store_true",
+                   help="only re-evaluate the run's snapshots with the given scorers (rewrites eval.csv) and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.export:
-        from engine.checkpoint import read_safetensors
-
         weights = read_safetensors(out / "decoder.safetensors")
         save_state({k: v.half() for k, v in weights.items()}, Path(args.export) / "decoder.safetensors")
         return
 
-    cfg = DistillConfig(args.beta, args.beta_warmup, args.guidance, args.negative_prompt, args.temperature, args.prompts,
-                        args.samples, args.baseline, args.seconds, args.lr)
-    base = load_model(args.base)
-    distiller = Distiller(base, cfg)  # β > 0 needs E: comes with the scorers
+    import os
+
+    from engine.embedding import load_embedder
+    from engine.model import load_model
+    from engine.scorers import Scorers
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: gloo when launched with several processes
+    rank, world, main_proc = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    if args.prompts % world:
+        raise SystemExit(f"--prompts {args.prompts} must be a multiple of the {world} processes")
+    cfg = DistillConfig(args.beta, args.beta_warmup, args.guidance, args.negative_prompt, args.temperature,
+                        args.prompts // world, args.samples, args.baseline, args.seconds, args.lr)
+    base = load_model(args.base, device=accelerator.device)
+    embedder = load_embedder(args.embedding).to(accelerator.device) if args.embedding else None
+    if cfg.beta > 0 and embedder is None:
+        raise SystemExit("--beta > 0 needs --embedding (the diversity embedding E)")
+    distiller = Distiller(base, cfg, embedder.embed if embedder is not None else None)
     optimizer = torch.optim.AdamW(distiller.student_model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    out.mkdir(parents=True, exist_ok=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.lr_warmup)))
     state = dict(step=0)
     if (out / "state.json").exists():
-        state = _resume(out, distiller, optimizer)
-        print(f"resumed at step {state['step']}")
-    else:
-        save_json(vars(args), out / "config.json")
+        state = _resume(out, distiller, optimizer, scheduler)
+        if main_proc:
+            print(f"resumed at step {state['step']}")
+    elif main_proc:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json(dict(vars(args), processes=world), out / "config.json")
+    if args.eval_snapshots:
+        if main_proc:
+            scorers = Scorers(embedder, load_quality_from(args.quality)) if (args.embedding or args.quality) else None
+            eval_snapshots(out, distiller, heldout_prompts(args.seed, args.eval_prompts), args.eval_samples, args.seed,
+                           scorers)
+        return
+    distiller.forward_model = accelerator.prepare(distiller.student_model)  # DDP when world > 1
     prompts = training_prompts(args.seed, 1024)
-    held = heldout_prompts(args.seed, 16)
-    fields = ["step", "loss", "kl", "kl_std", "heldout_kl", "beta", "entropy", "reward_mean", "reward_std",
-              "advantage_std", "log_prob", "sample_s", "step_s"]
-    log = open(out / "log.csv", "a", newline="")
-    writer = csv.DictWriter(log, fieldnames=fields, extrasaction="ignore")
-    if state["step"] == 0:
-        writer.writeheader()
+    held = heldout_prompts(args.seed, args.eval_prompts)
+    scorers = None
+    if main_proc and (args.embedding or args.quality):
+        scorers = Scorers(embedder, load_quality_from(args.quality))
+
+    writer = log = eval_log = None
+    if main_proc:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=state["step"] + 1)
+        files = [open(out / name, "a", newline="") for name in ("log.csv", "eval.csv")]
+        log = csv.DictWriter(files[0], fieldnames=LOG_FIELDS, extrasaction="ignore")
+        eval_log = csv.DictWriter(files[1], fieldnames=EVAL_FIELDS, extrasaction="ignore")
+        if state["step"] == 0:
+            log.writeheader()
+            eval_log.writeheader()
+
+    def run_eval(step: int) -> None:
+        for row in eval_rows(distiller, step, held, args.eval_samples, args.seed, scorers):
+            eval_log.writerow(row)
+            files[1].flush()
+            for k, v in row.items():
+                if isinstance(v, float):
+                    writer.add_scalar(f"eval_{row['model']}/{k}", v, step)
+            tqdm.write(f"eval step {step} {row['model']}: "
+                       + " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+
+    if main_proc and state["step"] == 0 and args.eval_every:
+        with torch.no_grad():
+            run_eval(0)
+    bar = tqdm(total=args.steps, initial=state["step"], disable=not main_proc, desc=f"β={cfg.beta:g}", dynamic_ncols=True)
     while state["step"] < args.steps:
         step = state["step"]
-        rng = np.random.default_rng([args.seed, step])  # per-step randomness: resume is exact
-        batch = [prompts[i] for i in rng.choice(len(prompts), cfg.prompts, replace=False)]
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        rng = np.random.default_rng([args.seed, step])  # per-step randomness, same on every process: resume is exact
+        batch = [prompts[i] for i in rng.choice(len(prompts), args.prompts, replace=False)][rank::world]
+        gen = torch.Generator(device=distiller.teacher.device).manual_seed(int(rng.integers(2**62)) + rank)
         t0 = time.perf_counter()
         codes = distiller.sample(batch, gen)
         t_sample = time.perf_counter() - t0
+        distiller.timings = dict(decode_s=0.0, embed_s=0.0)
         loss, metrics = distiller.loss_on(codes, batch, step)
-        if not torch.isfinite(loss):
-            print(f"step {step}: loss is {loss.item()}; stopping, the last good checkpoint stays in {out}")
+        total = accelerator.reduce(loss.detach().clone(), "mean")
+        if not torch.isfinite(total):
+            bar.close()
+            if main_proc:
+                print(f"step {step}: loss is {total.item()}; stopping, the last good checkpoint stays in {out}")
             raise SystemExit(1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(distiller.student_model.parameters(), 1.0)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(distiller.student_model.parameters(), 1.0)
+        if not torch.isfinite(grad_norm):
+            bar.close()
+            if main_proc:
+                print(f"step {step}: gradient norm is {grad_norm.item()}; stopping, the last good checkpoint stays in {out}")
+            raise SystemExit(1)
         optimizer.step()
+        scheduler.step()
         state["step"] += 1
-        row = dict(metrics, step=state["step"], loss=loss.item(), sample_s=t_sample, step_s=time.perf_counter() - t0)
-        if state["step"] % args.eval_every == 0:
-            with torch.no_grad():
-                eval_gen = torch.Generator().manual_seed(args.seed)
-                row["heldout_kl"] = distiller.step_loss(held[:cfg.prompts], state["step"], eval_gen)[1]["kl"]
-        writer.writerow(row)
-        log.flush()
-        print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-        if state["step"] % args.save_every == 0 or state["step"] == args.steps:
-            _save(out, distiller, optimizer, state)
+        keys = sorted(metrics)
+        mean = accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=accelerator.device), "mean")
+        row = dict(zip(keys, mean.tolist()), step=state["step"], loss=total.item(), lr=scheduler.get_last_lr()[0],
+                   grad_norm=float(grad_norm), sample_s=t_sample, fwd_bwd_s=time.perf_counter() - t0 - t_sample
+                   - sum(distiller.timings.values()), step_s=time.perf_counter() - t0, **distiller.timings)
+        bar.update(1)
+        if main_proc:
+            log.writerow(row)
+            files[0].flush()
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(f"train/{k}", v, state["step"])
+            bar.set_postfix(kl=f"{row['kl']:.3g}", **({"reward": f"{row['reward_mean']:.3g}"} if "reward_mean" in row else {}),
+                            s=f"{row['step_s']:.1f}")
+            if args.eval_every and (state["step"] % args.eval_every == 0 or state["step"] == args.steps):
+                with torch.no_grad():
+                    run_eval(state["step"])
+            if args.snapshot_every and state["step"] % args.snapshot_every == 0:  # for quality/diversity along training
+                save_state({k: v.detach().half() for k, v in distiller.student_model.named_parameters()},
+                           out / "snapshots" / f"step_{state['step']:06d}.safetensors")
+            if state["step"] % args.save_every == 0 or state["step"] == args.steps:
+                _save(out, distiller, optimizer, scheduler, state)
+        accelerator.wait_for_everyone()
+    bar.close()
+    if main_proc:
+        writer.close()
+        for f in files:
+            f.close()
+
+
+def load_quality_from(folder):
+    from engine.scorers import load_quality_scorer
+
+    return load_quality_scorer(folder) if folder else None
 
 
 if __name__ == "__main__":

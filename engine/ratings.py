@@ -1,0 +1,134 @@
+"""Blind A/B ratings (the paper's human evaluation, Section 3.5), persisted in SQLite.
+
+A rater hears two sets of clips for one prompt, made by two systems (e.g. "CFG γ=3" and "merged λ=0.5") and
+shown in a random, hidden order, and says which set is better in quality and which is more diverse: "A", "B"
+or "tie". Votes are stored against the systems, not the letters, so the order never biases the table.
+Win rate of system s over t: (W + T/2) / (W + L + T); its 95 % interval is the normal interval of the
+per-rating score (1 win, ½ tie, 0 loss), clipped to [0, 1].
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+VOTES = ("A", "B", "tie")
+ASPECTS = ("quality", "diversity")
+MAX_TEXT = 500
+
+
+def default_path() -> Path:
+    """`$MUSIC_RATINGS_DB`, else the user's data dir: $XDG_DATA_HOME (or ~/.local/share)/cfg-distill/ratings.sqlite."""
+    if os.environ.get("MUSIC_RATINGS_DB"):
+        return Path(os.environ["MUSIC_RATINGS_DB"])
+    root = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return root / "cfg-distill" / "ratings.sqlite"
+
+
+@dataclass(frozen=True)
+class PairResult:
+    system: str
+    opponent: str
+    aspect: str
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    @property
+    def win_rate(self) -> float:
+        return (self.wins + self.ties / 2) / self.n
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Normal interval of the mean score (1 / ½ / 0); the degenerate all-equal case uses Wilson's interval."""
+        n, p = self.n, self.win_rate
+        var = (self.wins * (1 - p) ** 2 + self.ties * (0.5 - p) ** 2 + self.losses * p ** 2) / max(n - 1, 1)
+        if var == 0:  # e.g. 3 wins of 3: no spread in the sample, but certainly not [1, 1]
+            z = 1.96
+            centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+            half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+            return max(0.0, centre - half), min(1.0, centre + half)
+        half = 1.96 * math.sqrt(var / n)
+        return max(0.0, p - half), min(1.0, p + half)
+
+
+class RatingStore:
+    """Thread-safe SQLite store of blind A/B ratings. Opens (and creates) the database at `path`."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            with self._connect() as db:
+                db.execute("""CREATE TABLE IF NOT EXISTS ratings (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, prompt TEXT NOT NULL,
+                    seed INTEGER, system_a TEXT NOT NULL, system_b TEXT NOT NULL,
+                    quality TEXT NOT NULL, diversity TEXT NOT NULL, session TEXT)""")
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"{self.path}: not a usable ratings database ({e})") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def add(self, prompt: str, seed: int | None, system_a: str, system_b: str, quality: str, diversity: str,
+            session: str = "") -> int:
+        """One rating of the pair as shown (A = system_a). Returns its id."""
+        for name, vote in (("quality", quality), ("diversity", diversity)):
+            if vote not in VOTES:
+                raise ValueError(f"{name} vote must be one of {', '.join(VOTES)}, got {vote!r}")
+        if not system_a or not system_b or system_a == system_b:
+            raise ValueError(f"a rating needs two different systems, got {system_a!r} and {system_b!r}")
+        if len(prompt) > MAX_TEXT or len(system_a) > MAX_TEXT or len(system_b) > MAX_TEXT:
+            raise ValueError(f"prompt and system names are limited to {MAX_TEXT} characters")
+        with self._lock, self._connect() as db:
+            cur = db.execute("INSERT INTO ratings (created, prompt, seed, system_a, system_b, quality, diversity, session) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (time.time(), prompt, seed, system_a, system_b, quality, diversity, session))
+            return int(cur.lastrowid)
+
+    def rows(self) -> list[dict]:
+        with self._lock, self._connect() as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM ratings ORDER BY id")]
+
+    def results(self) -> list[PairResult]:
+        """Win counts per (system, opponent, aspect), for both orientations of each rated pair."""
+        counts: dict[tuple[str, str, str], list[int]] = {}
+        for r in self.rows():
+            a, b = r["system_a"], r["system_b"]
+            for aspect in ASPECTS:
+                vote = r[aspect]
+                for me, other, mine in ((a, b, "A"), (b, a, "B")):
+                    c = counts.setdefault((me, other, aspect), [0, 0, 0])
+                    c[0 if vote == mine else 2 if vote == "tie" else 1] += 1
+        return [PairResult(s, o, asp, *c) for (s, o, asp), c in sorted(counts.items())]
+
+    def table(self) -> list[list]:
+        """Rows for display: system, opponent, aspect, W, L, T, win rate, CI low, CI high."""
+        return [[r.system, r.opponent, r.aspect, r.wins, r.losses, r.ties, round(r.win_rate, 3),
+                 round(r.ci95[0], 3), round(r.ci95[1], 3)] for r in self.results()]
+
+    def export_csv(self) -> str:
+        rows = self.rows()
+        out = io.StringIO()
+        fields = ["id", "created", "prompt", "seed", "system_a", "system_b", "quality", "diversity", "session"]
+        w = csv.DictWriter(out, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        return out.getvalue()
+
+
+TABLE_HEADERS = ["system", "vs", "aspect", "wins", "losses", "ties", "win rate", "95% CI low", "95% CI high"]

@@ -1,0 +1,159 @@
+"""The app's callbacks without a browser (`Studio`), and the Blocks it builds."""
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from app import SOUP, Studio, build_ui, parse_args
+from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.generate import GenerationCancelled
+from engine.model import build_debug_model
+from engine.ratings import RatingStore
+from engine.score_codec import ScoreCodec
+from engine.scorers import QualityConfig, QualityScorer, Scorers, SentenceEncoder
+from engine.service import MusicService
+
+TINY = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16, window_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_debug_model(seed=0)
+    model.codec = ScoreCodec()  # audible differences between codes (the random EnCodec renders one sound)
+    service = MusicService(model)
+    service.mixer.add("q", service.base.flat)
+    gen = torch.Generator().manual_seed(1)
+    service.add_checkpoint("d", {k: v + 0.05 * torch.randn(v.shape, generator=gen)
+                                 for k, v in service.base.model.state_dict().items() if v.is_floating_point()})
+    scorers = Scorers(AudioEmbedder(TINY).eval(), QualityScorer(QualityConfig(audio=TINY)).eval(), SentenceEncoder())
+    root = tmp_path_factory.mktemp("studio")
+    return Studio(service, scorers, RatingStore(root / "ratings.sqlite"), out_dir=root / "out")
+
+
+def run(studio, **overrides):
+    kwargs = dict(prompt="rock song", num_clips=3, duration=0.5, seed=7, temperature=1.0, mode="θ_q ↔ θ_d", lam=0.5,
+                  compare=False, guidance=3.0, negative="Bad audio quality.")
+    kwargs.update(overrides)
+    return studio.generate(**kwargs)
+
+
+def test_generate_clips_scores_and_wavs(studio):
+    r = run(studio)
+    assert r.merged.audio.shape[0] == 3 and r.base is None and r.merged.seed == 7
+    s = r.scores["merged"]
+    assert s.diversity.shape == (3, 3) and s.quality.shape == (3,)
+    assert len(r.files) == 3 and all("seed7_lam0.50_clip" in f and f.startswith(str(studio.out_dir)) for f in r.files)
+    audio, sr = sf.read(r.files[0])
+    assert sr == r.merged.sample_rate and len(audio) == r.merged.audio.shape[1]
+    with sf.SoundFile(r.files[0]) as f:
+        assert "seed=7" in f.comment and f.title == "rock song"
+    assert "Seed 7" in studio.summary(r) and "mean diversity" in studio.score_markdown(r)
+    heat, none = studio.heatmaps(r)
+    assert heat.size[0] > 100 and none is None
+    assert studio.qd_plot(r) is not None
+
+
+def test_same_settings_same_clips_and_lambda_matters(studio):
+    a, b = run(studio), run(studio)
+    assert np.array_equal(a.merged.audio, b.merged.audio)
+    c = run(studio, lam=1.0)
+    assert not np.array_equal(a.merged.codes, c.merged.codes)
+
+
+def test_compare_with_cfg_uses_the_same_seed(studio):
+    r = run(studio, compare=True, seed=None)
+    assert r.base is not None and r.base.seed == r.merged.seed and r.base.request.guidance == 3.0
+    assert len(r.files) == 6 and any("_cfg3_clip" in f for f in r.files)
+    assert "CFG costs" in studio.summary(r) and set(r.scores) == {"merged", "base"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(lam=1.5), "λ must be a number in \\[0, 1\\]"),
+    (dict(lam=float("nan")), "λ must be a finite number"),
+    (dict(num_clips=9), "num_clips must be between 1 and 8"),
+    (dict(duration=1000), "duration_s must be at most"),
+    (dict(mode="nonsense"), "unknown mode"),
+    (dict(guidance=0.5, compare=True), "guidance γ must be ≥ 1"),
+    (dict(prompt="x" * 501), "limit is 500"),
+    (dict(seed="abc"), "seed must be a finite number"),
+])
+def test_bad_input_is_a_readable_error(studio, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run(studio, **overrides)
+
+
+def test_merge_reports_time_and_soup_needs_three(studio):
+    assert "λ = 0.25" in studio.merge("θ_q ↔ θ_d", 0.25)
+    assert "already merged" in studio.merge("θ_q ↔ θ_d", 0.25)
+    assert "merged in" in studio.merge("θ_q ↔ θ_d", 0.3)
+    assert SOUP not in studio.modes and SOUP not in studio.systems()
+
+
+def test_stop_interrupts_a_generation(studio):
+    seen = []
+
+    def progress(fraction, desc=None):
+        if not seen:
+            seen.append(fraction)
+            studio.stop("session-1")
+
+    with pytest.raises(GenerationCancelled):
+        run(studio, duration=2.0, progress=progress, session="session-1")
+    assert run(studio, session="session-1").merged.audio.shape[0] == 3  # the next request runs normally
+
+
+def test_blind_pair_rating_and_results(studio, tmp_path):
+    token, a, b = studio.new_pair("calm piano", "merged λ=0", "base + CFG γ=3", num_clips=2, duration=0.5, seed=3)
+    assert a.audio.shape[0] == b.audio.shape[0] == 2 and a.seed == b.seed == 3
+    pair_models = {a.model, b.model}
+    assert "base" in pair_models
+    message = studio.rate(token, "A", "tie", session="s")
+    assert "A was" in message
+    with pytest.raises(ValueError, match="already rated"):
+        studio.rate(token, "A", "tie")
+    rows = studio.ratings.rows()
+    assert rows[-1]["prompt"] == "calm piano" and {rows[-1]["system_a"], rows[-1]["system_b"]} == {"merged λ=0",
+                                                                                                "base + CFG γ=3"}
+    assert any(r[2] == "quality" for r in studio.results_table())
+    assert "calm piano" in open(studio.export_ratings()).read()
+    with pytest.raises(ValueError, match="two different systems"):
+        studio.new_pair("x", "base", "base")
+    with pytest.raises(ValueError, match="choose A, B or tie"):
+        studio.rate("whatever", "maybe", "A")
+
+
+def test_concurrent_users_get_their_own_lambda(studio):
+    alone = {lam: run(studio, lam=lam, seed=11).merged.codes for lam in (0.0, 1.0)}
+    out, errors = {}, []
+
+    def user(lam):
+        try:
+            for _ in range(3):
+                out.setdefault(lam, []).append(run(studio, lam=lam, seed=11).merged.codes)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=user, args=(lam,)) for lam in (0.0, 1.0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(torch.equal(c, alone[lam]) for lam, codes in out.items() for c in codes)
+
+
+def test_ui_builds_with_named_endpoints(studio):
+    demo = build_ui(studio)
+    names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert {"generate", "merge", "stop", "new_pair", "rate", "results", "export_ratings"} <= names
+
+
+def test_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("MUSIC_MAX_DURATION", "4")
+    monkeypatch.setenv("MUSIC_BASE", "debug")
+    args = parse_args([])
+    assert args.max_duration == 4 and args.base == "debug"
+    assert parse_args(["--base", "x", "--soup", "a", "b"]).soup == ["a", "b"]

@@ -1,0 +1,119 @@
+"""Quality scorers, one-call scoring, the CLAP path (tiny random ClapModel) and the scorer trainer's smoke run."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoint import CheckpointError
+from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.scorers import (ClapAdherence, QualityConfig, QualityScorer, Scorers, SentenceEncoder,
+                            load_quality_scorer)
+from training.train_scorers import main, roc_auc, soft_clip_loss
+
+TINY = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16)
+
+
+@pytest.fixture(scope="module")
+def sentences():
+    return SentenceEncoder()
+
+
+@pytest.fixture(scope="module")
+def scorers(sentences):
+    torch.manual_seed(0)
+    return Scorers(AudioEmbedder(TINY).eval(), QualityScorer(QualityConfig(audio=TINY)).eval(), sentences)
+
+
+def test_sentence_encoder_unit_and_cached(sentences):
+    e = sentences(["rock song", "calm piano", "rock song"])
+    assert e.shape == (3, 384) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.equal(e[0], e[2]) and not torch.allclose(e[0], e[1])
+
+
+def test_score_one_call_shapes_and_ranges(scorers):
+    audio = np.random.default_rng(0).standard_normal((3, 16000 * 5)).astype(np.float32) * 0.1
+    s = scorers.score(audio, 16000, "a calm piano piece")
+    assert s.diversity.shape == (3, 3) and np.allclose(s.diversity, s.diversity.T, atol=1e-6)
+    assert np.allclose(np.diag(s.diversity), 0) and 1 <= s.vendi <= 3 + 1e-6
+    assert s.adherence.shape == s.audio_quality.shape == s.quality.shape == (3,)
+    assert (np.abs(s.adherence) <= 1 + 1e-6).all() and ((s.audio_quality >= 0) & (s.audio_quality <= 1)).all()
+    assert np.allclose(s.quality, 5 * s.adherence + s.audio_quality)
+    assert s.seconds > 0
+
+
+def test_identical_clips_have_no_diversity_and_scores_are_deterministic(scorers):
+    clip = torch.randn(1, 16000 * 4) * 0.1
+    s = scorers.score(clip.repeat(3, 1), 16000, "x")
+    assert abs(s.mean_diversity) < 1e-5 and abs(s.vendi - 1) < 1e-3
+    again = scorers.score(clip.repeat(3, 1), 16000, "x")
+    assert np.array_equal(s.quality, again.quality)
+
+
+def test_one_prompt_per_clip_and_bad_input(scorers):
+    audio = torch.randn(2, 16000)
+    s = scorers.score(audio, 16000, ["rock", "jazz"])
+    assert s.adherence[0] != s.adherence[1]
+    with pytest.raises(ValueError, match="2 clips but 3 prompts"):
+        scorers.score(audio, 16000, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="NaN"):
+        scorers.score(torch.full((2, 100), float("nan")), 16000, "a")
+    with pytest.raises(ValueError, match=r"\(N, samples\)"):
+        scorers.score(torch.randn(100), 16000, "a")
+    assert Scorers().score(audio, 16000, "a").quality is None  # nothing loaded: nothing scored
+
+
+def test_worst_window_decides_audio_quality():
+    torch.manual_seed(0)
+    q = QualityScorer(QualityConfig(audio=TINY)).eval()
+    w = TINY.window_samples
+    windows = torch.randn(4, w)
+    _, clean = q.clips(windows, 2)
+    per_window = q.quality_head(q.audio.features(windows)).view(2, 2)
+    assert torch.allclose(clean, per_window.min(dim=1).values)
+
+
+def test_roc_auc_known_values():
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert roc_auc([0.5, 0.5], [1, 0]) == 0.5
+    with pytest.raises(ValueError):
+        roc_auc([1, 2], [1, 1])
+
+
+def test_soft_clip_loss_treats_equal_captions_as_positives():
+    a = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    ids = torch.tensor([0, 0, 1])  # clips 0 and 1 share a caption: swapping their texts costs nothing
+    assert torch.isclose(soft_clip_loss(a, a, ids, torch.tensor(10.0)), soft_clip_loss(a, a[[1, 0, 2]], ids, torch.tensor(10.0)))
+    wrong = soft_clip_loss(a, a[[2, 2, 0]], ids, torch.tensor(10.0))
+    assert wrong > soft_clip_loss(a, a, ids, torch.tensor(10.0)) + 1
+
+
+def test_trainer_smoke_exports_a_loadable_scorer(tmp_path):
+    main(["--out", str(tmp_path / "run"), "--pool", "12", "--heldout", "24", "--batch", "6", "--steps", "2",
+          "--layers", "1", "--dim", "32", "--distractors", "3", "--eval-every", "1"])
+    main(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "Q")])
+    q = load_quality_scorer(tmp_path / "Q")
+    assert q.config.audio.dim == 32
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3
+    (tmp_path / "Q" / "quality.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="quality.safetensors"):
+        load_quality_scorer(tmp_path / "Q")
+    with pytest.raises(CheckpointError, match="model.json"):
+        load_quality_scorer(tmp_path / "nowhere")
+
+
+def test_clap_adherence_on_a_tiny_random_clap(sentences):
+    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
+
+    tok = sentences.tokenizer  # any offline tokenizer: ids only need to fit the tiny vocabulary
+    text = ClapTextConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, projection_dim=8, max_position_embeddings=64)
+    audio = ClapAudioConfig(spec_size=64, window_size=4, num_mel_bins=16, hidden_size=16, patch_embeds_hidden_size=8,
+                            depths=[1, 1], num_attention_heads=[2, 2], projection_dim=8, enable_fusion=False)
+    torch.manual_seed(0)
+    model = ClapModel(ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=8))
+    fe = ClapFeatureExtractor(feature_size=16, sampling_rate=8000, hop_length=160, max_length_s=2, fft_window_size=256,
+                              truncation="rand_trunc")
+    clap = ClapAdherence(model, fe, tok)
+    s = Scorers(clap=clap).score(torch.randn(2, 16000), 16000, ["rock", "jazz"])
+    assert s.adherence.shape == (2,) and (np.abs(s.adherence) <= 1 + 1e-6).all() and s.quality is None

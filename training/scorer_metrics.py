@@ -1,0 +1,146 @@
+"""Acceptance measurements of E and the quality scorers, on held-out corpus pieces and nano generations.
+
+E (diversity embedding):
+- same-source retrieval: the first 4 s half of each held-out piece finds its own second half among all
+  `--candidates` second halves (top-1);
+- r_D between: two augmented renderings of the same piece (lower reference); two different corpus pieces; the
+  paper's "upper bound": base-model generations for two different prompts; and, as context, two seeds of one prompt;
+- hackability: r_D between a clip and the same clip with noise added (20 dB SNR), its gain changed (±6 dB), and
+  drums added (the drum stream of another piece laid over a drum-less piece). These should stay well below
+  the different-piece diversity; the paper found its E biased toward background drums.
+Quality: adherence top-1 (own caption vs `--distractors` other captions), clean-vs-degraded ROC AUC.
+Speed: one `Scorers.score` call on 8 clips of 8 s (E + adherence + audio quality), median of repeats.
+
+    python -m training.scorer_metrics --embedding weights/embedding --quality weights/quality --out metrics.json
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from engine.checkpoint import save_json
+from engine.model import load_model
+from engine.score_codec import FRAME_RATE, ScoreCodec
+from engine.scorers import Scorers, SentenceEncoder
+from engine.service import MusicService, Request
+from training.corpus import HELD_OUT_EVERY, generate_piece, render
+from training.train_embedding import augment, retrieval_top1
+from training.train_scorers import evaluate
+
+
+def paired_rd(scorers: Scorers, a: torch.Tensor, b: torch.Tensor, sr: int) -> np.ndarray:
+    """r_D between row i of a and row i of b."""
+    return (1 - (scorers.embed(a, sr) * scorers.embed(b, sr)).sum(-1)).numpy()
+
+
+def summary(x) -> dict:
+    x = np.asarray(x, dtype=float)
+    return dict(mean=float(x.mean()), sem=float(x.std(ddof=1) / np.sqrt(len(x))), n=int(len(x)))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--embedding", default="weights/embedding")
+    p.add_argument("--quality", default="weights/quality")
+    p.add_argument("--model", default="weights/nano", help="base model for the generation-based measurements")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--candidates", type=int, default=200, help="held-out pieces for retrieval and r_D pairs")
+    p.add_argument("--heldout", type=int, default=600, help="held-out pieces for the quality scorers")
+    p.add_argument("--distractors", type=int, default=10)
+    p.add_argument("--prompts", type=int, default=32, help="prompt pairs for the generation-based r_D")
+    p.add_argument("--out", default=None, help="write the metrics JSON here")
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    scorers = Scorers.from_folders(args.embedding, args.quality)
+    codec = ScoreCodec()
+    sr = codec.sample_rate
+    frames = int(8 * FRAME_RATE)
+    results: dict = {}
+
+    # --- E on corpus audio
+    pieces = [generate_piece(args.seed, i * HELD_OUT_EVERY, frames) for i in range(args.candidates)]
+    audio = render(pieces, codec)
+    w = scorers.embedder.config.window_samples
+    results["retrieval_top1"] = dict(value=retrieval_top1(scorers.embedder, audio, sr), candidates=len(pieces))
+    rng = np.random.default_rng(args.seed)
+    half = audio[:, :w]
+    rd = {"same piece, two augmented renderings": paired_rd(scorers, augment(half, rng, sr), augment(half, rng, sr), sr),
+          "two different corpus pieces": paired_rd(scorers, half, half.roll(1, 0), sr),
+          "noise added (20 dB SNR)": paired_rd(scorers, half, half + torch.randn_like(half)
+                                               * half.pow(2).mean(1, keepdim=True).sqrt() * 0.1, sr),
+          "gain +6 dB": paired_rd(scorers, half, half * 2.0, sr),
+          "gain -6 dB": paired_rd(scorers, half, half * 0.5, sr)}
+    drumless = [pc for pc in pieces if not pc.attributes["drums"] and not pc.attributes["degraded"]]
+    drummed = [pc for pc in pieces if pc.attributes["drums"] and not pc.attributes["degraded"]]
+    with_drums = []
+    for k, pc in enumerate(drumless):
+        codes = pc.codes.copy()
+        codes[3] = drummed[k % len(drummed)].codes[3]
+        with_drums.append(type(pc)(pc.index, codes, pc.caption, pc.attributes))
+    rd["drums added"] = paired_rd(scorers, render(drumless, codec)[:, :w], render(with_drums, codec)[:, :w], sr)
+
+    # --- E on generations of the base model
+    service = MusicService(load_model(args.model))
+    clean = [pc for pc in pieces if not pc.attributes["degraded"]]
+    prompts = [pc.caption for pc in clean]
+    firsts, seconds_, sames = [], [], []
+    for j in range(args.prompts):
+        a, b = prompts[(2 * j) % len(prompts)], prompts[(2 * j + 1) % len(prompts)]
+        ga = service.generate_base(Request(a, num_clips=2, duration_s=8.0, seed=j)).audio
+        gb = service.generate_base(Request(b, num_clips=1, duration_s=8.0, seed=10_000 + j)).audio
+        firsts.append(ga[0])
+        seconds_.append(gb[0])
+        sames.append(ga[1])
+    firsts, seconds_, sames = (torch.as_tensor(np.stack(x)) for x in (firsts, seconds_, sames))
+    rd["generations, two different prompts (upper bound)"] = paired_rd(scorers, firsts, seconds_, sr)
+    rd["generations, one prompt, two seeds"] = paired_rd(scorers, firsts, sames, sr)
+    results["diversity"] = {k: summary(v) for k, v in rd.items()}
+
+    # --- quality scorers
+    held = [generate_piece(args.seed, i * HELD_OUT_EVERY, frames) for i in range(args.heldout)]
+    sentences = scorers.sentences or SentenceEncoder()
+    q = evaluate(scorers.quality_scorer, render(held, codec), [pc.caption for pc in held],
+                 np.array([pc.attributes["degraded"] for pc in held]), sentences([pc.caption for pc in held]),
+                 args.distractors, args.seed)
+    results["quality"] = dict(q, heldout=len(held), degraded=int(sum(pc.attributes["degraded"] for pc in held)),
+                              distractors=args.distractors)
+    # quality of generations with and without CFG, as a sanity check of the scorers on model audio
+    gen_q = {}
+    for label, gamma in (("base", 1.0), ("base + CFG γ=3", 3.0)):
+        scores = [scorers.score(service.generate_base(Request(pr, num_clips=2, duration_s=8.0, seed=j, guidance=gamma)).audio,
+                                sr, pr) for j, pr in enumerate(prompts[:args.prompts])]
+        gen_q[label] = dict(adherence=summary(np.concatenate([s.adherence for s in scores])),
+                            audio_quality=summary(np.concatenate([s.audio_quality for s in scores])),
+                            quality=summary(np.concatenate([s.quality for s in scores])))
+    results["generation_quality"] = gen_q
+
+    # --- speed of one scoring call: 8 clips of 8 s
+    clips = audio[:8, : 8 * sr]
+    scorers.score(clips, sr, prompts[0])  # warm-up
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        scorers.score(clips, sr, prompts[1])
+        times.append(time.perf_counter() - t)
+    results["score_8_clips_8s_s"] = float(np.median(times))
+    results["threads"] = torch.get_num_threads()
+
+    print(f"E retrieval top-1 among {len(pieces)}: {results['retrieval_top1']['value']:.3f}")
+    for k, v in results["diversity"].items():
+        print(f"  r_D {k:52s} {v['mean']:.3f} ± {v['sem']:.3f} (n={v['n']})")
+    print(f"adherence top-1 vs {args.distractors} distractors: {q['adherence_top1']:.3f}; "
+          f"audio-quality ROC AUC: {q['quality_auc']:.3f} ({results['quality']['degraded']} degraded of {len(held)})")
+    for k, v in gen_q.items():
+        print(f"  {k:16s} adherence {v['adherence']['mean']:.3f} ± {v['adherence']['sem']:.3f}  "
+              f"audio quality {v['audio_quality']['mean']:.3f} ± {v['audio_quality']['sem']:.3f}  "
+              f"quality {v['quality']['mean']:.3f} ± {v['quality']['sem']:.3f}")
+    print(f"scoring 8 clips × 8 s: {results['score_8_clips_8s_s']:.3f} s (median of 5, {results['threads']} threads)")
+    if args.out:
+        save_json(dict(results, embedding_path=args.embedding, quality_path=args.quality, model_path=args.model), args.out)
+
+
+if __name__ == "__main__":
+    main()
