@@ -134,7 +134,7 @@ class Studio:
 
     def generate(self, prompt: str, num_clips, duration, seed, temperature, mode: str, lam, compare: bool, guidance,
                  negative: str, session: str = "", progress=None) -> Result:
-        seed = secrets.randbelow(2**31) if seed in (None, "") else int(_number("seed", seed))
+        seed = _seed(seed)
         req = Request(prompt or "", int(_number("clips", num_clips)), float(_number("duration", duration)), seed,
                       float(_number("temperature", temperature)))
         cfg_req = None
@@ -207,7 +207,7 @@ class Studio:
         n = int(_number("clips", num_clips))
         if not 1 <= n <= MAX_PAIR_CLIPS:
             raise ValueError(f"clips per set must be between 1 and {MAX_PAIR_CLIPS}, got {n}")
-        seed = secrets.randbelow(2**31) if seed in (None, "") else int(_number("seed", seed))
+        seed = _seed(seed)
         req = Request(prompt or "", n, float(_number("duration", duration)), seed)
         order = [system_1, system_2]
         if secrets.randbelow(2):
@@ -301,6 +301,22 @@ class Studio:
         return quality_diversity_plot(self.fronts, points)
 
 
+def _seed(value) -> int:
+    """A seed from the UI: blank (or None) = a fresh random one; else an integer, given as a number or as text."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return secrets.randbelow(2**31)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError(f"seed must be a whole number or blank, got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"seed must be a whole number or blank, got {value!r}")
+    return value
+
+
 def _number(name: str, value):
     """UI numbers arrive as int/float (or None from an empty box); refuse anything else with a readable message."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
@@ -344,7 +360,7 @@ def build_ui(studio: Studio):
         merged_files, base_files = r.files[:n], r.files[n:]
         heat_m, heat_b = studio.heatmaps(r)
         return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
-                + [studio.summary(r), studio.score_markdown(r), heat_m, heat_b, studio.qd_plot(r), r.files, r.merged.seed])
+                + [studio.summary(r), studio.score_markdown(r), heat_m, heat_b, studio.qd_plot(r), r.files, str(r.merged.seed)])
 
     @readable
     def merge(mode, lam):
@@ -396,7 +412,7 @@ def build_ui(studio: Studio):
                 with gr.Column():
                     num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Clips", elem_id="clips")
                     duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
-                    seed = gr.Number(label="Seed (blank = random)", precision=0, value=None, elem_id="seed")
+                    seed = gr.Textbox(label="Seed (blank = random)", value="", max_lines=1, elem_id="seed")
                     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
             with gr.Row():
                 mode = gr.Radio(studio.modes, value=studio.modes[0], label="Merge")

@@ -82,6 +82,7 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a checkpoint is for everyone who can read the folder
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -97,6 +98,7 @@ def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

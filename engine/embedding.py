@@ -7,6 +7,7 @@ embeddings (then normalised). Trained contrastively by `training.train_embedding
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,8 +49,10 @@ class AudioEmbedder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.register_buffer("mel", AF.melscale_fbanks(c.n_fft // 2 + 1, 0.0, c.sample_rate / 2, c.n_mels, c.sample_rate),
-                             persistent=False)
+        with warnings.catch_warnings():  # with many mel bands the lowest filters fall between FFT bins: expected
+            warnings.simplefilter("ignore", UserWarning)
+            mel = AF.melscale_fbanks(c.n_fft // 2 + 1, 0.0, c.sample_rate / 2, c.n_mels, c.sample_rate)
+        self.register_buffer("mel", mel, persistent=False)
         self.register_buffer("window", torch.hann_window(c.n_fft), persistent=False)
         self.patch_in = nn.Linear(c.patch * c.n_mels, c.dim)
         self.pos = nn.Parameter(torch.zeros(1, c.tokens, c.dim))

@@ -29,3 +29,21 @@ def service():
     svc.add_checkpoint("q", perturbed_state(svc.model, 1))
     svc.add_checkpoint("d", perturbed_state(svc.model, 2))
     return svc
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_dirs(tmp_path_factory):
+    """Folders of a tiny random E and quality scorer in the shipped format: (E folder, quality folder)."""
+    from engine.checkpoint import save_json, save_state
+    from engine.embedding import AudioEmbedder, EmbeddingConfig
+    from engine.scorers import QualityConfig, QualityScorer
+
+    root = tmp_path_factory.mktemp("scorers")
+    torch.manual_seed(0)
+    config = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16, window_s=1.0)
+    e, q = AudioEmbedder(config), QualityScorer(QualityConfig(audio=config))
+    save_state(dict(e.named_parameters()), root / "E" / "embedding.safetensors")
+    save_json(dict(config=e.config_dict()), root / "E" / "model.json")
+    save_state(dict(q.named_parameters()), root / "Q" / "quality.safetensors")
+    save_json(dict(config=q.config_dict()), root / "Q" / "model.json")
+    return root / "E", root / "Q"

@@ -63,6 +63,12 @@ def test_same_settings_same_clips_and_lambda_matters(studio):
     assert not np.array_equal(a.merged.codes, c.merged.codes)
 
 
+def test_seed_as_text_blank_or_number(studio):
+    assert run(studio, seed=" 12 ").merged.seed == 12 == run(studio, seed=12.0).merged.seed
+    a, b = run(studio, seed=""), run(studio, seed=None)
+    assert a.merged.seed != b.merged.seed  # blank: a fresh random seed each time (1 in 2^31 to collide)
+
+
 def test_compare_with_cfg_uses_the_same_seed(studio):
     r = run(studio, compare=True, seed=None)
     assert r.base is not None and r.base.seed == r.merged.seed and r.base.request.guidance == 3.0
@@ -78,7 +84,9 @@ def test_compare_with_cfg_uses_the_same_seed(studio):
     (dict(mode="nonsense"), "unknown mode"),
     (dict(guidance=0.5, compare=True), "guidance γ must be ≥ 1"),
     (dict(prompt="x" * 501), "limit is 500"),
-    (dict(seed="abc"), "seed must be a finite number"),
+    (dict(seed="abc"), "seed must be a whole number or blank"),
+    (dict(seed=1.5), "seed must be a whole number or blank"),
+    (dict(seed=-1), "seed must be between 0 and"),
 ])
 def test_bad_input_is_a_readable_error(studio, overrides, message):
     with pytest.raises(ValueError, match=message):

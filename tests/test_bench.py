@@ -19,39 +19,26 @@ def test_bench_merge_leaves_the_model_unchanged(model):
     assert torch.equal(model.decoder.flat, before)
 
 
-def test_distill_bench_runs(tmp_path):
+def test_distill_bench_runs(tiny_scorer_dirs):
     """training.bench_distill on the nano weights with a tiny E: every phase is timed."""
     import torch
 
-    from engine.checkpoint import save_json, save_state
-    from engine.embedding import AudioEmbedder, EmbeddingConfig
     from training.bench_distill import main
 
-    e = AudioEmbedder(EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16))
-    save_state(dict(e.named_parameters()), tmp_path / "E" / "embedding.safetensors")
-    save_json(dict(config=e.config_dict()), tmp_path / "E" / "model.json")
-    r = main(["--embedding", str(tmp_path / "E"), "--prompts", "2", "--samples", "3", "--seconds", "0.5", "--steps", "1"])
+    r = main(["--embedding", str(tiny_scorer_dirs[0]), "--prompts", "2", "--samples", "3", "--seconds", "0.5",
+              "--steps", "1"])
     assert set(r["share"]) == {"sample", "decode", "embed", "fwd_bwd"} and abs(sum(r["share"].values()) - 1) < 1e-6
     assert r["step_s"] > 0 and torch.get_num_threads() == r["threads"]
 
 
-def test_scorer_metrics_runs(tmp_path):
+def test_scorer_metrics_runs(tmp_path, tiny_scorer_dirs):
     """training.scorer_metrics end to end with tiny scorers: every acceptance figure is produced."""
     import json
 
-    from engine.checkpoint import save_json, save_state
-    from engine.embedding import AudioEmbedder, EmbeddingConfig
-    from engine.scorers import QualityConfig, QualityScorer
     from training.scorer_metrics import main
 
-    config = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16)
-    e, q = AudioEmbedder(config), QualityScorer(QualityConfig(audio=config))
-    save_state(dict(e.named_parameters()), tmp_path / "E" / "embedding.safetensors")
-    save_json(dict(config=e.config_dict()), tmp_path / "E" / "model.json")
-    save_state(dict(q.named_parameters()), tmp_path / "Q" / "quality.safetensors")
-    save_json(dict(config=q.config_dict()), tmp_path / "Q" / "model.json")
-    main(["--embedding", str(tmp_path / "E"), "--quality", str(tmp_path / "Q"), "--candidates", "40", "--heldout", "60",
-          "--prompts", "2", "--distractors", "3", "--out", str(tmp_path / "m.json")])
+    main(["--embedding", str(tiny_scorer_dirs[0]), "--quality", str(tiny_scorer_dirs[1]), "--candidates", "40",
+          "--heldout", "60", "--prompts", "2", "--distractors", "3", "--out", str(tmp_path / "m.json")])
     m = json.loads((tmp_path / "m.json").read_text())
     assert 0 <= m["retrieval_top1"]["value"] <= 1 and m["retrieval_top1"]["candidates"] == 40
     assert {"drums added", "gain +6 dB", "generations, two different prompts (upper bound)"} <= set(m["diversity"])

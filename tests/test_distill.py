@@ -77,21 +77,8 @@ def test_diversity_term(base):
 
 
 @pytest.fixture(scope="module")
-def tiny_scorers(tmp_path_factory):
-    """Tiny random E and quality-scorer folders, in the shipped format."""
-    from engine.checkpoint import save_json, save_state
-    from engine.embedding import AudioEmbedder, EmbeddingConfig
-    from engine.scorers import QualityConfig, QualityScorer
-
-    root = tmp_path_factory.mktemp("scorers")
-    torch.manual_seed(0)
-    config = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16, window_s=1.0)
-    e, q = AudioEmbedder(config), QualityScorer(QualityConfig(audio=config))
-    save_state(dict(e.named_parameters()), root / "E" / "embedding.safetensors")
-    save_json(dict(config=e.config_dict()), root / "E" / "model.json")
-    save_state(dict(q.named_parameters()), root / "Q" / "quality.safetensors")
-    save_json(dict(config=q.config_dict()), root / "Q" / "model.json")
-    return str(root / "E"), str(root / "Q")
+def tiny_scorers(tiny_scorer_dirs):
+    return tuple(str(p) for p in tiny_scorer_dirs)
 
 
 def tiny_args(tiny_scorers, *extra):

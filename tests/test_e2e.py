@@ -65,6 +65,8 @@ def test_browser_generate_compare_and_rate(server):
         page.locator("#generate").click()
         expect(page.locator("#info")).to_contain_text("Seed", timeout=120_000)
         expect(page.locator(".merged-clip:visible")).to_have_count(3)
+        seed = page.locator("#seed textarea, #seed input").first.input_value()
+        assert seed.isdigit() and f"Seed {seed}" in page.locator("#info").inner_text()  # blank seed: drawn and shown
         expect(page.locator(".base-clip:visible")).to_have_count(0)
 
         page.locator("#lambda input[type=range]").fill("0.8")  # moving λ re-merges on release
@@ -95,7 +97,7 @@ def test_two_api_clients_at_different_lambdas(server):
 
     def call(lam, seed):
         client = Client(server, verbose=False)
-        out = client.predict("Rock song.", 2, 1.0, seed, 1.0, "θ_q ↔ θ_d", lam, False, 3.0, "Bad audio quality.",
+        out = client.predict("Rock song.", 2, 1.0, str(seed), 1.0, "θ_q ↔ θ_d", lam, False, 3.0, "Bad audio quality.",
                              api_name="/generate")
         return [sf.read(o["value"] if isinstance(o, dict) else o)[0] for o in out[:2]]
 

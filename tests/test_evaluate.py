@@ -5,23 +5,16 @@ import json
 import pytest
 import torch
 
-from engine.checkpoint import save_json, save_state
-from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.checkpoint import save_state
 from engine.model import load_model
-from engine.scorers import QualityConfig, QualityScorer
 from training import evaluate
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_scorer_dirs):
     root = tmp_path_factory.mktemp("eval")
-    torch.manual_seed(0)
-    config = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16)
-    e, q = AudioEmbedder(config), QualityScorer(QualityConfig(audio=config))
-    save_state(dict(e.named_parameters()), root / "E" / "embedding.safetensors")
-    save_json(dict(config=e.config_dict()), root / "E" / "model.json")
-    save_state(dict(q.named_parameters()), root / "Q" / "quality.safetensors")
-    save_json(dict(config=q.config_dict()), root / "Q" / "model.json")
+    for name, src in zip("EQ", tiny_scorer_dirs, strict=True):
+        (root / name).symlink_to(src)
     base = load_model("weights/nano").decoder.model
     gen = torch.Generator().manual_seed(0)
     for name, scale in (("q", 0.0), ("d", 0.02)):  # θ_q = base, θ_d = a perturbed base

@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if args.export:
         dest = Path(args.export)
-        save_state(read_safetensors(out / QUALITY_WEIGHTS), dest / QUALITY_WEIGHTS)
+        weights = read_safetensors(out / QUALITY_WEIGHTS)  # fp16: half the size
+        save_state({k: v.half() for k, v in weights.items()}, dest / QUALITY_WEIGHTS)
         save_json(json.loads((out / QUALITY_CONFIG).read_text()), dest / QUALITY_CONFIG)
         return
 
