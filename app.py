@@ -179,7 +179,7 @@ class Studio:
         return files
 
     def _prune(self, keep: int = 256) -> None:
-        folders = sorted(p for p in self.out_dir.iterdir() if p.is_dir())
+        folders = sorted((p for p in self.out_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in folders[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -219,6 +219,21 @@ class Studio:
             while len(self._pairs) > 10_000:
                 self._pairs.popitem(last=False)
         return token, sets[0], sets[1]
+
+    def write_pair(self, token: str, a: Generation, b: Generation) -> list[str]:
+        """WAVs of a blind pair, named A1…, B1… so that nothing tells the systems apart."""
+        import soundfile as sf
+
+        folder = self.out_dir / f"pair-{token}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._prune()
+        files = []
+        for letter, gen in (("A", a), ("B", b)):
+            for i, clip in enumerate(gen.audio):
+                path = folder / f"{letter}{i + 1}.wav"
+                sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
+                files.append(str(path))
+        return files
 
     def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
         """Store a vote on a pair made by `new_pair`; returns which system was which."""
@@ -372,16 +387,7 @@ def build_ui(studio: Studio):
     @readable
     def new_pair(prompt, system_1, system_2, num_clips, duration):
         token, a, b = studio.new_pair(prompt, system_1, system_2, num_clips, duration)
-        files = []
-        for gen in (a, b):
-            folder = studio.out_dir / f"pair-{token}"
-            folder.mkdir(parents=True, exist_ok=True)
-            import soundfile as sf
-
-            for i, clip in enumerate(gen.audio):
-                path = folder / f"{'AB'[len(files) // gen.audio.shape[0]]}{i + 1}.wav"
-                sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
-                files.append(str(path))
+        files = studio.write_pair(token, a, b)
         n = a.audio.shape[0]
         return ([token] + [gr.update(value=files[i] if i < n else None, visible=i < n) for i in range(MAX_PAIR_CLIPS)]
                 + [gr.update(value=files[n + i] if i < n else None, visible=i < n) for i in range(MAX_PAIR_CLIPS)]

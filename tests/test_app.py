@@ -118,6 +118,8 @@ def test_blind_pair_rating_and_results(studio, tmp_path):
     assert a.audio.shape[0] == b.audio.shape[0] == 2 and a.seed == b.seed == 3
     pair_models = {a.model, b.model}
     assert "base" in pair_models
+    files = studio.write_pair(token, a, b)
+    assert [f.rsplit("/", 1)[1] for f in files] == ["A1.wav", "A2.wav", "B1.wav", "B2.wav"]  # names reveal nothing
     message = studio.rate(token, "A", "tie", session="s")
     assert "A was" in message
     with pytest.raises(ValueError, match="already rated"):
@@ -165,3 +167,15 @@ def test_flags_and_environment(monkeypatch):
     args = parse_args([])
     assert args.max_duration == 4 and args.base == "debug"
     assert parse_args(["--base", "x", "--soup", "a", "b"]).soup == ["a", "b"]
+
+
+def test_old_output_folders_are_pruned_oldest_first(tmp_path):
+    import os
+
+    s = Studio.__new__(Studio)
+    s.out_dir = tmp_path
+    for age, name in ((300, "pair-x"), (200, "20260101-000000-aaaaaa"), (100, "pair-y")):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
+    s._prune(keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
