@@ -508,7 +508,7 @@ def make_studio(args: argparse.Namespace) -> Studio:
         base = "debug"
         banner.append("No trained weights in weights/nano: running a tiny random model, so clips are noise.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    shipped_nano = args.base is None and base != "debug"
+    shipped_nano = base != "debug" and Path(base).resolve() == (WEIGHTS / "nano").resolve()  # its θ, E, scorers ship too
     theta_q = args.theta_q or (_shipped("theta_q") if shipped_nano else None)
     theta_d = args.theta_d or (_shipped("theta_d") if shipped_nano else None)
     service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device)

@@ -179,3 +179,13 @@ def test_old_output_folders_are_pruned_oldest_first(tmp_path):
         os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
     s._prune(keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
+
+
+def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
+    """Naming the shipped nano folder explicitly (as a Space would) loads the shipped θ_q, θ_d, E and scorers."""
+    from app import make_studio
+
+    studio = make_studio(parse_args(["--base", "weights/nano", "--ratings-db", str(tmp_path / "r.sqlite")]))
+    assert studio.scorers.has_diversity and studio.scorers.has_quality
+    assert not any("No θ_" in line for line in studio.banner)
+    assert not torch.equal(studio.service.mixer.endpoints["q"], studio.service.mixer.endpoints["d"])
