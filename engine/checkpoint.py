@@ -90,6 +90,11 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata
     return path
 
 
+def copy_as_fp16(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Ship a trained safetensors file at half the size: floating tensors as fp16 (loading casts them back)."""
+    return save_state({k: v.half() if v.is_floating_point() else v for k, v in read_safetensors(src).items()}, dest)
+
+
 def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write bytes atomically (temporary file in the same folder, then rename)."""
     path = Path(path)

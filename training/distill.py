@@ -329,7 +329,7 @@ def main(argv=None) -> None:
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from engine.checkpoint import read_safetensors, save_json, save_state
+    from engine.checkpoint import copy_as_fp16, save_json, save_state
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # model
@@ -365,8 +365,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.export:
-        weights = read_safetensors(out / "decoder.safetensors")
-        save_state({k: v.half() for k, v in weights.items()}, Path(args.export) / "decoder.safetensors")
+        copy_as_fp16(out / "decoder.safetensors", Path(args.export) / "decoder.safetensors")
         return
 
     import os

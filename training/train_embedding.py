@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 
-from engine.checkpoint import read_safetensors, save_json, save_state
+from engine.checkpoint import copy_as_fp16, save_json, save_state
 from engine.embedding import AudioEmbedder, EmbeddingConfig
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
@@ -117,8 +117,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if args.export:
         dest = Path(args.export)
-        weights = read_safetensors(out / "embedding.safetensors")  # fp16: half the size, embeddings agree to ~1e-3
-        save_state({k: v.half() for k, v in weights.items()}, dest / "embedding.safetensors")
+        copy_as_fp16(out / "embedding.safetensors", dest / "embedding.safetensors")
         save_json(json.loads((out / "model.json").read_text()), dest / "model.json")
         return
 

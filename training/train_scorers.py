@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.checkpoint import read_safetensors, save_json, save_state
+from engine.checkpoint import copy_as_fp16, save_json, save_state
 from engine.embedding import EmbeddingConfig
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import QUALITY_CONFIG, QUALITY_WEIGHTS, QualityConfig, QualityScorer, SentenceEncoder
@@ -98,8 +98,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if args.export:
         dest = Path(args.export)
-        weights = read_safetensors(out / QUALITY_WEIGHTS)  # fp16: half the size
-        save_state({k: v.half() for k, v in weights.items()}, dest / QUALITY_WEIGHTS)
+        copy_as_fp16(out / QUALITY_WEIGHTS, dest / QUALITY_WEIGHTS)
         save_json(json.loads((out / QUALITY_CONFIG).read_text()), dest / QUALITY_CONFIG)
         return
 
