@@ -121,6 +121,29 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
     assert all(t.dtype == torch.float16 for t in exported.values())
 
 
+def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
+    import csv
+
+    from engine.checkpoint import read_safetensors
+    from training import distill
+
+    tiny = tiny_args(tiny_scorers)
+    distill.main(tiny + ["--out", str(tmp_path / "q"), "--steps", "2", "--eval-every", "0"])
+    distill.main(["--out", str(tmp_path / "q"), "--export", str(tmp_path / "theta_q")])
+    distill.main(tiny + ["--out", str(tmp_path / "d"), "--init", str(tmp_path / "theta_q"), "--steps", "1",
+                         "--lr", "1e-12", "--eval-every", "1"])
+    start = read_safetensors(tmp_path / "theta_q" / "decoder.safetensors")
+    after = read_safetensors(tmp_path / "d" / "decoder.safetensors")
+    assert all(torch.allclose(after[k].float(), start[k].float(), atol=1e-3) for k in start)  # lr ~0: still θ_q
+    evals = list(csv.DictReader(open(tmp_path / "d" / "eval.csv")))
+    assert [(e["step"], e["model"]) for e in evals] == [("0", "base"), ("0", "base+CFG γ=3"), ("0", "student"),
+                                                       ("1", "student")]
+    # the held-out KL belongs to the student, not to the base it no longer is
+    assert not evals[0]["heldout_kl"] and not evals[1]["heldout_kl"] and evals[2]["heldout_kl"]
+    with pytest.raises(Exception, match="nowhere"):
+        distill.main(tiny + ["--out", str(tmp_path / "e"), "--init", str(tmp_path / "nowhere"), "--steps", "1"])
+
+
 def test_cli_refuses_beta_without_embedding(tmp_path):
     from training import distill
 

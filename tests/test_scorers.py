@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoint import CheckpointError
-from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
 from engine.scorers import (ClapAdherence, QualityConfig, QualityScorer, Scorers, SentenceEncoder,
                             load_quality_scorer)
 from training.train_scorers import main, roc_auc, soft_clip_loss
@@ -117,3 +117,17 @@ def test_clap_adherence_on_a_tiny_random_clap(sentences):
     clap = ClapAdherence(model, fe, tok)
     s = Scorers(clap=clap).score(torch.randn(2, 16000), 16000, ["rock", "jazz"])
     assert s.adherence.shape == (2,) and (np.abs(s.adherence) <= 1 + 1e-6).all() and s.quality is None
+
+
+def test_trainer_can_start_the_audio_tower_from_e(tmp_path):
+    from training.train_embedding import main as train_e
+
+    train_e(["--out", str(tmp_path / "E"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1", "--dim", "32",
+             "--n-mels", "48", "--eval-candidates", "4", "--eval-every", "1"])
+    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--pool", "12", "--heldout", "24",
+          "--batch", "6", "--steps", "1", "--distractors", "3", "--eval-every", "1", "--lr", "1e-12"])
+    q = load_quality_scorer(tmp_path / "run")
+    e = load_embedder(tmp_path / "E")
+    assert q.config.audio == e.config and q.config.audio.n_mels == 48
+    x = torch.randn(2, 16000 * 4)
+    assert torch.allclose(q.audio.features(x), e.features(x), atol=1e-3)  # lr ~0: E's tower, unchanged

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.embedding import load_embedder
-from training.train_embedding import augment, main, semi_hard_triplet_loss
+from training.train_embedding import augment, batch_indices, main, semi_hard_triplet_loss
 
 
 def test_triplet_loss_cases():
@@ -27,3 +27,30 @@ def test_smoke_run_exports_a_loadable_model(tmp_path):
     e = load_embedder(tmp_path / "E")
     assert e.embed(torch.randn(2, 16000 * 5), 16000).shape == (2, 64)
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3
+
+
+def test_one_genre_batches_are_hard_negatives():
+    genres = np.array(["rock"] * 5 + ["jazz"] * 3 + ["folk"] * 6)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows = batch_indices(rng, genres, 4, one_genre=True)
+        assert len(set(rows)) == 4 and len(set(genres[rows])) == 1 and genres[rows[0]] != "jazz"  # jazz has < 4
+    assert len(set(batch_indices(rng, genres, 14, one_genre=False))) == 14
+    try:
+        batch_indices(rng, genres, 7, one_genre=True)
+    except ValueError as e:
+        assert "no genre has 7 pieces" in str(e)
+    else:
+        raise AssertionError("expected a ValueError")
+
+
+def test_fine_tuning_starts_from_the_given_model(tmp_path):
+    main(["--out", str(tmp_path / "a"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1", "--dim", "32",
+          "--eval-candidates", "4", "--eval-every", "1"])
+    main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "E")])
+    main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "E"), "--pool", "40", "--batch", "4", "--steps", "1",
+          "--genre-batches", "1", "--eval-candidates", "4", "--eval-every", "1", "--lr", "1e-12"])
+    a, b = load_embedder(tmp_path / "E"), load_embedder(tmp_path / "b")  # b's run folder has the same two files
+    assert b.config == a.config and b.config.dim == 32
+    x = torch.randn(2, 16000 * 4)
+    assert torch.allclose(a.embed(x, 16000), b.embed(x, 16000), atol=1e-2)  # lr ~0: still the initial model

@@ -236,12 +236,15 @@ def eval_rows(distiller: Distiller, step: int, prompts: list[str], samples: int,
     cfg = distiller.config
     teacher_name = f"base+CFG γ={cfg.guidance:g}"
     models = [("student", distiller.student, 1.0)]
-    if step == 0:
+    started_from_base = torch.equal(distiller.student.flat, distiller.teacher.flat)
+    if step == 0:  # the references; the student too when it starts elsewhere (--init)
         models = [("base", distiller.teacher, 1.0), (teacher_name, distiller.teacher, cfg.guidance)]
+        models += [] if started_from_base else [("student", distiller.student, 1.0)]
     rows = []
     for name, decoder, gamma in models:
         row = dict(step=step, model=name, **evaluate(distiller, prompts, samples, seed, scorers, decoder, gamma))
-        if name != teacher_name:
+        # the held-out KL is the student's: it is the base's only while the student is still the base
+        if name == "student" or (name == "base" and started_from_base):
             gen = torch.Generator(device=distiller.teacher.device).manual_seed(seed)
             wrapped, distiller.forward_model = distiller.forward_model, distiller.student_model  # no DDP collectives
             try:
@@ -329,11 +332,14 @@ def main(argv=None) -> None:
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from engine.checkpoint import copy_as_fp16, save_json, save_state
+    from engine.checkpoint import copy_as_fp16, load_state, save_json, save_state
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # model
     p.add_argument("--base", default="weights/nano", help="base model θ_init (teacher and initial student)")
+    p.add_argument("--init", default=None,
+                   help="start the student from these decoder weights (e.g. weights/theta_q) instead of the base; "
+                        "the teacher stays the base")
     p.add_argument("--embedding", default="weights/embedding", help="E for the diversity reward and eval ('' = none)")
     p.add_argument("--quality", default="weights/quality", help="quality scorer for eval ('' = none)")
     # objective
@@ -393,9 +399,15 @@ def main(argv=None) -> None:
         state = _resume(out, distiller, optimizer, scheduler)
         if main_proc:
             print(f"resumed at step {state['step']}")
-    elif main_proc:
-        out.mkdir(parents=True, exist_ok=True)
-        save_json(dict(vars(args), processes=world), out / "config.json")
+    else:
+        if args.init:
+            params = dict(distiller.student_model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in load_state(args.init, params).items():
+                    params[name].copy_(tensor)  # in place: the sampler's flat buffer stays shared
+        if main_proc:
+            out.mkdir(parents=True, exist_ok=True)
+            save_json(dict(vars(args), processes=world), out / "config.json")
     if args.eval_snapshots:
         if main_proc:
             scorers = Scorers(embedder, load_quality_from(args.quality)) if (args.embedding or args.quality) else None

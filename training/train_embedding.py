@@ -25,14 +25,28 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from engine.checkpoint import copy_as_fp16, save_json, save_state
-from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
 
 
-def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec) -> torch.Tensor:
-    """(len(indices), samples) audio of corpus pieces."""
-    return render([generate_piece(seed, i, int(seconds * FRAME_RATE)) for i in indices], codec)
+def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec) -> tuple[torch.Tensor, np.ndarray]:
+    """(len(indices), samples) audio of corpus pieces, and each piece's genre."""
+    pieces = [generate_piece(seed, i, int(seconds * FRAME_RATE)) for i in indices]
+    return render(pieces, codec), np.array([pc.attributes["genre"] for pc in pieces])
+
+
+def batch_indices(rng: np.random.Generator, genres: np.ndarray, batch: int, one_genre: bool) -> np.ndarray:
+    """Rows of the pool for one batch: uniformly at random, or (hard negatives) all from one random genre, so
+    that the in-batch negatives differ from the positives only in key, tempo, instruments, melody and chords."""
+    if not one_genre:
+        return rng.choice(len(genres), batch, replace=False)
+    names, counts = np.unique(genres, return_counts=True)
+    names = names[counts >= batch]
+    if len(names) == 0:
+        raise ValueError(f"no genre has {batch} pieces in the pool; use a larger --pool or a smaller --batch")
+    rows = np.flatnonzero(genres == rng.choice(names))
+    return rng.choice(rows, batch, replace=False)
 
 
 def augment(chunks: torch.Tensor, rng: np.random.Generator, sample_rate: int, max_speed: float = 0.02,
@@ -93,7 +107,7 @@ def main(argv=None) -> None:
     # data
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool", type=int, default=1500, help="training pieces rendered once and reused with new augmentations")
-    p.add_argument("--eval-candidates", type=int, default=128)
+    p.add_argument("--eval-candidates", type=int, default=200)
     # model
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -109,6 +123,10 @@ def main(argv=None) -> None:
     p.add_argument("--max-speed", type=float, default=0.02, help="largest tempo/pitch change of the augmentation")
     p.add_argument("--speed-prob", type=float, default=1.0, help="share of chunks that get a speed change")
     p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--genre-batches", type=float, default=0.0,
+                   help="share of steps whose batch comes from one genre (hard negatives: same style, other piece)")
+    p.add_argument("--init", default=None, help="start from this E folder (model.json + embedding.safetensors); "
+                                                 "its architecture replaces --dim/--layers/--heads/--n-mels")
     # run
     p.add_argument("--out", default="runs/embedding")
     p.add_argument("--eval-every", type=int, default=100)
@@ -122,15 +140,19 @@ def main(argv=None) -> None:
         return
 
     torch.manual_seed(args.seed)
-    config = EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels)
-    model = AudioEmbedder(config)
+    if args.init:
+        model = load_embedder(args.init).float().train()
+        config = model.config
+    else:
+        config = EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels)
+        model = AudioEmbedder(config)
     codec = ScoreCodec()
     sr = config.sample_rate
     train_idx = [i for i in range(args.pool * 2) if split_of(i) == "train"][:args.pool]
     heldout_idx = [i * HELD_OUT_EVERY for i in range(args.eval_candidates)]
     t0 = time.time()
-    pool = render_pool(args.seed, train_idx, 2 * config.window_s, codec)
-    heldout = render_pool(args.seed, heldout_idx, 2 * config.window_s, codec)
+    pool, genres = render_pool(args.seed, train_idx, 2 * config.window_s, codec)
+    heldout, _ = render_pool(args.seed, heldout_idx, 2 * config.window_s, codec)
     print(f"rendered {len(pool)} + {len(heldout)} pieces in {time.time() - t0:.0f} s", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup)
@@ -144,7 +166,7 @@ def main(argv=None) -> None:
     for step in range(1, args.steps + 1):
         t = time.time()
         rng = np.random.default_rng([args.seed, step])
-        batch = pool[rng.choice(len(pool), args.batch, replace=False)]
+        batch = pool[batch_indices(rng, genres, args.batch, rng.random() < args.genre_batches)]
         anchor = F.normalize(model(augment(batch[:, :w], rng, sr, args.max_speed, args.speed_prob)), dim=-1)
         positive = F.normalize(model(augment(batch[:, w:2 * w], rng, sr, args.max_speed, args.speed_prob)), dim=-1)
         if args.loss == "infonce":

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoint import copy_as_fp16, save_json, save_state
-from engine.embedding import EmbeddingConfig
+from engine.embedding import EmbeddingConfig, load_embedder
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import QUALITY_CONFIG, QUALITY_WEIGHTS, QualityConfig, QualityScorer, SentenceEncoder
 from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
@@ -87,6 +87,11 @@ def main(argv=None) -> None:
     p.add_argument("--distractors", type=int, default=10)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--n-mels", type=int, default=64)
+    p.add_argument("--init-audio", default=None,
+                   help="start the audio tower from this E folder (its architecture replaces --dim/--layers/--heads/"
+                        "--n-mels): E already tells pieces apart by genre, groove, instruments")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -103,7 +108,13 @@ def main(argv=None) -> None:
         return
 
     torch.manual_seed(args.seed)
-    model = QualityScorer(QualityConfig(audio=EmbeddingConfig(dim=args.dim, layers=args.layers)))
+    if args.init_audio:
+        tower = load_embedder(args.init_audio).float()
+        model = QualityScorer(QualityConfig(audio=tower.config))
+        model.audio.load_state_dict(tower.state_dict())
+    else:
+        model = QualityScorer(QualityConfig(audio=EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads,
+                                                                  n_mels=args.n_mels)))
     w = model.config.audio.window_samples
     frames = int(2 * model.config.audio.window_s * FRAME_RATE)
     t0 = time.time()
