@@ -320,7 +320,7 @@ def write_outputs(results: dict[str, list[Measured]], table: list[dict], out: Pa
         quality_diversity_plot(training, {}, size=(900, 560), title="along training (snapshots)").save(out / "training.png")
     lines = ["# Quality–diversity evaluation of MusicGen-nano", "",
              f"Command: `python -m training.evaluate {' '.join(args.argv)}`  ", f"Wall time of this run: {elapsed / 60:.1f} "
-             f"min on {torch.get_num_threads()} CPU threads, {args.cached} of {sum(map(len, results.values()))} points "
+             f"min on {torch.get_num_threads()} CPU thread(s), {args.cached} of {sum(map(len, results.values()))} points "
              f"from the cache (each point takes about 5 s on a quiet machine). {args.prompts} held-out prompts × {args.clips} clips × "
              f"{args.seconds:g} s per point; quality = {OMEGA:g}·adherence + audio quality; diversity = mean pairwise "
              f"r_D with E. ± are standard errors over prompts; intervals are 95 % prompt bootstraps.", "",
