@@ -144,6 +144,25 @@ def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
         distill.main(tiny + ["--out", str(tmp_path / "e"), "--init", str(tmp_path / "nowhere"), "--steps", "1"])
 
 
+def test_cli_accumulates_micro_batches_and_resumes_exactly(tmp_path, tiny_scorers):
+    import csv
+
+    from training import distill
+
+    tiny = tiny_args(tiny_scorers, "--beta", "5", "--accumulate", "2", "--eval-every", "0")
+    distill.main(tiny + ["--out", str(tmp_path / "a"), "--steps", "2"])
+    distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "1"])
+    distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "2"])
+    rows = [list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("a", "b")]
+    assert len(rows[0]) == 2 and [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+    # one optimizer step = 2 micro-batches: not the same draw as a single-batch step
+    distill.main(tiny_args(tiny_scorers, "--beta", "5", "--eval-every", "0") + ["--out", str(tmp_path / "c"), "--steps", "1"])
+    single = list(csv.DictReader(open(tmp_path / "c" / "log.csv")))
+    assert single[0]["loss"] != rows[0][0]["loss"]
+    with pytest.raises(SystemExit, match="accumulate must be ≥ 1"):
+        distill.main(tiny_args(tiny_scorers, "--accumulate", "0") + ["--out", str(tmp_path / "d"), "--steps", "1"])
+
+
 def test_cli_refuses_beta_without_embedding(tmp_path):
     from training import distill
 

@@ -24,6 +24,7 @@ A non-finite loss or gradient stops the run and keeps the last good checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -352,6 +353,9 @@ def main(argv=None) -> None:
     # optimisation
     p.add_argument("--prompts", type=int, default=8, help="P prompts per step, over all processes")
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="micro-batches of --prompts × --samples per optimizer step (gradient accumulation): the "
+                        "REINFORCE gradient of one 32-sample batch is mostly noise (training.grad_snr)")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--lr", type=float, default=1.5e-4)
     p.add_argument("--lr-warmup", type=int, default=10)
@@ -383,6 +387,8 @@ def main(argv=None) -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: gloo when launched with several processes
     rank, world, main_proc = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    if args.accumulate < 1:
+        raise SystemExit(f"--accumulate must be ≥ 1, got {args.accumulate}")
     if args.prompts % world:
         raise SystemExit(f"--prompts {args.prompts} must be a multiple of the {world} processes")
     cfg = DistillConfig(args.beta, args.beta_warmup, args.guidance, args.negative_prompt, args.temperature,
@@ -449,22 +455,35 @@ def main(argv=None) -> None:
     bar = tqdm(total=args.steps, initial=state["step"], disable=not main_proc, desc=f"β={cfg.beta:g}", dynamic_ncols=True)
     while state["step"] < args.steps:
         step = state["step"]
-        rng = np.random.default_rng([args.seed, step])  # per-step randomness, same on every process: resume is exact
-        batch = [prompts[i] for i in rng.choice(len(prompts), args.prompts, replace=False)][rank::world]
-        gen = torch.Generator(device=distiller.teacher.device).manual_seed(int(rng.integers(2**62)) + rank)
-        t0 = time.perf_counter()
-        codes = distiller.sample(batch, gen)
-        t_sample = time.perf_counter() - t0
-        distiller.timings = dict(decode_s=0.0, embed_s=0.0)
-        loss, metrics = distiller.loss_on(codes, batch, step)
-        total = accelerator.reduce(loss.detach().clone(), "mean")
-        if not torch.isfinite(total):
-            bar.close()
-            if main_proc:
-                print(f"step {step}: loss is {total.item()}; stopping, the last good checkpoint stays in {out}")
-            raise SystemExit(1)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        t0 = time.perf_counter()
+        t_sample, totals, parts, timings = 0.0, [], [], dict(decode_s=0.0, embed_s=0.0)
+        for micro in range(args.accumulate):
+            # per-(step, micro-batch) randomness, the same on every process: resume is exact
+            rng = np.random.default_rng([args.seed, step] if args.accumulate == 1 else [args.seed, step, micro])
+            batch = [prompts[i] for i in rng.choice(len(prompts), args.prompts, replace=False)][rank::world]
+            gen = torch.Generator(device=distiller.teacher.device).manual_seed(int(rng.integers(2**62)) + rank)
+            t1 = time.perf_counter()
+            codes = distiller.sample(batch, gen)
+            t_sample += time.perf_counter() - t1
+            distiller.timings = dict(decode_s=0.0, embed_s=0.0)
+            last = micro == args.accumulate - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(distiller.forward_model):
+                loss, metrics = distiller.loss_on(codes, batch, step)
+                total = accelerator.reduce(loss.detach().clone(), "mean")
+                if not torch.isfinite(total):
+                    bar.close()
+                    if main_proc:
+                        print(f"step {step}: loss is {total.item()}; stopping, the last good checkpoint stays in {out}")
+                    raise SystemExit(1)
+                accelerator.backward(loss / args.accumulate)
+            totals.append(total.item())
+            parts.append(metrics)
+            for k, v in distiller.timings.items():
+                timings[k] += v
+        metrics = {k: float(np.mean([m[k] for m in parts])) for k in parts[0]}
+        distiller.timings = timings
+        total = torch.tensor(float(np.mean(totals)))
         grad_norm = accelerator.clip_grad_norm_(distiller.student_model.parameters(), 1.0)
         if not torch.isfinite(grad_norm):
             bar.close()
