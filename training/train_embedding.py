@@ -166,7 +166,8 @@ def main(argv=None) -> None:
     for step in range(1, args.steps + 1):
         t = time.time()
         rng = np.random.default_rng([args.seed, step])
-        batch = pool[batch_indices(rng, genres, args.batch, rng.random() < args.genre_batches)]
+        one_genre = args.genre_batches > 0 and rng.random() < args.genre_batches  # no draw at 0: E4's stream
+        batch = pool[batch_indices(rng, genres, args.batch, one_genre)]
         anchor = F.normalize(model(augment(batch[:, :w], rng, sr, args.max_speed, args.speed_prob)), dim=-1)
         positive = F.normalize(model(augment(batch[:, w:2 * w], rng, sr, args.max_speed, args.speed_prob)), dim=-1)
         if args.loss == "infonce":
