@@ -236,12 +236,20 @@ def claims(results: dict[str, list[Measured]], args, speed: dict | None = None) 
                                + (f": {speed['CFG γ=3'] * 1000:.0f} vs {speed['θ_q'] * 1000:.0f} ms)" if speed else ")")))
         base = [m for m in cfg if m.point.x == 1.0][0]
         d1 = lerp[-1]
+
+        def paired(a: Measured, b: Measured, name: str) -> tuple[float, tuple[float, float]]:
+            """a − b on the same prompts and seeds, with a prompt-bootstrap 95 % interval."""
+            return a.mean(name) - b.mean(name), bootstrap(lambda idx: a.mean(name, idx) - b.mean(name, idx), n,
+                                                          reps=args.bootstrap)
+
+        q_vs_base, qd_div, qd_qual = paired(q0, base, "diversity"), paired(d1, q0, "diversity"), paired(d1, q0, "quality")
+        ci = lambda d: f"{d[0]:+.3f} (95 % CI {d[1][0]:+.3f} … {d[1][1]:+.3f})"  # noqa: E731
         out.append(dict(claim="3. CFG distillation alone (β = 0) lowers diversity; β > 0 raises it, with a quality cost",
-                        holds=q0.mean("diversity") < base.mean("diversity") and d1.mean("diversity") > q0.mean("diversity")
-                        and d1.mean("quality") < q0.mean("quality"),
+                        holds=q_vs_base[1][1] < 0 and qd_div[1][0] > 0 and qd_qual[0] < 0,
                         detail=f"diversity base {base.mean('diversity'):.3f}, θ_q {q0.mean('diversity'):.3f}, "
                                f"θ_d {d1.mean('diversity'):.3f}; quality θ_q {q0.mean('quality'):.3f}, "
-                               f"θ_d {d1.mean('quality'):.3f}"))
+                               f"θ_d {d1.mean('quality'):.3f}. Paired over prompts: diversity θ_q − base {ci(q_vs_base)}, "
+                               f"θ_d − θ_q {ci(qd_div)}; quality θ_d − θ_q {ci(qd_qual)}"))
         parts = []
         holds, compared = True, 0
         for other in (CFG_NEG, TEMP_BASE, TEMP_Q):
