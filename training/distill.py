@@ -318,6 +318,26 @@ def _resume(out, distiller, optimizer, scheduler) -> dict:
     return state
 
 
+def _drop_rows_after(path, step: int) -> None:
+    """Keep the header and the rows of steps ≤ `step` of a CSV log (atomically; nothing to do if absent)."""
+    import csv
+    import io
+
+    from engine.checkpoint import save_bytes
+
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    if len(kept) != len(rows):
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
+        save_bytes(text.getvalue().encode(), path)
+
+
 LOG_FIELDS = ["step", "loss", "kl", "kl_std", "beta", "entropy", "reward_mean", "reward_std", "advantage_std",
               "log_prob", "lr", "grad_norm", "sample_s", "decode_s", "embed_s", "fwd_bwd_s", "step_s"]
 EVAL_FIELDS = ["step", "model", "heldout_kl", "quality", "quality_sem", "adherence", "adherence_sem", "audio_quality",
@@ -432,6 +452,8 @@ def main(argv=None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=state["step"] + 1)
+        for name in ("log.csv", "eval.csv"):  # rows logged after the checkpoint we resume from are redone: drop them
+            _drop_rows_after(out / name, state["step"])
         files = [open(out / name, "a", newline="") for name in ("log.csv", "eval.csv")]
         log = csv.DictWriter(files[0], fieldnames=LOG_FIELDS, extrasaction="ignore")
         eval_log = csv.DictWriter(files[1], fieldnames=EVAL_FIELDS, extrasaction="ignore")
