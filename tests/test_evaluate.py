@@ -45,3 +45,47 @@ def test_quick_mode_end_to_end_and_cache(setup, tmp_path, capsys):
     run(setup, out)  # everything cached: nothing recomputed, same numbers
     assert len((out / "cache.jsonl").read_text().splitlines()) == n_cached
     assert list(csv.DictReader(open(out / "points.csv"))) == rows
+
+
+def _measured(family, x, quality, diversity, blend=(("base", 1.0),), n=40, seed=0):
+    """A point with per-prompt values scattered (±0.01) around the given means; same scatter for every point."""
+    import numpy as np
+
+    noise = np.random.default_rng(seed).normal(0, 0.01, n)
+    return evaluate.Measured(evaluate.Point(family, x, blend), list(quality + noise), list(diversity + noise),
+                             [3.0] * n, [0.8] * n, 0.5, 0.0, 0.05)
+
+
+def _results(d_quality, d_diversity, with_b5=False, bump=0.0):
+    from argparse import Namespace
+
+    lerp = [_measured(evaluate.LERP_QD, lam, 3.0 + lam * (d_quality - 3.0) + (bump if lam == 0.5 else 0.0),
+                      0.60 + lam * (d_diversity - 0.60)) for lam in (0.0, 0.5, 1.0)]
+    results = {evaluate.CFG_NEG: [_measured(evaluate.CFG_NEG, g, 2.0 + g * 0.1, 0.8 - g * 0.05) for g in (1.0, 3.0)],
+               evaluate.LERP_QD: lerp}
+    if with_b5:
+        results["β model 5"] = [_measured("β model 5", 5.0, 2.95, 0.62)]
+    return results, Namespace(prompts=40, bootstrap=200)
+
+
+def test_claims_on_synthetic_points_with_known_answers():
+    # base (γ = 1) diversity 0.75 > θ_q 0.60 < θ_d 0.70, θ_d costs quality: claim 3 holds
+    results, args = _results(d_quality=2.5, d_diversity=0.70, bump=0.2)
+    claims = {c["claim"][:2]: c for c in evaluate.claims(results, args)}
+    assert claims["3."]["holds"] and "θ_d − θ_q +0.100" in claims["3."]["detail"]
+    # λ = 0.5 quality 2.95 vs the diagonal's 2.75: normalised excess (2.95 − 2.5) / 0.5 − 0.5 = +0.400
+    assert claims["5."]["holds"] is True and "above the diagonal by +0.400" in claims["5."]["detail"]
+    assert "no intermediate-β" in claims["5."]["detail"]
+    results, args = _results(d_quality=2.5, d_diversity=0.70, bump=-0.2)
+    assert {c["claim"][:2]: c for c in evaluate.claims(results, args)}["5."]["holds"] is False
+    # θ_d not more diverse: claim 3 fails, the diagonal is not testable
+    results, args = _results(d_quality=2.5, d_diversity=0.60)
+    claims = {c["claim"][:2]: c for c in evaluate.claims(results, args)}
+    assert claims["3."]["holds"] is False and claims["5."]["holds"] is None
+    assert "not more diverse" in claims["5."]["detail"]
+    # θ_d more diverse at no quality cost: the diagonal is not testable; λ = 0.5 (quality 3.0, diversity 0.65)
+    # beats a β = 5 model at (2.95, 0.62) on both axes, so claim 5 holds on the β comparison
+    results, args = _results(d_quality=3.0, d_diversity=0.70, with_b5=True)
+    claims = {c["claim"][:2]: c for c in evaluate.claims(results, args)}
+    assert "costs no quality" in claims["5."]["detail"] and claims["5."]["holds"] is True
+    assert "λ = 0.5 − β model 5: quality +0.050" in claims["5."]["detail"]
