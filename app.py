@@ -54,7 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"), help="quality decoder checkpoint (default: weights/theta_q)")
     p.add_argument("--theta-d", default=env("MUSIC_THETA_D"), help="diversity decoder checkpoint (default: weights/theta_d)")
     p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
-                   help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d")
+                   help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d "
+                        "(default with the shipped nano: weights/theta_b5; pass --soup with no path for none)")
     p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"), help="diversity embedding E (default: weights/embedding)")
     p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
     p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
@@ -513,8 +514,11 @@ def make_studio(args: argparse.Namespace) -> Studio:
     theta_d = args.theta_d or (_shipped("theta_d") if shipped_nano else None)
     service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device)
     banner += notices
+    soup_paths = args.soup
+    if soup_paths is None:  # the shipped β = 5 model joins θ_q and θ_d in the paper's uniform soup
+        soup_paths = [p for p in [_shipped("theta_b5")] if p and shipped_nano]
     soup = []
-    for i, path in enumerate(args.soup or []):
+    for i, path in enumerate(soup_paths):
         service.add_checkpoint(f"soup{i}", path)
         soup.append(f"soup{i}")
     embedding = args.embedding or (_shipped("embedding") if shipped_nano else None)
