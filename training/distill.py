@@ -101,6 +101,16 @@ class Distiller:
         self.negative = base.encode_text([config.negative_prompt])
         self.timings: dict[str, float] = {}
 
+    def load_student(self, path) -> None:
+        """Copy decoder weights from a safetensors file or folder into the student, in place (the sampler's flat
+        buffer stays shared); the checks of `engine.checkpoint.load_state` apply."""
+        from engine.checkpoint import load_state
+
+        params = dict(self.student_model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in load_state(path, params).items():
+                params[name].copy_(tensor)
+
     def _conditions(self, prompts: list[str], n: int) -> TextCondition:
         cond = self.base.encode_text(prompts)
         dev = self.teacher.device
@@ -263,7 +273,7 @@ def eval_snapshots(out, distiller: Distiller, prompts: list[str], samples: int, 
     import io
     from pathlib import Path
 
-    from engine.checkpoint import load_state, save_bytes
+    from engine.checkpoint import save_bytes
 
     out = Path(out)
     params = dict(distiller.student_model.named_parameters())
@@ -273,9 +283,7 @@ def eval_snapshots(out, distiller: Distiller, prompts: list[str], samples: int, 
             params[name].copy_(p)
     rows = eval_rows(distiller, 0, prompts, samples, seed, scorers)
     for snap in sorted((out / "snapshots").glob("step_*.safetensors")):
-        with torch.no_grad():
-            for name, tensor in load_state(snap, params).items():
-                params[name].copy_(tensor)
+        distiller.load_student(snap)
         rows += eval_rows(distiller, int(snap.stem.split("_")[1]), prompts, samples, seed, scorers)
         print(f"evaluated {snap.name}", flush=True)
     if not (out / "snapshots").is_dir():
@@ -302,7 +310,7 @@ def _save(out, distiller, optimizer, scheduler, state) -> None:
 def _resume(out, distiller, optimizer, scheduler) -> dict:
     import json
 
-    from engine.checkpoint import CheckpointError, load_state, read_safetensors, restore_optimizer
+    from engine.checkpoint import CheckpointError, read_safetensors, restore_optimizer
 
     params = dict(distiller.student_model.named_parameters())
     try:
@@ -310,9 +318,7 @@ def _resume(out, distiller, optimizer, scheduler) -> dict:
         sched = state.pop("scheduler")
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{out / 'state.json'}: not a readable training state ({e})") from None
-    with torch.no_grad():
-        for name, tensor in load_state(out / "decoder.safetensors", params).items():
-            params[name].copy_(tensor)  # in place: the sampler's flat buffer stays shared
+    distiller.load_student(out / "decoder.safetensors")
     restore_optimizer(optimizer, params, read_safetensors(out / "optimizer.safetensors"))
     scheduler.load_state_dict(sched)
     return state
@@ -353,7 +359,7 @@ def main(argv=None) -> None:
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from engine.checkpoint import copy_as_fp16, load_state, save_json, save_state
+    from engine.checkpoint import copy_as_fp16, save_json, save_state
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # model
@@ -427,10 +433,7 @@ def main(argv=None) -> None:
             print(f"resumed at step {state['step']}")
     else:
         if args.init:
-            params = dict(distiller.student_model.named_parameters())
-            with torch.no_grad():
-                for name, tensor in load_state(args.init, params).items():
-                    params[name].copy_(tensor)  # in place: the sampler's flat buffer stays shared
+            distiller.load_student(args.init)
         if main_proc:
             out.mkdir(parents=True, exist_ok=True)
             save_json(dict(vars(args), processes=world), out / "config.json")

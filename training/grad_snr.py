@@ -20,7 +20,6 @@ import json
 import numpy as np
 import torch
 
-from engine.checkpoint import load_state
 from engine.embedding import load_embedder
 from engine.model import load_model
 from training.distill import DistillConfig, Distiller, training_prompts
@@ -50,9 +49,7 @@ def main(argv=None) -> dict:
     distiller = Distiller(base, cfg, load_embedder(args.embedding).embed)
     params = dict(distiller.student_model.named_parameters())
     if args.init:
-        with torch.no_grad():
-            for name, tensor in load_state(args.init, params).items():
-                params[name].copy_(tensor)
+        distiller.load_student(args.init)
     prompts = training_prompts(args.seed, args.batches * args.prompts)
 
     def gradient(beta: float, batch: list[str], codes: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,24 @@ def batch_indices(rng: np.random.Generator, genres: np.ndarray, batch: int, one_
     return rng.choice(rows, batch, replace=False)
 
 
+def add_tower_args(p, init_flag: str, init_help: str) -> None:
+    """The audio tower's architecture flags (E's and the quality scorer's), and the flag that starts from an E."""
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--n-mels", type=int, default=64)
+    p.add_argument(init_flag, default=None, help=f"start from this E folder (model.json + embedding.safetensors); its "
+                                                 f"architecture replaces --dim/--layers/--heads/--n-mels. {init_help}")
+
+
+def tower_from_args(args, init: str | None) -> tuple[EmbeddingConfig, dict | None]:
+    """The tower's config from the flags, or the config and weights of the E folder `init`."""
+    if init:
+        e = load_embedder(init).float()
+        return e.config, e.state_dict()
+    return EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels), None
+
+
 def augment(chunks: torch.Tensor, rng: np.random.Generator, sample_rate: int, max_speed: float = 0.02,
             speed_prob: float = 1.0) -> torch.Tensor:
     """Per chunk: speed change m/50 up to ±max_speed (resampling: tempo and pitch shift together), gain (±6 dB),
@@ -109,10 +127,7 @@ def main(argv=None) -> None:
     p.add_argument("--pool", type=int, default=1500, help="training pieces rendered once and reused with new augmentations")
     p.add_argument("--eval-candidates", type=int, default=200)
     # model
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--n-mels", type=int, default=64)
+    add_tower_args(p, "--init", "Fine-tunes it.")
     # optimisation
     p.add_argument("--batch", type=int, default=48)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -125,8 +140,6 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--genre-batches", type=float, default=0.0,
                    help="share of steps whose batch comes from one genre (hard negatives: same style, other piece)")
-    p.add_argument("--init", default=None, help="start from this E folder (model.json + embedding.safetensors); "
-                                                 "its architecture replaces --dim/--layers/--heads/--n-mels")
     # run
     p.add_argument("--out", default="runs/embedding")
     p.add_argument("--eval-every", type=int, default=100)
@@ -140,12 +153,10 @@ def main(argv=None) -> None:
         return
 
     torch.manual_seed(args.seed)
-    if args.init:
-        model = load_embedder(args.init).float().train()
-        config = model.config
-    else:
-        config = EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels)
-        model = AudioEmbedder(config)
+    config, state = tower_from_args(args, args.init)
+    model = AudioEmbedder(config)
+    if state is not None:
+        model.load_state_dict(state)
     codec = ScoreCodec()
     sr = config.sample_rate
     train_idx = [i for i in range(args.pool * 2) if split_of(i) == "train"][:args.pool]

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoint import copy_as_fp16, save_json, save_state
-from engine.embedding import EmbeddingConfig, load_embedder
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import QUALITY_CONFIG, QUALITY_WEIGHTS, QualityConfig, QualityScorer, SentenceEncoder
 from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
+from training.train_embedding import add_tower_args, tower_from_args
 
 
 def roc_auc(scores, labels) -> float:
@@ -85,13 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--pool", type=int, default=3000, help="training pieces rendered once, reused with new gains")
     p.add_argument("--heldout", type=int, default=400)
     p.add_argument("--distractors", type=int, default=10)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--n-mels", type=int, default=64)
-    p.add_argument("--init-audio", default=None,
-                   help="start the audio tower from this E folder (its architecture replaces --dim/--layers/--heads/"
-                        "--n-mels): E already tells pieces apart by genre, groove, instruments")
+    add_tower_args(p, "--init-audio", "The audio tower then starts from what E knows of genre, groove, instruments.")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=100)
@@ -108,13 +102,10 @@ def main(argv=None) -> None:
         return
 
     torch.manual_seed(args.seed)
-    if args.init_audio:
-        tower = load_embedder(args.init_audio).float()
-        model = QualityScorer(QualityConfig(audio=tower.config))
-        model.audio.load_state_dict(tower.state_dict())
-    else:
-        model = QualityScorer(QualityConfig(audio=EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads,
-                                                                  n_mels=args.n_mels)))
+    config, state = tower_from_args(args, args.init_audio)
+    model = QualityScorer(QualityConfig(audio=config))
+    if state is not None:
+        model.audio.load_state_dict(state)
     w = model.config.audio.window_samples
     frames = int(2 * model.config.audio.window_s * FRAME_RATE)
     t0 = time.time()
