@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
                    help="let transformers download hub checkpoints (off by default: everything runs offline)")
     p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=env("MUSIC_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"],
+                   help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX (activations "
+                        "stay fp32 on a CPU; README, Benchmarks); fp32 reproduces the shipped figures")
     # serving
     p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 10)),
                    help="longest clip a user may ask for, in seconds")
@@ -512,7 +515,8 @@ def make_studio(args: argparse.Namespace) -> Studio:
     shipped_nano = base != "debug" and Path(base).resolve() == (WEIGHTS / "nano").resolve()  # its θ, E, scorers ship too
     theta_q = args.theta_q or (_shipped("theta_q") if shipped_nano else None)
     theta_d = args.theta_d or (_shipped("theta_d") if shipped_nano else None)
-    service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device)
+    service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device,
+                                                   args.dtype)
     banner += notices
     soup_paths = args.soup
     if soup_paths is None:  # the shipped β = 5 model joins θ_q and θ_d in the paper's uniform soup

@@ -2,6 +2,7 @@
 
     python -m bench.engine                 # both model sizes (several minutes on 2 CPU cores)
     python -m bench.engine --sizes nano    # quick
+    python -m bench.engine --dtype bf16    # bf16 weights on both sides (ours: bf16 matmuls, fp32 activations)
 
 Sampler: the same random model, batch, length and sampling settings (top-k 250, temperature 1) through
 (a) our `generate_codes` and (b) transformers' `MusicgenForConditionalGeneration.generate`, text encoding
@@ -27,7 +28,7 @@ import torch
 
 from engine.generate import SamplingParams, generate_codes
 from engine.merge import Blend, WeightMixer
-from engine.model import debug_composite, from_composite
+from engine.model import debug_composite, from_composite, parse_dtype
 
 SIZES = {
     # ~9M-parameter decoder: the scale of the embedded nano model
@@ -121,17 +122,23 @@ def main(argv=None) -> None:
     p.add_argument("--nano-frames", type=int, default=250, help="5 s at 50 Hz")
     p.add_argument("--small-frames", type=int, default=50, help="1 s at 50 Hz")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--out", default="bench/results/engine.json")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="decoder weights on both sides; with bf16 transformers runs its whole composite in bf16 "
+                        "(what from_pretrained(torch_dtype=torch.bfloat16) gives a user)")
+    p.add_argument("--out", help="default: bench/results/engine.json (engine_bf16.json for --dtype bf16)")
     args = p.parse_args(argv)
+    args.out = args.out or f"bench/results/engine{'' if args.dtype == 'fp32' else '_' + args.dtype}.json"
+    dtype = parse_dtype(args.dtype)
     torch.set_num_threads(args.threads)
 
-    results = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+    results = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "cpu": platform.processor() or platform.machine(),
                "sampler": [], "merge": {}}
     for size in args.sizes:
         t = time.perf_counter()
         comp, tokenizer = debug_composite(seed=0, **SIZES[size])
-        model = from_composite(comp, tokenizer, size)
-        print(f"[{size}] built {model.decoder.flat.numel() / 1e6:.1f}M-parameter decoder in {time.perf_counter() - t:.1f} s",
+        model = from_composite(comp, tokenizer, size, dtype)
+        comp.to(dtype)  # transformers' side: the whole composite in that dtype (our text encoder shares it)
+        print(f"[{size}] built {model.decoder.flat.numel() / 1e6:.1f}M-parameter {args.dtype} decoder in {time.perf_counter() - t:.1f} s",
               flush=True)
         frames = args.nano_frames if size == "nano" else args.small_frames
         for batch in ((1, 2, 4, 8) if size == "nano" else (1, 4)):

@@ -113,7 +113,12 @@ class FastDecoder:
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.act = ACT2FN[cfg.activation_function]
-        self.row_block = cpu_row_block(self.flat.device)
+        # Low-precision weights on a CPU: only the matmuls run in bf16/fp16 (oneDNN's AVX-512 BF16 kernels stream
+        # half the bytes); the residual stream, attention, KV cache and logits stay fp32, where the CPU's
+        # half-precision attention and norms are slow and imprecise. On GPUs everything runs in the weights' dtype.
+        low = self.flat.dtype != torch.float32 and self.flat.device.type == "cpu"
+        self.compute_dtype = torch.float32 if low else self.flat.dtype
+        self.row_block = cpu_row_block(self.flat.device) if self.flat.dtype == torch.float32 else 0
         # Embedding tables of the K codebooks, adjacent: (K * (V+1), E), indexed with per-codebook offsets.
         self.embed = _fused(self.flat, [e.weight for e in dec.embed_tokens])
         self.embed_offsets = torch.arange(cfg.num_codebooks, device=self.flat.device).view(1, -1, 1) * (cfg.vocab_size + 1)
@@ -129,7 +134,7 @@ class FastDecoder:
             ))
         self.final_ln = dec.layer_norm
         self._positions = MusicgenSinusoidalPositionalEmbedding.get_embedding(cfg.max_position_embeddings, cfg.hidden_size)
-        self._positions = self._positions.to(self.flat.device, self.flat.dtype)
+        self._positions = self._positions.to(self.flat.device, self.compute_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -137,12 +142,13 @@ class FastDecoder:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The weights' dtype (activations: `compute_dtype`)."""
         return self.flat.dtype
 
     def positions(self, start: int, length: int) -> Tensor:
         if start + length > self._positions.shape[0]:  # transformers extends its table the same way
             table = MusicgenSinusoidalPositionalEmbedding.get_embedding(start + length, self.hidden)
-            self._positions = table.to(self.flat.device, self.flat.dtype)
+            self._positions = table.to(self.flat.device, self.compute_dtype)
         return self._positions[start:start + length]
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, t, E) -> (B, H, t, D)
@@ -152,19 +158,20 @@ class FastDecoder:
         """Cross-attention K/V for text states (B, S, E) with mask (B, S); a KV cache of `max_len`
         positions (None: no cache, for full-sequence forwards)."""
         encoder_hidden = encoder_hidden.to(self.device, self.dtype)
+        ad = self.compute_dtype
         ks, vs = [], []
         for p in self.layers:
-            k, v = F.linear(encoder_hidden, p["ckv"]).chunk(2, dim=-1)
+            k, v = F.linear(encoder_hidden, p["ckv"]).to(ad).chunk(2, dim=-1)
             ks.append(self._heads(k))
             vs.append(self._heads(v))
         mask = encoder_mask.to(self.device).bool()[:, None, None, :]
-        cross_mask = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-        cross_mask.masked_fill_(~mask, torch.finfo(self.dtype).min)
+        cross_mask = torch.zeros(mask.shape, dtype=ad, device=self.device)
+        cross_mask.masked_fill_(~mask, torch.finfo(ad).min)
         k = v = None
         if max_len is not None:
             shape = (len(self.layers), encoder_hidden.shape[0], self.heads, max_len, self.head_dim)
-            k = torch.empty(shape, dtype=self.dtype, device=self.device)
-            v = torch.empty(shape, dtype=self.dtype, device=self.device)
+            k = torch.empty(shape, dtype=ad, device=self.device)
+            v = torch.empty(shape, dtype=ad, device=self.device)
         return DecodeState(ks, vs, cross_mask, k, v)
 
     def forward(self, tokens: Tensor, pos: int, state: DecodeState) -> Tensor:
@@ -177,7 +184,8 @@ class FastDecoder:
             raise ValueError("a cache-free forward must start at position 0")
         if state.k is not None and pos + t > state.max_len:
             raise ValueError(f"positions {pos}..{pos + t - 1} exceed the cache length {state.max_len}")
-        x = F.embedding(tokens + self.embed_offsets, self.embed).sum(1)  # (B, t, E)
+        wd, ad, rb = self.dtype, self.compute_dtype, self.row_block  # `.to(wd)` is free when wd == ad
+        x = F.embedding(tokens + self.embed_offsets, self.embed).sum(1, dtype=ad)  # (B, t, E)
         x = x + self.positions(pos, t)
         end = pos + t
         mask = None
@@ -186,20 +194,22 @@ class FastDecoder:
             q_pos = torch.arange(pos, end, device=self.device)[:, None]
             mask = torch.arange(end, device=self.device)[None, :] <= q_pos
         for i, p in enumerate(self.layers):
-            h = p["ln1"](x)
-            k, v, q = linear(h, p["kvq"], self.row_block).chunk(3, dim=-1)
-            k, v, q = self._heads(k), self._heads(v), self._heads(q)
+            h = p["ln1"](x.to(wd))
+            k, v, q = linear(h, p["kvq"], rb).chunk(3, dim=-1)
+            k, v, q = self._heads(k), self._heads(v), self._heads(q.to(ad))
             if state.k is not None:
                 state.k[i, :, :, pos:end] = k
                 state.v[i, :, :, pos:end] = v
                 k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
+            else:
+                k, v = k.to(ad), v.to(ad)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["out"], self.row_block)
-            h = p["ln2"](x)
-            q = self._heads(linear(h, p["cq"], self.row_block))
+            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden).to(wd), p["out"], rb)
+            h = p["ln2"](x.to(wd))
+            q = self._heads(linear(h, p["cq"], rb).to(ad))
             a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=state.cross_mask)
-            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden), p["cout"], self.row_block)
-            x = x + linear(self.act(linear(p["ln3"](x), p["fc1"], self.row_block)), p["fc2"], self.row_block)
-        x = self.final_ln(x)
-        logits = linear(x, self.heads_w, self.row_block)  # (B, t, K * V)
+            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden).to(wd), p["cout"], rb)
+            x = x + linear(self.act(linear(p["ln3"](x.to(wd)), p["fc1"], rb)), p["fc2"], rb)
+        x = self.final_ln(x.to(wd))
+        logits = linear(x, self.heads_w, rb).to(ad)  # (B, t, K * V)
         return logits.view(B, t, K, self.vocab_size).transpose(1, 2)

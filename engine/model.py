@@ -215,12 +215,25 @@ def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, dev
     return MusicModel(meta.get("name", folder.name), text, FastDecoder(decoder.to(device=device, dtype=dtype)), ScoreCodec())
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """"fp32", "bf16" or "fp16" (or a torch dtype among those) -> the torch dtype of the decoder weights."""
+    if isinstance(name, torch.dtype) and name in DTYPES.values():
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                allow_download: bool = False) -> MusicModel:
     """A base model from a source string: "debug" (tiny random, offline), a MusicGen-nano folder, a local
     transformers MusicGen folder, or a hub id such as "facebook/musicgen-small"."""
     if str(source) == "debug":
-        return build_debug_model()
+        composite, tokenizer = debug_composite(0)
+        return from_composite(composite, tokenizer, "debug-0", dtype, device)
     if (Path(source) / NANO_CONFIG).is_file():
         return load_nano(source, dtype, device)
     if not Path(source).exists() and not allow_download and "/" not in str(source):

@@ -178,12 +178,15 @@ class MusicService:
     @classmethod
     def from_sources(cls, base: str, theta_q: str | None = None, theta_d: str | None = None,
                      allow_download: bool = False, max_duration_s: float | None = None,
-                     device: str = "cpu") -> tuple["MusicService", list[str]]:
+                     device: str = "cpu", dtype: str | torch.dtype = "fp32") -> tuple["MusicService", list[str]]:
         """Build a service from paths/ids; returns it with notices for the user (e.g. missing endpoints).
-        A missing θ_q or θ_d falls back to the base weights, shared by reference."""
-        from engine.model import load_model
+        A missing θ_q or θ_d falls back to the base weights, shared by reference. `dtype` is the decoder weights'
+        ("bf16" on a CPU: bf16 matmuls, fp32 activations, half the memory; see FastDecoder); every checkpoint
+        is cast to it, so λ = 0 and 1 reproduce θ_q and θ_d as stored in that dtype."""
+        from engine.model import load_model, parse_dtype
 
-        service = cls(load_model(base, allow_download=allow_download, device=device), max_duration_s)
+        model = load_model(base, parse_dtype(dtype), device, allow_download)
+        service = cls(model, max_duration_s)
         notices = []
         for name, source in (("q", theta_q), ("d", theta_d)):
             if source is None:

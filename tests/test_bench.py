@@ -11,6 +11,20 @@ def test_bench_functions_run(composite):
     assert m["decoder_params"] == model.decoder.flat.numel() and m["merge_over_bound"] > 0
 
 
+def test_bench_runs_in_bf16():
+    """--dtype bf16: our bf16-weight decoder against transformers' composite in bf16, and the bf16 merge."""
+    import torch
+
+    from engine.model import debug_composite, from_composite
+
+    comp, tokenizer = debug_composite(seed=0)
+    model = from_composite(comp, tokenizer, "bf16", torch.bfloat16)
+    comp.to(torch.bfloat16)
+    row = bench_sampler(comp, tokenizer, model, batch=2, frames=4, repeats=1)
+    assert row["plain_speedup"] > 0 and row["cfg_speedup"] > 0
+    assert bench_merge(model, repeats=1)["decoder_MB"] * 1e6 == model.decoder.flat.numel() * 2
+
+
 def test_bench_merge_leaves_the_model_unchanged(model):
     import torch
 

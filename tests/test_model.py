@@ -4,6 +4,7 @@ import torch
 
 from conftest import perturbed_state
 from engine.checkpoint import CheckpointError, save_state
+from engine.merge import Blend
 from engine.model import load_model
 from engine.service import MusicService, Request
 
@@ -45,3 +46,22 @@ def test_service_from_sources(tmp_path, saved_composite, model):
     assert len(notices) == 2 and only_base.mixer.endpoints["q"] is only_base.base.flat
     with pytest.raises(CheckpointError, match="missing.safetensors: no such"):
         MusicService.from_sources(str(saved_composite), str(tmp_path / "missing.safetensors"))
+
+
+def test_service_in_bf16_keeps_endpoints_exact(tmp_path, saved_composite, model):
+    """bf16 serving weights: checkpoints are cast to bf16 once; λ = 0 and 1 give them back bit for bit."""
+    q, d = perturbed_state(model, 1), perturbed_state(model, 2)
+    save_state(q, tmp_path / "q.safetensors")
+    save_state(d, tmp_path / "d.safetensors")
+    service, _ = MusicService.from_sources(str(saved_composite), str(tmp_path / "q.safetensors"),
+                                           str(tmp_path / "d.safetensors"), dtype="bf16")
+    assert service.serving.dtype == torch.bfloat16 and service.base.flat.dtype == torch.bfloat16
+    for lam, ref in ((1.0, d), (0.0, q)):
+        with service.gate.use(Blend.lerp("q", "d", lam)):
+            state = dict(service.serving.model.named_parameters())
+            assert all(torch.equal(state[n], ref[n].to(torch.bfloat16)) for n in ref)
+    gen = service.generate_merged(Request("x", num_clips=2, duration_s=0.2, seed=0), 0.5)
+    again = service.generate_merged(Request("x", num_clips=2, duration_s=0.2, seed=0), 0.5)
+    assert torch.equal(gen.codes, again.codes)
+    with pytest.raises(ValueError, match="dtype 'fp8'"):
+        MusicService.from_sources(str(saved_composite), dtype="fp8")
