@@ -2,7 +2,7 @@
 import numpy as np
 
 from engine.score_codec import FIRST_EVENT, NOISE, DISTORT, parse_token
-from training.corpus import BAD_CAPTIONS, GENRES, MOODS, generate_corpus, generate_piece, split_of
+from training.corpus import BAD_CAPTIONS, GENRES, MOODS, generate_corpus, generate_piece, possible_captions, split_of
 
 FRAMES = 160
 
@@ -67,3 +67,16 @@ def test_one_caption_many_pieces():
     common = max(by_caption.values(), key=len)
     assert len(common) >= 5
     assert len({p.codes.tobytes() for p in common}) == len(common)
+
+
+def test_possible_captions_are_the_captions_true_of_a_piece():
+    """Every drawn caption is among its attributes' possible captions; generic ones are shared across pieces
+    that fit them, specific ones (tempo, key) are not."""
+    pieces = [p for p in generate_corpus(0, 150, FRAMES) if not p.attributes["degraded"]]
+    truths = [possible_captions(p.attributes) for p in pieces]
+    assert all(p.caption in t for p, t in zip(pieces, truths))
+    a, b = next((x, y) for x in pieces for y in pieces if x.attributes["genre"] == y.attributes["genre"] and
+                x.attributes["tempo_bpm"] != y.attributes["tempo_bpm"])
+    shared = possible_captions(a.attributes) & possible_captions(b.attributes)
+    assert any(c.endswith(".") and len(c.split()) <= 3 for c in shared)  # e.g. "Rock." fits both
+    assert not any("bpm" in c.lower() for c in shared)  # a tempo names one of them only

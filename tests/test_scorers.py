@@ -131,3 +131,20 @@ def test_trainer_can_start_the_audio_tower_from_e(tmp_path):
     assert q.config.audio == e.config and q.config.audio.n_mels == 48
     x = torch.randn(2, 16000 * 4)
     assert torch.allclose(q.audio.features(x), e.features(x), atol=1e-3)  # lr ~0: E's tower, unchanged
+
+
+def test_adherence_against_false_distractors_skips_captions_true_of_the_clip():
+    """Clip 0's own caption loses to clip 1's generic caption, which is also true of clip 0: a miss against any
+    other caption, a hit once only captions false for clip 0 may be distractors."""
+    from types import SimpleNamespace
+
+    from training.train_scorers import caption_top1
+
+    text = F.normalize(torch.tensor([[0.9, 0.1], [1.0, 0.0], [0.0, 1.0]]), dim=-1)  # "own", "generic", "other"
+    audio = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0]]), dim=-1)
+    model = SimpleNamespace(text=lambda f: f)
+    captions = ["own", "generic", "other"]
+    truths = [{"own", "generic"}, {"generic"}, {"other"}]
+    plain = caption_top1(model, audio, captions, text, 2, 0)
+    fair = caption_top1(model, audio, captions, text, 2, 0, truths)
+    assert plain == pytest.approx(2 / 3) and fair == 1.0

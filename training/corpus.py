@@ -11,6 +11,7 @@ as bad audio, so that the negative prompt "Bad audio quality." means something.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,17 +256,40 @@ def _degrade(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def caption_for(a: dict, rng: np.random.Generator) -> str:
     """A free-text caption naming some of the attributes: full sentences, short tags, or fragments."""
-    genre = GENRES[a["genre"]]
-    g = str(rng.choice(genre.words))
+    g = str(rng.choice(GENRES[a["genre"]].words))
     mood = str(rng.choice(MOODS[a["mood"]]["words"]))
+    inst = _instruments(a)
+    rng.shuffle(inst)
+    forms = _caption_forms(a, g, mood, list(dict.fromkeys(inst)))
+    return forms[int(rng.integers(len(forms)))]()
+
+
+def possible_captions(a: dict) -> set[str]:
+    """Every caption `caption_for` can give a piece with attributes `a` (every wording, instrument order and
+    form): the captions that are true of it. Degraded pieces' bad-audio captions are not included."""
+    out = set()
+    for g in GENRES[a["genre"]].words:
+        for mood in MOODS[a["mood"]]["words"]:
+            for order in itertools.permutations(_instruments(a)):
+                for form in _caption_forms(a, str(g), str(mood), list(dict.fromkeys(order))):
+                    try:
+                        out.add(form())
+                    except IndexError:  # a form naming more instruments than the piece has: never drawn for it
+                        pass
+    return out
+
+
+def _instruments(a: dict) -> list[str]:
     inst = [a["lead"], a["harmony"], a["bass"]]
     if a["drums"]:
         inst.append({"electronic": "drum machine", "lofi": "dusty drums", "acoustic": "drums"}[a["drums"]])
-    rng.shuffle(inst)
-    inst = list(dict.fromkeys(inst))
+    return inst
+
+
+def _caption_forms(a: dict, g: str, mood: str, inst: list[str]) -> list:
     speed = "fast" if a["tempo_bpm"] >= 120 else ("slow" if a["tempo_bpm"] <= 80 else "mid-tempo")
     key = f"{a['key']} {'major' if a['mode'] == 'major' else 'minor' if a['mode'] == 'minor' else 'dorian'}"
-    forms = [
+    return [
         lambda: f"A {mood} {g} with {inst[0]} and {inst[1]}.",
         lambda: f"{g.capitalize()}.",
         lambda: f"{g.capitalize()} song.",
@@ -277,7 +301,6 @@ def caption_for(a: dict, rng: np.random.Generator) -> str:
         lambda: f"{inst[0]} and {inst[1]}, {mood} mood",
         lambda: f"{g} instrumental with {'no drums' if not a['drums'] else inst[-1]}, {a['tempo_bpm']:g} bpm",
     ]
-    return forms[int(rng.integers(len(forms)))]()
 
 
 def render(pieces: list[Piece], codec, batch: int = 32):

@@ -8,7 +8,9 @@ E (diversity embedding):
 - hackability: r_D between a clip and the same clip with noise added (20 dB SNR), its gain changed (±6 dB), and
   drums added (the drum stream of another piece laid over a drum-less piece). These should stay well below
   the different-piece diversity; the paper found its E biased toward background drums.
-Quality: adherence top-1 (own caption vs `--distractors` other captions), clean-vs-degraded ROC AUC.
+Quality: adherence top-1 (own caption vs `--distractors` other clips' captions), clean-vs-degraded ROC AUC. Adherence
+twice: against any other caption (many are generic, "Rock.", and also true of the clip) and against captions that
+are false for the clip (not among `corpus.possible_captions` of its attributes).
 Speed: one `Scorers.score` call on 8 clips of 8 s (E + adherence + audio quality), median of repeats.
 
     python -m training.scorer_metrics --embedding weights/embedding --quality weights/quality --out metrics.json
@@ -26,7 +28,7 @@ from engine.model import load_model
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import Scorers, SentenceEncoder
 from engine.service import MusicService, Request
-from training.corpus import HELD_OUT_EVERY, generate_piece, render
+from training.corpus import HELD_OUT_EVERY, generate_piece, possible_captions, render
 from training.train_embedding import augment, retrieval_top1
 from training.train_scorers import evaluate
 
@@ -102,9 +104,10 @@ def main(argv=None) -> None:
     # --- quality scorers
     held = [generate_piece(args.seed, i * HELD_OUT_EVERY, frames) for i in range(args.heldout)]
     sentences = scorers.sentences or SentenceEncoder()
+    truths = [possible_captions(pc.attributes) for pc in held]
     q = evaluate(scorers.quality_scorer, render(held, codec), [pc.caption for pc in held],
                  np.array([pc.attributes["degraded"] for pc in held]), sentences([pc.caption for pc in held]),
-                 args.distractors, args.seed)
+                 args.distractors, args.seed, truths)
     results["quality"] = dict(q, heldout=len(held), degraded=int(sum(pc.attributes["degraded"] for pc in held)),
                               distractors=args.distractors)
     # quality of generations with and without CFG, as a sanity check of the scorers on model audio
@@ -131,7 +134,8 @@ def main(argv=None) -> None:
     print(f"E retrieval top-1 among {len(pieces)}: {results['retrieval_top1']['value']:.3f}")
     for k, v in results["diversity"].items():
         print(f"  r_D {k:52s} {v['mean']:.3f} ± {v['sem']:.3f} (n={v['n']})")
-    print(f"adherence top-1 vs {args.distractors} distractors: {q['adherence_top1']:.3f}; "
+    print(f"adherence top-1 vs {args.distractors} distractors: {q['adherence_top1']:.3f} (any other caption), "
+          f"{q['adherence_top1_false_distractors']:.3f} (captions false for the clip); "
           f"audio-quality ROC AUC: {q['quality_auc']:.3f} ({results['quality']['degraded']} degraded of {len(held)})")
     for k, v in gen_q.items():
         print(f"  {k:16s} adherence {v['adherence']['mean']:.3f} ± {v['adherence']['sem']:.3f}  "

@@ -51,13 +51,17 @@ def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, caption_ids: torch.T
 
 @torch.no_grad()
 def caption_top1(model: QualityScorer, audio_emb: torch.Tensor, captions: list[str], text_feats: torch.Tensor,
-                 distractors: int, seed: int) -> float:
-    """How often a clip's own caption beats `distractors` different captions of other clips (unit audio_emb (N, D))."""
+                 distractors: int, seed: int, truths: list[set[str]] | None = None) -> float:
+    """How often a clip's own caption beats `distractors` different captions of other clips (unit audio_emb (N, D)).
+    With `truths` (per clip, every caption that is true of it: `corpus.possible_captions`), distractors are only
+    other clips' captions that are false for this clip, so that a generic caption that also fits ("Rock.") is
+    never counted against it."""
     rng = np.random.default_rng(seed)
     t = model.text(text_feats)
     hits = []
     for i in range(len(captions)):
-        others = [j for j in range(len(captions)) if captions[j] != captions[i]]
+        true = truths[i] if truths is not None else {captions[i]}
+        others = [j for j in range(len(captions)) if captions[j] != captions[i] and captions[j] not in true]
         pick = rng.choice(others, size=min(distractors, len(others)), replace=False)
         sims = t[np.concatenate([[i], pick])] @ audio_emb[i]
         hits.append(bool(sims[0] > sims[1:].max()))
@@ -66,7 +70,8 @@ def caption_top1(model: QualityScorer, audio_emb: torch.Tensor, captions: list[s
 
 @torch.no_grad()
 def evaluate(model: QualityScorer, audio: torch.Tensor, captions: list[str], degraded: np.ndarray,
-             text_feats: torch.Tensor, distractors: int, seed: int) -> dict:
+             text_feats: torch.Tensor, distractors: int, seed: int, truths: list[set[str]] | None = None) -> dict:
+    """Adherence top-1 (and, given `truths`, against false distractors only) on the clean clips; ROC AUC."""
     w = model.config.audio.window_samples
     e, clean = [], []
     for j in range(0, len(audio), 64):
@@ -75,8 +80,11 @@ def evaluate(model: QualityScorer, audio: torch.Tensor, captions: list[str], deg
         clean.append(c)
     e, clean = torch.cat(e), torch.cat(clean)
     ok = np.flatnonzero(~degraded)
-    return dict(adherence_top1=caption_top1(model, e[ok], [captions[i] for i in ok], text_feats[ok], distractors, seed),
-                quality_auc=roc_auc(-clean.numpy(), degraded))
+    args = (model, e[ok], [captions[i] for i in ok], text_feats[ok], distractors, seed)
+    out = dict(adherence_top1=caption_top1(*args), quality_auc=roc_auc(-clean.numpy(), degraded))
+    if truths is not None:
+        out["adherence_top1_false_distractors"] = caption_top1(*args, [truths[i] for i in ok])
+    return out
 
 
 def main(argv=None) -> None:
