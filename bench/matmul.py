@@ -1,10 +1,12 @@
-"""Few-row matmul kernels on this CPU: why the decoder feeds its matmuls in 4-row blocks (decoder.cpu_row_block).
+"""Few-row fp32 matmul kernels on this CPU: why the decoder (`engine.decoder.linear` with `cpu_row_block`) runs up to
+4 rows as one padded `w @ xᵀ` block and more rows through oneDNN.
 
     python -m bench.matmul
 
-For weight shapes of the nano and musicgen-small decoders, times `F.linear(x, w)` and our blocked
-`linear(x, w, 4)` for 1..16 rows, cycling through distinct weights so that they stream from memory as in a
-decode step, and reports the effective weight bandwidth (weight bytes / time).
+For weight shapes of the nano and musicgen-small decoders, times `F.linear(x, w)` (MKL), `w @ xᵀ` on zero-padded
+blocks of 4 rows, oneDNN's linear, and the decoder's `linear(x, w, 4)` for 1..16 rows, cycling through distinct
+weights so that they stream from memory as in a decode step, and reports the effective weight bandwidth
+(weight bytes / time).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from engine.decoder import linear
+from engine.decoder import _onednn_linear, linear
 
 SHAPES = {"nano kvq (768×256)": (768, 256), "small fc1 (4096×1024)": (4096, 1024), "small heads (8192×1024)": (8192, 1024)}
 
@@ -27,9 +29,17 @@ def _time(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def blocks_of_4(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    x = F.pad(x, (0, 0, 0, -x.shape[0] % 4))
+    return torch.cat([w @ x[i:i + 4].T for i in range(0, x.shape[0], 4)], dim=1)
+
+
 def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'weight':26s}{'rows':>5s}{'F.linear µs':>13s}{'GB/s':>7s}{'4-row blocks µs':>17s}{'GB/s':>7s}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GB/s of weights streamed")
+    dnn = _onednn_linear()
+    kernels = {"F.linear": F.linear, "4-row blocks": blocks_of_4, "oneDNN": dnn, "decoder": lambda x, w: linear(x, w, 4)}
+    kernels = {k: f for k, f in kernels.items() if f is not None}
+    print(f"{'weight':26s}{'rows':>5s}" + "".join(f"{k + ' µs':>16s}{'GB/s':>7s}" for k in kernels))
     for name, (o, i) in SHAPES.items():
         count = max(4, int(64e6 // (o * i * 4)))  # ≥ 64 MB of distinct weights: larger than the caches
         weights = [torch.randn(o, i) for _ in range(count)]
@@ -38,9 +48,11 @@ def main() -> None:
             x = torch.randn(rows, i)
             it = iter(range(10**9))
             n = max(20, int(2e8 // (o * i)))
-            a = _time(lambda: F.linear(x, weights[next(it) % count]), n)
-            b = _time(lambda: linear(x, weights[next(it) % count], 4), n)
-            print(f"{name:26s}{rows:5d}{a * 1e6:13.0f}{gb / a:7.1f}{b * 1e6:17.0f}{gb / b:7.1f}")
+            line = f"{name:26s}{rows:5d}"
+            for fn in kernels.values():
+                t = _time(lambda: fn(x, weights[next(it) % count]), n)
+                line += f"{t * 1e6:16.0f}{gb / t:7.1f}"
+            print(line)
 
 
 if __name__ == "__main__":

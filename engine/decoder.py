@@ -12,6 +12,7 @@ per step. Cross-attention keys/values over the text are computed once per reques
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -23,11 +24,12 @@ from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPos
 
 
 def cpu_row_block(device: torch.device) -> int:
-    """Rows per matmul block for few-row (decode-step) matmuls, or 0 for plain `F.linear`.
+    """Rows per matmul block for few-row (decode-step) fp32 matmuls, or 0 for plain `F.linear`.
 
     MKL's few-row fp32 `F.linear` on AMD EPYC streams weights at 8-20 GB/s for 1-16 rows, while `w @ xᵀ` on
-    blocks of 4 rows reaches 21-38 GB/s up to 4 rows (`python -m bench.matmul`). So on AMD CPUs rows go through in
-    zero-padded blocks of 4. Decided from the CPU vendor, never from timings, so results are reproducible."""
+    blocks of 4 rows reaches 21-38 GB/s up to 4 rows (`python -m bench.matmul`). So on AMD CPUs up to 4 rows go
+    through as one zero-padded block of 4, and more rows through oneDNN (see `linear`). Decided from the CPU
+    vendor, never from timings, so results are reproducible."""
     if torch.device(device).type != "cpu":
         return 0
     try:
@@ -37,19 +39,43 @@ def cpu_row_block(device: torch.device) -> int:
         return 0
 
 
+ONEDNN_ROWS = 8  # rows per oneDNN call beyond one block
+
+
+@functools.cache
+def _onednn_linear():
+    """oneDNN's dense fp32 linear (`torch.ops.mkldnn._linear_pointwise`, what inductor calls on CPUs), or None
+    where this torch build lacks it or it fails."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        if not torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w)):
+            return None
+    except (RuntimeError, TypeError):
+        return None
+    return lambda x, w: op(x, w, None, "none", [], "")
+
+
 def linear(x: Tensor, w: Tensor, row_block: int = 0) -> Tensor:
-    """x (..., I) @ w (O, I)ᵀ. With `row_block` > 0 and at most 4 blocks of rows, computed as `w @ xᵀ` on
-    zero-padded blocks of `row_block` rows; equal to `F.linear` up to float rounding."""
+    """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding. With `row_block` > 0 (fp32 on AMD CPUs):
+    up to `row_block` rows as `w @ xᵀ` on one zero-padded block; more rows through oneDNN in chunks of
+    `ONEDNN_ROWS` (its AVX-512 kernels, which MKL does not use on AMD; blocks of 4 would re-stream the weights per
+    block: README, "Where the time goes")."""
     rows = x.numel() // x.shape[-1]
-    if not row_block or rows > 4 * row_block:
+    if not row_block:
         return F.linear(x, w)
     x2 = x.reshape(rows, -1)
-    padded = -rows % row_block
-    if padded:
-        x2 = F.pad(x2, (0, 0, 0, padded))
-    blocks = [w @ x2[i:i + row_block].T for i in range(0, rows + padded, row_block)]  # each (O, row_block)
-    y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-    return y[:, :rows].T.contiguous().view(*x.shape[:-1], w.shape[0])
+    if rows <= row_block:
+        padded = -rows % row_block
+        y = (w @ F.pad(x2, (0, 0, 0, padded)).T if padded else w @ x2.T)[:, :rows].T.contiguous()  # (rows, O)
+    elif (dnn := _onednn_linear()) is not None:
+        chunks = [dnn(x2[i:i + ONEDNN_ROWS], w) for i in range(0, rows, ONEDNN_ROWS)]
+        y = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    else:
+        return F.linear(x, w)
+    return y.view(*x.shape[:-1], w.shape[0])
 
 
 def flatten_parameters(module: torch.nn.Module) -> Tensor:

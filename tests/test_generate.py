@@ -166,15 +166,23 @@ def test_unconditional_rows_ignore_text(model):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 17, 40])
-def test_blocked_linear_equals_f_linear(rows):
+def test_blocked_linear_equals_f_linear(rows, monkeypatch):
+    """One padded block up to 4 rows, oneDNN in chunks of 8 beyond, F.linear where oneDNN is missing: all equal."""
+    import engine.decoder
     from engine.decoder import linear
 
     g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 1, 48, generator=g), torch.randn(96, 48, generator=g)
+    strided = torch.randn(rows, 1, 96, generator=g)[..., ::2]  # a non-contiguous input
     for block in (0, 4):
-        y = linear(x, w, block)
-        assert y.shape == (rows, 1, 96) and y.is_contiguous()
-        torch.testing.assert_close(y, torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
+        for inp in (x, strided):
+            y = linear(inp, w, block)
+            assert y.shape == (rows, 1, 96) and y.is_contiguous()
+            torch.testing.assert_close(y, torch.nn.functional.linear(inp, w), rtol=1e-5, atol=1e-5)
+    if rows > 4:
+        assert engine.decoder._onednn_linear() is not None  # this torch has it: the chunked path ran above
+        monkeypatch.setattr(engine.decoder, "_onednn_linear", lambda: None)
+        torch.testing.assert_close(linear(x, w, 4), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
