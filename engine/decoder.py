@@ -26,10 +26,10 @@ from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPos
 def cpu_row_block(device: torch.device) -> int:
     """Rows per matmul block for few-row (decode-step) fp32 matmuls, or 0 for plain `F.linear`.
 
-    MKL's few-row fp32 `F.linear` on AMD EPYC streams weights at 8-20 GB/s for 1-16 rows, while `w @ xᵀ` on
-    blocks of 4 rows reaches 21-38 GB/s up to 4 rows (`python -m bench.matmul`). So on AMD CPUs up to 4 rows go
-    through as one zero-padded block of 4, and more rows through oneDNN (see `linear`). Decided from the CPU
-    vendor, never from timings, so results are reproducible."""
+    MKL's few-row fp32 `F.linear` on AMD EPYC streams weights at about half the bandwidth that `w @ xᵀ` on one block
+    of 4 rows reaches (`python -m bench.matmul`). So on AMD CPUs up to 4 rows go through as one zero-padded block
+    of 4, and up to 16 rows through oneDNN (see `linear`). Decided from the CPU vendor, never from timings, so
+    results are reproducible."""
     if torch.device(device).type != "cpu":
         return 0
     try:
@@ -40,6 +40,7 @@ def cpu_row_block(device: torch.device) -> int:
 
 
 ONEDNN_ROWS = 8  # rows per oneDNN call beyond one block
+ONEDNN_MAX_ROWS = 16  # beyond: full-sequence forwards (teacher logits), where MKL's large GEMMs are fine
 
 
 @functools.cache
@@ -60,17 +61,17 @@ def _onednn_linear():
 
 def linear(x: Tensor, w: Tensor, row_block: int = 0) -> Tensor:
     """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding. With `row_block` > 0 (fp32 on AMD CPUs):
-    up to `row_block` rows as `w @ xᵀ` on one zero-padded block; more rows through oneDNN in chunks of
-    `ONEDNN_ROWS` (its AVX-512 kernels, which MKL does not use on AMD; blocks of 4 would re-stream the weights per
-    block: README, "Where the time goes")."""
+    up to `row_block` rows as `w @ xᵀ` on one zero-padded block; up to `ONEDNN_MAX_ROWS` rows through oneDNN in
+    chunks of `ONEDNN_ROWS` (its AVX-512 kernels beat MKL's here, and blocks of 4 would re-stream the weights per
+    block: README, "Where the time goes"), without autograd (decode steps run under no_grad)."""
     rows = x.numel() // x.shape[-1]
-    if not row_block:
+    if not row_block or rows > ONEDNN_MAX_ROWS:
         return F.linear(x, w)
     x2 = x.reshape(rows, -1)
     if rows <= row_block:
         padded = -rows % row_block
         y = (w @ F.pad(x2, (0, 0, 0, padded)).T if padded else w @ x2.T)[:, :rows].T.contiguous()  # (rows, O)
-    elif (dnn := _onednn_linear()) is not None:
+    elif not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) and (dnn := _onednn_linear()) is not None:
         chunks = [dnn(x2[i:i + ONEDNN_ROWS], w) for i in range(0, rows, ONEDNN_ROWS)]
         y = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     else:

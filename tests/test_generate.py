@@ -181,6 +181,9 @@ def test_blocked_linear_equals_f_linear(rows, monkeypatch):
             torch.testing.assert_close(y, torch.nn.functional.linear(inp, w), rtol=1e-5, atol=1e-5)
     if rows > 4:
         assert engine.decoder._onednn_linear() is not None  # this torch has it: the chunked path ran above
+        wg = w.clone().requires_grad_()
+        linear(x, wg, 4).sum().backward()  # with autograd it falls back to F.linear, which has a gradient
+        torch.testing.assert_close(wg.grad, x.reshape(rows, -1).sum(0).expand(96, -1), rtol=1e-5, atol=1e-5)
         monkeypatch.setattr(engine.decoder, "_onednn_linear", lambda: None)
         torch.testing.assert_close(linear(x, w, 4), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
 
