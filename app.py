@@ -502,6 +502,18 @@ def build_ui(studio: Studio):
     return demo
 
 
+def bf16_tip(base: str, device: str, dtype: str) -> str | None:
+    """A hint for a real MusicGen served in fp32 on a CPU that has bf16 matrix units (not for nano: fp32 is faster
+    there, its weights fit the cache)."""
+    from engine.decoder import cpu_has_bf16
+    from engine.model import NANO_CONFIG
+
+    if dtype != "fp32" or device != "cpu" or base == "debug" or (Path(base) / NANO_CONFIG).is_file() or not cpu_has_bf16():
+        return None
+    return ("This CPU has bf16 matrix instructions: --dtype bf16 (MUSIC_DTYPE=bf16) decodes a musicgen-small-sized "
+            "model about 1.8x faster at half the memory (README, Benchmarks); clips then differ slightly from fp32.")
+
+
 def make_studio(args: argparse.Namespace) -> Studio:
     """Load models and scorers as the flags say (defaults: the shipped nano weights)."""
     import torch
@@ -518,6 +530,8 @@ def make_studio(args: argparse.Namespace) -> Studio:
     service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device,
                                                    args.dtype)
     banner += notices
+    if (tip := bf16_tip(base, device, args.dtype)) is not None:
+        banner.append(tip)
     soup_paths = args.soup
     if soup_paths is None:  # the shipped β = 5 model joins θ_q and θ_d in the paper's uniform soup
         soup_paths = [p for p in [_shipped("theta_b5")] if p and shipped_nano]

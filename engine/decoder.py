@@ -32,11 +32,23 @@ def cpu_row_block(device: torch.device) -> int:
     results are reproducible."""
     if torch.device(device).type != "cpu":
         return 0
+    return 4 if "AuthenticAMD" in _first_cpu() else 0
+
+
+@functools.cache
+def _first_cpu() -> str:
+    """/proc/cpuinfo's block for the first CPU ("" where there is none, e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return 4 if "AuthenticAMD" in f.read(4096) else 0
+            return f.read().split("\n\n")[0]
     except OSError:
-        return 0
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where `--dtype bf16` pays."""
+    flags = next((line for line in _first_cpu().splitlines() if line.startswith("flags")), "").split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 ONEDNN_ROWS = 8  # rows per oneDNN call beyond one block

@@ -192,3 +192,24 @@ def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
     assert SOUP in studio.modes  # the shipped β = 5 model makes the uniform soup of three
     bare = make_studio(parse_args(["--base", "weights/nano", "--soup", "--ratings-db", str(tmp_path / "s.sqlite")]))
     assert SOUP not in bare.modes
+
+
+def test_bf16_tip_only_for_a_real_musicgen_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path):
+    import engine.decoder
+    from app import bf16_tip
+
+    monkeypatch.setattr(engine.decoder, "cpu_has_bf16", lambda: True)
+    assert "--dtype bf16" in bf16_tip("facebook/musicgen-small", "cpu", "fp32")
+    for args in (("facebook/musicgen-small", "cpu", "bf16"), ("facebook/musicgen-small", "cuda", "fp32"),
+                 ("debug", "cpu", "fp32"), ("weights/nano", "cpu", "fp32")):
+        assert bf16_tip(*args) is None, args
+    monkeypatch.setattr(engine.decoder, "cpu_has_bf16", lambda: False)
+    assert bf16_tip("facebook/musicgen-small", "cpu", "fp32") is None
+
+
+def test_cpu_flags_are_read():
+    from engine.decoder import _first_cpu, cpu_has_bf16, cpu_row_block
+
+    info = _first_cpu()
+    assert cpu_has_bf16() == (" avx512_bf16" in info or " amx_bf16" in info)
+    assert cpu_row_block("cpu") == (4 if "AuthenticAMD" in info else 0) and cpu_row_block("meta") == 0
