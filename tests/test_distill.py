@@ -140,6 +140,11 @@ def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
                                                        ("1", "student")]
     # the held-out KL belongs to the student, not to the base it no longer is
     assert not evals[0]["heldout_kl"] and not evals[1]["heldout_kl"] and evals[2]["heldout_kl"]
+    # re-evaluation after the fact starts from the --init weights too (config.json), not from the base
+    distill.main(tiny + ["--out", str(tmp_path / "d"), "--eval-snapshots"])
+    again = list(csv.DictReader(open(tmp_path / "d" / "eval.csv")))
+    assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base+CFG γ=3"), ("0", "student")]
+    assert again[2]["heldout_kl"] == evals[2]["heldout_kl"] and again[2]["quality"] == evals[2]["quality"]
     with pytest.raises(Exception, match="nowhere"):
         distill.main(tiny + ["--out", str(tmp_path / "e"), "--init", str(tmp_path / "nowhere"), "--steps", "1"])
 

@@ -267,10 +267,12 @@ def eval_rows(distiller: Distiller, step: int, prompts: list[str], samples: int,
 
 
 def eval_snapshots(out, distiller: Distiller, prompts: list[str], samples: int, seed: int, scorers) -> list[dict]:
-    """Re-evaluate a run after the fact (e.g. with newer scorers): the references, then every snapshot in
-    `out/snapshots`; rewrites `out/eval.csv`. The student's weights end at the last snapshot."""
+    """Re-evaluate a run after the fact (e.g. with newer scorers): the references and the run's starting student
+    (the base, or its `--init` weights as recorded in `out/config.json`), then every snapshot in `out/snapshots`;
+    rewrites `out/eval.csv`. The student's weights end at the last snapshot."""
     import csv
     import io
+    import json
     from pathlib import Path
 
     from engine.checkpoint import save_bytes
@@ -278,9 +280,14 @@ def eval_snapshots(out, distiller: Distiller, prompts: list[str], samples: int, 
     out = Path(out)
     params = dict(distiller.student_model.named_parameters())
     student = {k: v.detach().clone() for k, v in params.items()}
-    with torch.no_grad():  # step 0 evaluates the base: the student starts as a copy of it
-        for name, p in distiller.teacher.model.named_parameters():
-            params[name].copy_(p)
+    config = out / "config.json"
+    init = json.loads(config.read_text()).get("init") if config.exists() else None
+    if init:
+        distiller.load_student(init)
+    else:
+        with torch.no_grad():  # the student started as a copy of the base
+            for name, p in distiller.teacher.model.named_parameters():
+                params[name].copy_(p)
     rows = eval_rows(distiller, 0, prompts, samples, seed, scorers)
     for snap in sorted((out / "snapshots").glob("step_*.safetensors")):
         distiller.load_student(snap)
