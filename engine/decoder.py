@@ -91,6 +91,15 @@ def linear(x: Tensor, w: Tensor, row_block: int = 0) -> Tensor:
     return y.view(*x.shape[:-1], w.shape[0])
 
 
+def _keep(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t
+
+
+def _norm(ln: torch.nn.LayerNorm) -> tuple:
+    """F.layer_norm's arguments after the input (a plain call skips the module's call machinery, ~1 µs each)."""
+    return ln.normalized_shape, ln.weight, ln.bias, ln.eps
+
+
 def flatten_parameters(module: torch.nn.Module) -> Tensor:
     """Move every parameter of `module` into one contiguous 1-D buffer (in `named_parameters` order)
     and make the parameters views of it. Returns the buffer. Values are unchanged."""
@@ -151,7 +160,8 @@ class FastDecoder:
         self.hidden = cfg.hidden_size
         self.heads = cfg.num_attention_heads
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.act = ACT2FN[cfg.activation_function]
+        act = ACT2FN[cfg.activation_function]
+        self.act = getattr(act, "act", act)  # transformers' GELUActivation wraps F.gelu: call it without the module
         # Low-precision weights on a CPU: only the matmuls run in bf16/fp16 (oneDNN's AVX-512 BF16 kernels stream
         # half the bytes); the residual stream, attention, KV cache and logits stay fp32, where the CPU's
         # half-precision attention and norms are slow and imprecise. On GPUs everything runs in the weights' dtype.
@@ -166,12 +176,12 @@ class FastDecoder:
         for layer in dec.layers:
             sa, ca = layer.self_attn, layer.encoder_attn
             self.layers.append(dict(
-                ln1=layer.self_attn_layer_norm, kvq=_fused(self.flat, [sa.k_proj.weight, sa.v_proj.weight, sa.q_proj.weight]),
-                out=sa.out_proj.weight, ln2=layer.encoder_attn_layer_norm, cq=ca.q_proj.weight,
+                ln1=_norm(layer.self_attn_layer_norm), kvq=_fused(self.flat, [sa.k_proj.weight, sa.v_proj.weight, sa.q_proj.weight]),
+                out=sa.out_proj.weight, ln2=_norm(layer.encoder_attn_layer_norm), cq=ca.q_proj.weight,
                 ckv=_fused(self.flat, [ca.k_proj.weight, ca.v_proj.weight]), cout=ca.out_proj.weight,
-                ln3=layer.final_layer_norm, fc1=layer.fc1.weight, fc2=layer.fc2.weight,
+                ln3=_norm(layer.final_layer_norm), fc1=layer.fc1.weight, fc2=layer.fc2.weight,
             ))
-        self.final_ln = dec.layer_norm
+        self.final_ln = _norm(dec.layer_norm)
         self._positions = MusicgenSinusoidalPositionalEmbedding.get_embedding(cfg.max_position_embeddings, cfg.hidden_size)
         self._positions = self._positions.to(self.flat.device, self.compute_dtype)
 
@@ -223,7 +233,8 @@ class FastDecoder:
             raise ValueError("a cache-free forward must start at position 0")
         if state.k is not None and pos + t > state.max_len:
             raise ValueError(f"positions {pos}..{pos + t - 1} exceed the cache length {state.max_len}")
-        wd, ad, rb = self.dtype, self.compute_dtype, self.row_block  # `.to(wd)` is free when wd == ad
+        wd, ad, rb = self.dtype, self.compute_dtype, self.row_block
+        to = _keep if wd == ad else Tensor.to  # fp32: no cast calls at all (~1 µs each, ~60 per step)
         x = F.embedding(tokens + self.embed_offsets, self.embed).sum(1, dtype=ad)  # (B, t, E)
         x = x + self.positions(pos, t)
         end = pos + t
@@ -233,22 +244,22 @@ class FastDecoder:
             q_pos = torch.arange(pos, end, device=self.device)[:, None]
             mask = torch.arange(end, device=self.device)[None, :] <= q_pos
         for i, p in enumerate(self.layers):
-            h = p["ln1"](x.to(wd))
+            h = F.layer_norm(to(x, wd), *p["ln1"])
             k, v, q = linear(h, p["kvq"], rb).chunk(3, dim=-1)
-            k, v, q = self._heads(k), self._heads(v), self._heads(q.to(ad))
+            k, v, q = self._heads(k), self._heads(v), self._heads(to(q, ad))
             if state.k is not None:
                 state.k[i, :, :, pos:end] = k
                 state.v[i, :, :, pos:end] = v
                 k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
             else:
-                k, v = k.to(ad), v.to(ad)
+                k, v = to(k, ad), to(v, ad)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden).to(wd), p["out"], rb)
-            h = p["ln2"](x.to(wd))
-            q = self._heads(linear(h, p["cq"], rb).to(ad))
+            x = x + linear(to(a.transpose(1, 2).reshape(B, t, self.hidden), wd), p["out"], rb)
+            h = F.layer_norm(to(x, wd), *p["ln2"])
+            q = self._heads(to(linear(h, p["cq"], rb), ad))
             a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=state.cross_mask)
-            x = x + linear(a.transpose(1, 2).reshape(B, t, self.hidden).to(wd), p["cout"], rb)
-            x = x + linear(self.act(linear(p["ln3"](x.to(wd)), p["fc1"], rb)), p["fc2"], rb)
-        x = self.final_ln(x.to(wd))
-        logits = linear(x, self.heads_w, rb).to(ad)  # (B, t, K * V)
+            x = x + linear(to(a.transpose(1, 2).reshape(B, t, self.hidden), wd), p["cout"], rb)
+            x = x + linear(self.act(linear(F.layer_norm(to(x, wd), *p["ln3"]), p["fc1"], rb)), p["fc2"], rb)
+        x = F.layer_norm(to(x, wd), *self.final_ln)
+        logits = to(linear(x, self.heads_w, rb), ad)  # (B, t, K * V)
         return logits.view(B, t, K, self.vocab_size).transpose(1, 2)
