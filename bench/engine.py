@@ -131,15 +131,15 @@ def main(argv=None) -> None:
     dtype = parse_dtype(args.dtype)
     torch.set_num_threads(args.threads)
 
-    results = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "cpu": platform.processor() or platform.machine(),
-               "sampler": [], "merge": {}}
+    results = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
+               "cpu": platform.processor() or platform.machine(), "sampler": [], "merge": {}}
     for size in args.sizes:
         t = time.perf_counter()
         comp, tokenizer = debug_composite(seed=0, **SIZES[size])
         model = from_composite(comp, tokenizer, size, dtype)
         comp.to(dtype)  # transformers' side: the whole composite in that dtype (our text encoder shares it)
-        print(f"[{size}] built {model.decoder.flat.numel() / 1e6:.1f}M-parameter {args.dtype} decoder in {time.perf_counter() - t:.1f} s",
-              flush=True)
+        print(f"[{size}] built {model.decoder.flat.numel() / 1e6:.1f}M-parameter {args.dtype} decoder in "
+              f"{time.perf_counter() - t:.1f} s", flush=True)
         frames = args.nano_frames if size == "nano" else args.small_frames
         for batch in ((1, 2, 4, 8) if size == "nano" else (1, 4)):
             row = {"size": size} | bench_sampler(comp, tokenizer, model, batch, frames, args.repeats)

@@ -83,7 +83,7 @@ def linear(x: Tensor, w: Tensor, row_block: int = 0) -> Tensor:
     if rows <= row_block:
         padded = -rows % row_block
         y = (w @ F.pad(x2, (0, 0, 0, padded)).T if padded else w @ x2.T)[:, :rows].T.contiguous()  # (rows, O)
-    elif not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) and (dnn := _onednn_linear()) is not None:
+    elif not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) and (dnn := _onednn_linear()):
         chunks = [dnn(x2[i:i + ONEDNN_ROWS], w) for i in range(0, rows, ONEDNN_ROWS)]
         y = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     else:
@@ -176,7 +176,8 @@ class FastDecoder:
         for layer in dec.layers:
             sa, ca = layer.self_attn, layer.encoder_attn
             self.layers.append(dict(
-                ln1=_norm(layer.self_attn_layer_norm), kvq=_fused(self.flat, [sa.k_proj.weight, sa.v_proj.weight, sa.q_proj.weight]),
+                ln1=_norm(layer.self_attn_layer_norm),
+                kvq=_fused(self.flat, [sa.k_proj.weight, sa.v_proj.weight, sa.q_proj.weight]),
                 out=sa.out_proj.weight, ln2=_norm(layer.encoder_attn_layer_norm), cq=ca.q_proj.weight,
                 ckv=_fused(self.flat, [ca.k_proj.weight, ca.v_proj.weight]), cout=ca.out_proj.weight,
                 ln3=_norm(layer.final_layer_norm), fc1=layer.fc1.weight, fc2=layer.fc2.weight,
