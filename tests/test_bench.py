@@ -75,3 +75,21 @@ def test_grad_snr_runs_and_separates_the_terms(tmp_path, tiny_scorer_dirs):
     assert json.loads((tmp_path / "snr.json").read_text()) == r
     for term in ("kl", "reinforce"):
         assert r[term]["norm"] > 0 and -1 <= r[term]["cosine"] <= 1
+
+
+def test_matmul_bench_kernels_agree():
+    """bench.matmul's kernels compute the same product (its timings are not asserted)."""
+    import torch
+
+    from bench.matmul import blocks_of_4
+    from engine.decoder import _onednn_linear, linear
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 32, generator=g)
+    for rows in (1, 3, 8, 16):
+        x = torch.randn(rows, 32, generator=g)
+        ref = torch.nn.functional.linear(x, w)
+        torch.testing.assert_close(blocks_of_4(x, w)[:, :rows].T, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(linear(x, w, 4), ref, rtol=1e-5, atol=1e-5)
+        if _onednn_linear() is not None:
+            torch.testing.assert_close(_onednn_linear()(x, w), ref, rtol=1e-5, atol=1e-5)
