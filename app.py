@@ -506,9 +506,9 @@ def bf16_tip(base: str, device: str, dtype: str) -> str | None:
     """A hint for a real MusicGen served in fp32 on a CPU that has bf16 matrix units (not for nano: fp32 is faster
     there, its weights fit the cache)."""
     from engine.decoder import cpu_has_bf16
-    from engine.model import NANO_CONFIG
+    from engine.model import is_nano_folder
 
-    if dtype != "fp32" or device != "cpu" or base == "debug" or (Path(base) / NANO_CONFIG).is_file() or not cpu_has_bf16():
+    if dtype != "fp32" or device != "cpu" or base == "debug" or is_nano_folder(base) or not cpu_has_bf16():
         return None
     return ("This CPU has bf16 matrix instructions: --dtype bf16 (MUSIC_DTYPE=bf16) decodes a musicgen-small-sized "
             "model about 1.8x faster at half the memory (README, Benchmarks); clips then differ slightly from fp32.")

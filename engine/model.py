@@ -215,6 +215,11 @@ def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, dev
     return MusicModel(meta.get("name", folder.name), text, FastDecoder(decoder.to(device=device, dtype=dtype)), ScoreCodec())
 
 
+def is_nano_folder(source: str | os.PathLike) -> bool:
+    """Whether `source` is a MusicGen-nano folder (it holds nano.json), rather than "debug" or a MusicGen checkpoint."""
+    return (Path(source) / NANO_CONFIG).is_file()
+
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -234,7 +239,7 @@ def load_model(source: str | os.PathLike, dtype: torch.dtype = torch.float32, de
     if str(source) == "debug":
         composite, tokenizer = debug_composite(0)
         return from_composite(composite, tokenizer, "debug-0", dtype, device)
-    if (Path(source) / NANO_CONFIG).is_file():
+    if is_nano_folder(source):
         return load_nano(source, dtype, device)
     if not Path(source).exists() and not allow_download and "/" not in str(source):
         raise ValueError(f"base model {str(source)!r}: no such folder (use a folder, a hub id, or 'debug')")

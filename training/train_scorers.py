@@ -60,8 +60,8 @@ def caption_top1(model: QualityScorer, audio_emb: torch.Tensor, captions: list[s
     t = model.text(text_feats)
     hits = []
     for i in range(len(captions)):
-        true = truths[i] if truths is not None else {captions[i]}
-        others = [j for j in range(len(captions)) if captions[j] != captions[i] and captions[j] not in true]
+        true = {captions[i]} | (truths[i] if truths is not None else set())
+        others = [j for j in range(len(captions)) if captions[j] not in true]
         pick = rng.choice(others, size=min(distractors, len(others)), replace=False)
         sims = t[np.concatenate([[i], pick])] @ audio_emb[i]
         hits.append(bool(sims[0] > sims[1:].max()))
