@@ -1,10 +1,14 @@
-"""Whole-decode A/B of the few-row fp32 matmul strategy: what decided `engine.decoder.linear`.
+"""Whole-decode A/B of the CPU decode kernels: what decided `engine.decoder.linear` and the C decode attention.
 
-    python -m bench.decode_kernels            # nano and musicgen-small shapes, ~2 minutes on 2 cores
+    python -m bench.decode_kernels            # nano and musicgen-small shapes, ~3 minutes on 2 cores
 
-In one process, alternating, the same generation runs with (a) the decoder's `linear` (one padded block up to 4
-rows, oneDNN in chunks of 8 for 5-16 rows) and (b) 4-row blocks for every row count up to 16, the strategy before
-oneDNN. Prints the median times. Only meaningful where `cpu_row_block` is 4 (AMD CPUs); elsewhere both run F.linear.
+In one process, alternating, the same generation runs with
+  (a) the decoder as it ships: few-row matmuls through `linear` (one padded block up to 4 rows, oneDNN in chunks of
+      8 for 5-16 rows) and decode-step attention through the C kernel (`engine.kernels`, where it builds);
+  (b) torch's SDPA for attention instead of the C kernel;
+  (c) 4-row matmul blocks for every row count up to 16, the strategy before oneDNN.
+Prints the median times and each variant's time over (a)'s. The matmul A/B is only meaningful where `cpu_row_block`
+is 4 (AMD CPUs); elsewhere (a) and (c) both run F.linear.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import engine.decoder
+import engine.kernels
 from bench.engine import SIZES
 from engine.generate import SamplingParams, generate_codes
 from engine.model import debug_composite, from_composite
@@ -41,8 +46,10 @@ def main(argv=None) -> None:
     p.add_argument("--small-frames", type=int, default=30)
     args = p.parse_args(argv)
     params = SamplingParams(temperature=1.0, top_k=250)
-    kernels = {"decoder": engine.decoder.linear, "4-row blocks": blocks_of_4}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    shipped = engine.decoder.linear, engine.decoder.decode_attention
+    variants = {"decoder": shipped, "torch SDPA": (shipped[0], lambda *a, **kw: None),
+                "4-row blocks": (blocks_of_4, shipped[1])}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; decode attention: {engine.kernels.status()}")
     try:
         for size in args.sizes:
             comp, tokenizer = debug_composite(seed=0, **SIZES[size])
@@ -50,10 +57,10 @@ def main(argv=None) -> None:
             cond, neg = model.encode_text(["upbeat techno"]), model.encode_text([""])
             frames = args.nano_frames if size == "nano" else args.small_frames
             for clips, gamma in CASES[size]:
-                times = {k: [] for k in kernels}
+                times = {k: [] for k in variants}
                 for i in range(args.repeats + 1):  # the first round warms up
-                    for name, fn in kernels.items():
-                        engine.decoder.linear = fn
+                    for name, (matmul, attention) in variants.items():
+                        engine.decoder.linear, engine.decoder.decode_attention = matmul, attention
                         t = time.perf_counter()
                         generate_codes(model.decoder, cond, clips, frames, params, torch.Generator().manual_seed(0),
                                        neg=neg if gamma else None, guidance=gamma)
@@ -61,10 +68,10 @@ def main(argv=None) -> None:
                             times[name].append(time.perf_counter() - t)
                 med = {k: statistics.median(v) for k, v in times.items()}
                 cfg = f" + CFG γ={gamma:g}" if gamma else ""
-                print(f"[{size}] {clips} clips{cfg}, {frames} frames: decoder {med['decoder']:.3f} s, 4-row blocks "
-                      f"{med['4-row blocks']:.3f} s ({med['4-row blocks'] / med['decoder']:.2f}x)", flush=True)
+                others = ", ".join(f"{k} {v:.3f} s ({v / med['decoder']:.2f}x)" for k, v in med.items() if k != "decoder")
+                print(f"[{size}] {clips} clips{cfg}, {frames} frames: decoder {med['decoder']:.3f} s, {others}", flush=True)
     finally:
-        engine.decoder.linear = kernels["decoder"]
+        engine.decoder.linear, engine.decoder.decode_attention = shipped
 
 
 if __name__ == "__main__":

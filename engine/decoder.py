@@ -8,7 +8,8 @@ The module keeps being a normal transformers model (training and reference tests
 - a checkpoint is loaded by copying into the buffer, never by rebuilding the module.
 
 Sampling uses a preallocated KV cache (`DecodeState`) indexed by position: prefill, then one column
-per step. Cross-attention keys/values over the text are computed once per request.
+per step. Cross-attention keys/values over the text are computed once per request. On CPUs a decode step's
+attention runs in a small C kernel where one can be built (engine/kernels.py), torch's SDPA elsewhere.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from torch import Tensor
 from transformers import MusicgenForCausalLM
 from transformers.activations import ACT2FN
 from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding
+
+from engine.kernels import decode_attention
 
 
 def cpu_row_block(device: torch.device) -> int:
@@ -117,6 +120,11 @@ def flatten_parameters(module: torch.nn.Module) -> Tensor:
     return flat
 
 
+def _position_major(x: Tensor) -> Tensor:
+    """(B, H, T, D) -> the same values as a view of a contiguous (T, B, H, D) buffer."""
+    return x.permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3)
+
+
 def _fused(flat: Tensor, weights: list[Tensor]) -> Tensor:
     """A view of `flat` covering `weights` (which must be adjacent in it), shaped (sum of rows, cols)."""
     start = weights[0].data_ptr()
@@ -133,10 +141,12 @@ def _fused(flat: Tensor, weights: list[Tensor]) -> Tensor:
 class DecodeState:
     """Per-request tensors: cross-attention K/V over the text and the self-attention KV cache."""
 
-    cross_k: list[Tensor]  # per layer (B, H, S, D)
-    cross_v: list[Tensor]  # per layer (B, H, S, D)
+    cross_k: list[Tensor]  # per layer (B, H, S, D); on CPUs position-major in memory, as the cache
+    cross_v: list[Tensor]
     cross_mask: Tensor  # (B, 1, 1, S) additive: 0 where attended, finfo.min where padding
-    k: Tensor | None  # (layers, B, H, max_len, D), preallocated; None for a cache-free full forward
+    # (layers, B, H, max_len, D); on CPUs a view of a position-major (layers, max_len, B, H, D) buffer, so that what
+    # one decode step reads is one contiguous stream (engine/csrc/decode_attention.c). None: a cache-free forward.
+    k: Tensor | None
     v: Tensor | None
 
     @property
@@ -204,24 +214,35 @@ class FastDecoder:
     def _heads(self, x: Tensor) -> Tensor:  # (B, t, E) -> (B, H, t, D)
         return x.view(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
 
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, **kw) -> Tensor:  # torch's SDPA, heads merged: (B, t, E)
+        a = F.scaled_dot_product_attention(q, k, v, **kw)
+        return a.transpose(1, 2).reshape(q.shape[0], q.shape[2], self.hidden)
+
     def new_state(self, encoder_hidden: Tensor, encoder_mask: Tensor, max_len: int | None) -> DecodeState:
         """Cross-attention K/V for text states (B, S, E) with mask (B, S); a KV cache of `max_len`
         positions (None: no cache, for full-sequence forwards)."""
         encoder_hidden = encoder_hidden.to(self.device, self.dtype)
         ad = self.compute_dtype
+        # On CPUs, K/V live position-major for the C decode kernel; GPUs keep the (B, H, T, D) layout their SDPA
+        # kernels are tuned for.
+        cpu = self.device.type == "cpu"
         ks, vs = [], []
         for p in self.layers:
             k, v = F.linear(encoder_hidden, p["ckv"]).to(ad).chunk(2, dim=-1)
-            ks.append(self._heads(k))
-            vs.append(self._heads(v))
+            k, v = self._heads(k), self._heads(v)
+            ks.append(_position_major(k) if cpu else k)
+            vs.append(_position_major(v) if cpu else v)
         mask = encoder_mask.to(self.device).bool()[:, None, None, :]
         cross_mask = torch.zeros(mask.shape, dtype=ad, device=self.device)
         cross_mask.masked_fill_(~mask, torch.finfo(ad).min)
         k = v = None
         if max_len is not None:
-            shape = (len(self.layers), encoder_hidden.shape[0], self.heads, max_len, self.head_dim)
-            k = torch.empty(shape, dtype=ad, device=self.device)
-            v = torch.empty(shape, dtype=ad, device=self.device)
+            L, B, H, D = len(self.layers), encoder_hidden.shape[0], self.heads, self.head_dim
+            if cpu:  # (L, T, B, H, D) in memory, seen as (L, B, H, T, D)
+                k, v = (torch.empty(L, max_len, B, H, D, dtype=ad, device=self.device).permute(0, 2, 3, 1, 4)
+                        for _ in range(2))
+            else:
+                k, v = (torch.empty(L, B, H, max_len, D, dtype=ad, device=self.device) for _ in range(2))
         return DecodeState(ks, vs, cross_mask, k, v)
 
     def forward(self, tokens: Tensor, pos: int, state: DecodeState) -> Tensor:
@@ -246,20 +267,24 @@ class FastDecoder:
             mask = torch.arange(end, device=self.device)[None, :] <= q_pos
         for i, p in enumerate(self.layers):
             h = F.layer_norm(to(x, wd), *p["ln1"])
-            k, v, q = linear(h, p["kvq"], rb).chunk(3, dim=-1)
-            k, v, q = self._heads(k), self._heads(v), self._heads(to(q, ad))
-            if state.k is not None:
-                state.k[i, :, :, pos:end] = k
-                state.v[i, :, :, pos:end] = v
-                k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
-            else:
-                k, v = to(k, ad), to(v, ad)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-            x = x + linear(to(a.transpose(1, 2).reshape(B, t, self.hidden), wd), p["out"], rb)
+            k, v, q = map(self._heads, to(linear(h, p["kvq"], rb), ad).chunk(3, dim=-1))
+            a = None
+            if t == 1 and state.k is not None:  # a decode step: the C kernel writes the cache and attends
+                a = decode_attention(q, state.k[i], state.v[i], end, new_k=k, new_v=v)
+            if a is None:
+                if state.k is not None:
+                    state.k[i, :, :, pos:end] = k
+                    state.v[i, :, :, pos:end] = v
+                    k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
+                a = self._attend(q, k, v, attn_mask=mask, is_causal=causal)
+            x = x + linear(to(a, wd), p["out"], rb)
             h = F.layer_norm(to(x, wd), *p["ln2"])
             q = self._heads(to(linear(h, p["cq"], rb), ad))
-            a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=state.cross_mask)
-            x = x + linear(to(a.transpose(1, 2).reshape(B, t, self.hidden), wd), p["cout"], rb)
+            ck, cv, cmask = state.cross_k[i], state.cross_v[i], state.cross_mask
+            a = decode_attention(q, ck, cv, ck.shape[2], mask=cmask) if t == 1 else None
+            if a is None:
+                a = self._attend(q, ck, cv, attn_mask=cmask)
+            x = x + linear(to(a, wd), p["cout"], rb)
             x = x + linear(self.act(linear(F.layer_norm(to(x, wd), *p["ln3"]), p["fc1"], rb)), p["fc2"], rb)
         x = F.layer_norm(to(x, wd), *self.final_ln)
         logits = to(linear(x, self.heads_w, rb), ad)  # (B, t, K * V)

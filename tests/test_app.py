@@ -207,6 +207,22 @@ def test_bf16_tip_only_for_a_real_musicgen_in_fp32_on_a_bf16_cpu(monkeypatch, tm
     assert bf16_tip("facebook/musicgen-small", "cpu", "fp32") is None
 
 
+def test_kernel_tip_only_where_the_c_kernel_could_not_be_built(monkeypatch):
+    import engine.kernels
+    from app import kernel_tip
+
+    monkeypatch.setattr(engine.kernels, "_tried", True)
+    monkeypatch.setattr(engine.kernels, "_lib", None)
+    monkeypatch.setattr(engine.kernels, "_status", "no C compiler found (set CC)")
+    monkeypatch.delenv("MUSIC_CPU_KERNELS", raising=False)
+    assert "no C compiler" in kernel_tip("cpu") and kernel_tip("cuda") is None
+    monkeypatch.setenv("MUSIC_CPU_KERNELS", "0")  # turned off on purpose: no nagging
+    assert kernel_tip("cpu") is None
+    monkeypatch.delenv("MUSIC_CPU_KERNELS")
+    monkeypatch.setattr(engine.kernels, "_lib", object())
+    assert kernel_tip("cpu") is None
+
+
 def test_cpu_flags_are_read():
     from engine.decoder import _first_cpu, cpu_has_bf16, cpu_row_block
 

@@ -101,11 +101,13 @@ def test_decode_kernel_ab_runs_and_restores_the_decoder(capsys):
     import engine.decoder
     from bench.decode_kernels import blocks_of_4, main
 
-    linear = engine.decoder.linear
+    linear, attention = engine.decoder.linear, engine.decoder.decode_attention
     g = torch.Generator().manual_seed(0)
     w = torch.randn(40, 24, generator=g)
     for rows in (1, 5, 16, 17):
         x = torch.randn(rows, 1, 24, generator=g)
         torch.testing.assert_close(blocks_of_4(x, w, 4), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
     main(["--sizes", "nano", "--repeats", "1", "--nano-frames", "2"])
-    assert engine.decoder.linear is linear and "4-row blocks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert engine.decoder.linear is linear and engine.decoder.decode_attention is attention
+    assert "4-row blocks" in out and "torch SDPA" in out

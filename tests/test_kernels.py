@@ -1,0 +1,122 @@
+"""The C decode-attention kernel against torch's SDPA, its fallbacks, and the sampler with and without it."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine.kernels as kernels
+from engine.decoder import _position_major
+from engine.generate import SamplingParams, generate_codes
+
+built = pytest.mark.skipif(kernels.load() is None, reason=f"kernel not built here: {kernels.status()}")
+
+
+def _case(B, H, T, D, max_len=None, seed=0):
+    """q (B, H, 1, D) heads-adjacent; position-major caches holding T-1 positions; the new k/v; a padding mask."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, 1, 3 * H * D, generator=g)
+    new_k, new_v, q = (x.view(B, 1, H, D).transpose(1, 2) for x in qkv.chunk(3, dim=-1))
+    max_len = max_len or T + 3
+    kc = torch.randn(max_len, B, H, D, generator=g).permute(1, 2, 0, 3)
+    vc = torch.randn(max_len, B, H, D, generator=g).permute(1, 2, 0, 3)
+    mask = torch.zeros(B, 1, 1, T)
+    mask[0, ..., T // 2:] = torch.finfo(torch.float32).min  # row 0 sees only the first half
+    return q, new_k, new_v, kc, vc, mask
+
+
+@built
+@pytest.mark.parametrize("B,H,T,D", [(1, 1, 1, 8), (3, 2, 5, 16), (16, 8, 130, 32), (2, 4, 37, 64), (2, 3, 9, 24)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_matches_sdpa_and_writes_the_cache(B, H, T, D, threads):
+    q, new_k, new_v, kc, vc, mask = _case(B, H, T, D)
+    before = kc.clone()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = kernels.decode_attention(q, kc, vc, T, new_k=new_k, new_v=new_v, mask=mask)
+    finally:
+        torch.set_num_threads(old)
+    assert out.shape == (B, 1, H * D)
+    torch.testing.assert_close(kc[:, :, T - 1], new_k[:, :, 0], rtol=0, atol=0)
+    torch.testing.assert_close(vc[:, :, T - 1], new_v[:, :, 0], rtol=0, atol=0)
+    torch.testing.assert_close(kc[:, :, :T - 1], before[:, :, :T - 1], rtol=0, atol=0)  # nothing else written
+    expected = F.scaled_dot_product_attention(q, kc[:, :, :T], vc[:, :, :T], attn_mask=mask)
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(B, 1, H * D), rtol=1e-5, atol=1e-5)
+    plain = kernels.decode_attention(q, kc, vc, T)  # no mask, nothing written
+    expected = F.scaled_dot_product_attention(q, kc[:, :, :T], vc[:, :, :T])
+    torch.testing.assert_close(plain, expected.transpose(1, 2).reshape(B, 1, H * D), rtol=1e-5, atol=1e-5)
+
+
+@built
+def test_cross_attention_layout_from_the_decoder():
+    """Cross-attention K/V as new_state lays them out (position-major views), a fully masked row included."""
+    g = torch.Generator().manual_seed(3)
+    B, H, S, D = 4, 2, 6, 16
+    k, v = (_position_major(torch.randn(B, H, S, D, generator=g)) for _ in range(2))
+    q = torch.randn(B, 1, H * D, generator=g).view(B, 1, H, D).transpose(1, 2)
+    mask = torch.zeros(B, 1, 1, S)
+    mask[1, ..., 2:] = torch.finfo(torch.float32).min
+    mask[2] = torch.finfo(torch.float32).min  # SDPA then averages all positions; so must we
+    out = kernels.decode_attention(q, k, v, S, mask=mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, 1, H * D)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@built
+def test_declines_what_it_does_not_handle():
+    q, new_k, new_v, kc, vc, mask = _case(2, 2, 5, 8)
+    assert kernels.decode_attention(q.bfloat16(), kc.bfloat16(), vc.bfloat16(), 5) is None
+    assert kernels.decode_attention(q, kc.contiguous(), vc.contiguous(), 5) is None  # heads not adjacent
+    assert kernels.decode_attention(q, kc, vc, 5, mask=mask[..., :4]) is None  # mask of the wrong length
+    assert kernels.decode_attention(q, kc[:, :, :4], vc[:, :, :4], 5) is None  # cache shorter than the length
+    with torch.enable_grad():
+        assert kernels.decode_attention(q.clone().requires_grad_(), kc, vc, 5) is None
+
+
+def _fresh(monkeypatch, **env):
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_status", "not built yet")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_disabled_or_unbuildable_falls_back(monkeypatch, tmp_path):
+    q, _, _, kc, vc, _ = _case(2, 2, 5, 8)
+    _fresh(monkeypatch, MUSIC_CPU_KERNELS="0")
+    assert kernels.decode_attention(q, kc, vc, 5) is None and "MUSIC_CPU_KERNELS=0" in kernels.status()
+    _fresh(monkeypatch, MUSIC_CPU_KERNELS="1", PATH=str(tmp_path), CC="")
+    assert kernels.load() is None and "no C compiler" in kernels.status()
+    bad = tmp_path / "badcc"
+    bad.write_text("#!/bin/sh\necho 'error: this compiler always fails' >&2\nexit 1\n")
+    bad.chmod(0o755)
+    _fresh(monkeypatch, CC=str(bad), MUSIC_KERNEL_CACHE=str(tmp_path / "cache"))
+    assert kernels.load() is None and "always fails" in kernels.status()
+    assert not [p for p in (tmp_path / "cache").iterdir()]  # no half-written library left behind
+
+
+@built
+def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
+    _fresh(monkeypatch, MUSIC_KERNEL_CACHE=str(tmp_path))
+    assert kernels.load() is not None
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 1 and files[0].startswith("decode_attention-") and files[0].endswith(".so")
+    _fresh(monkeypatch, MUSIC_KERNEL_CACHE=str(tmp_path))
+    mtime = (tmp_path / files[0]).stat().st_mtime_ns
+    assert kernels.load() is not None and (tmp_path / files[0]).stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+@built
+@pytest.mark.parametrize("guidance", [None, 3.0])
+def test_sampler_same_clips_with_and_without_kernel(model, monkeypatch, guidance):
+    cond, neg = model.encode_text(["jazz trio"]), model.encode_text([""])
+
+    def run(sampling):
+        return generate_codes(model.decoder, cond, 3, 10, sampling, torch.Generator().manual_seed(5), neg=neg,
+                              guidance=guidance).codes
+
+    with_kernel = run(SamplingParams(temperature=0)), run(SamplingParams(top_k=50))
+    monkeypatch.setattr("engine.decoder.decode_attention", lambda *a, **kw: None)
+    without = run(SamplingParams(temperature=0)), run(SamplingParams(top_k=50))
+    assert torch.equal(with_kernel[0], without[0]) and torch.equal(with_kernel[1], without[1])
