@@ -503,25 +503,28 @@ def build_ui(studio: Studio):
 
 
 def bf16_tip(base: str, device: str, dtype: str) -> str | None:
-    """A hint for a real MusicGen served in fp32 on a CPU that has bf16 matrix units (not for nano: fp32 is faster
-    there, its weights fit the cache)."""
+    """A hint for a real MusicGen served in fp32 on a CPU where bf16 weights pay: the C matmul kernel reads them
+    (AVX-512) or the CPU has bf16 matrix units (not for nano: no faster there, its weights nearly fit the cache)."""
     from engine.decoder import cpu_has_bf16
+    from engine.kernels import has_few_row_linear
     from engine.model import is_nano_folder
 
-    if dtype != "fp32" or device != "cpu" or base == "debug" or is_nano_folder(base) or not cpu_has_bf16():
+    if dtype != "fp32" or device != "cpu" or base == "debug" or is_nano_folder(base):
         return None
-    return ("This CPU has bf16 matrix instructions: --dtype bf16 (MUSIC_DTYPE=bf16) decodes a musicgen-small-sized "
-            "model about 1.8x faster at half the memory (README, Benchmarks); clips then differ slightly from fp32.")
+    if not (has_few_row_linear() or cpu_has_bf16()):
+        return None
+    return ("--dtype bf16 (MUSIC_DTYPE=bf16) decodes a musicgen-small-sized model about 1.4x faster on this CPU at "
+            "half the memory (README, Benchmarks); clips then differ slightly from fp32.")
 
 
 def kernel_tip(device: str) -> str | None:
-    """A hint where CPU decoding falls back to torch's attention because the C kernel could not be built."""
+    """A hint where CPU decoding falls back to torch because the C kernels could not be built."""
     from engine import kernels
 
     if device != "cpu" or kernels.load() is not None or os.environ.get("MUSIC_CPU_KERNELS", "1") == "0":
         return None
-    return (f"Decode attention runs through torch ({kernels.status()}): with a C compiler (gcc or clang) CPU "
-            "decoding of 8-16 rows is about 1.4x faster (README, Benchmarks).")
+    return (f"CPU decoding runs through torch only ({kernels.status()}): with a C compiler (gcc or clang) it builds "
+            "small kernels that decode several clips 1.5-2x faster (README, Benchmarks).")
 
 
 def make_studio(args: argparse.Namespace) -> Studio:

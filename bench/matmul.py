@@ -1,10 +1,12 @@
-"""Few-row fp32 matmul kernels on this CPU: why the decoder (`engine.decoder.linear` with `cpu_row_block`) runs up to
-4 rows as one padded `w @ xᵀ` block and more rows through oneDNN.
+"""Few-row fp32 matmul kernels on this CPU: why the decoder (`engine.decoder.linear`) runs a decode step's matmuls
+through the C kernel (`engine.kernels.few_row_linear`) and, without it, up to 4 rows as one padded `w @ xᵀ` block
+and more through oneDNN.
 
     python -m bench.matmul
 
 For weight shapes of the nano and musicgen-small decoders, times `F.linear(x, w)` (MKL), `w @ xᵀ` on zero-padded
-blocks of 4 rows, oneDNN's linear, and the decoder's `linear(x, w, 4)` for 1..16 rows, cycling through distinct
+blocks of 4 rows, oneDNN's linear, the decoder's fallback without the C kernel (`linear(x, w, 4)`) and the C kernel
+for 1..16 rows, cycling through distinct
 weights so that they stream from memory as in a decode step, and reports the effective weight bandwidth
 (weight bytes / time).
 """
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.decoder import _onednn_linear, linear
+from engine.kernels import few_row_linear, has_few_row_linear
 
 SHAPES = {"nano kvq (768×256)": (768, 256), "small fc1 (4096×1024)": (4096, 1024), "small heads (8192×1024)": (8192, 1024)}
 
@@ -37,7 +40,8 @@ def blocks_of_4(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GB/s of weights streamed")
     dnn = _onednn_linear()
-    kernels = {"F.linear": F.linear, "4-row blocks": blocks_of_4, "oneDNN": dnn, "decoder": lambda x, w: linear(x, w, 4)}
+    kernels = {"F.linear": F.linear, "4-row blocks": blocks_of_4, "oneDNN": dnn, "fallback": lambda x, w: linear(x, w, 4),
+               "C kernel": few_row_linear if has_few_row_linear() else None}
     kernels = {k: f for k, f in kernels.items() if f is not None}
     print(f"{'weight':26s}{'rows':>5s}" + "".join(f"{k + ' µs':>16s}{'GB/s':>7s}" for k in kernels))
     for name, (o, i) in SHAPES.items():

@@ -9,7 +9,8 @@ The module keeps being a normal transformers model (training and reference tests
 
 Sampling uses a preallocated KV cache (`DecodeState`) indexed by position: prefill, then one column
 per step. Cross-attention keys/values over the text are computed once per request. On CPUs a decode step's
-attention runs in a small C kernel where one can be built (engine/kernels.py), torch's SDPA elsewhere.
+attention and (with AVX-512) its matmuls run in small C kernels where they can be built (engine/kernels.py),
+through torch elsewhere.
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from transformers import MusicgenForCausalLM
 from transformers.activations import ACT2FN
 from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding
 
-from engine.kernels import decode_attention
+from engine.kernels import decode_attention, few_row_linear, has_few_row_linear
 
 
 def cpu_row_block(device: torch.device) -> int:
-    """Rows per matmul block for few-row (decode-step) fp32 matmuls, or 0 for plain `F.linear`.
+    """Rows per matmul block for few-row (decode-step) fp32 matmuls where the C kernel is missing, or 0 for `F.linear`.
 
     MKL's few-row fp32 `F.linear` on AMD EPYC streams weights at about half the bandwidth that `w @ xᵀ` on one block
     of 4 rows reaches (`python -m bench.matmul`). So on AMD CPUs up to 4 rows go through as one zero-padded block
@@ -54,8 +55,8 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-ONEDNN_ROWS = 8  # rows per oneDNN call beyond one block
-ONEDNN_MAX_ROWS = 16  # beyond: full-sequence forwards (teacher logits), where MKL's large GEMMs are fine
+FEW_ROWS = 16  # decode steps (up to 8 clips × 2 CFG branches); beyond: full-sequence forwards, where BLAS is fine
+ONEDNN_ROWS = 8  # rows per oneDNN call beyond one block (the fallback without the C kernel)
 
 
 @functools.cache
@@ -74,24 +75,33 @@ def _onednn_linear():
     return lambda x, w: op(x, w, None, "none", [], "")
 
 
-def linear(x: Tensor, w: Tensor, row_block: int = 0) -> Tensor:
-    """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding. With `row_block` > 0 (fp32 on AMD CPUs):
-    up to `row_block` rows as `w @ xᵀ` on one zero-padded block; up to `ONEDNN_MAX_ROWS` rows through oneDNN in
-    chunks of `ONEDNN_ROWS` (its AVX-512 kernels beat MKL's here, and blocks of 4 would re-stream the weights per
-    block: README, "Where the time goes"), without autograd (decode steps run under no_grad)."""
+def linear(x: Tensor, w: Tensor, row_block: int = 0, c_kernel: bool = False) -> Tensor:
+    """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding (x is cast to w's dtype for torch). Up to
+    `FEW_ROWS` rows (a decode step) on a CPU without autograd: with `c_kernel`, the C kernel
+    (`engine.kernels.few_row_linear`, AVX-512; fp32 or bf16 weights, fp32 result), which streams the weights once
+    at nearly the memory bandwidth; else, for fp32 with `row_block` > 0 (AMD CPUs), up to `row_block` rows as
+    `w @ xᵀ` on one zero-padded block and more through oneDNN in chunks of `ONEDNN_ROWS` (its AVX-512 kernels beat
+    MKL's here). README, "Where the time goes"."""
     rows = x.numel() // x.shape[-1]
-    if not row_block or rows > ONEDNN_MAX_ROWS:
-        return F.linear(x, w)
+    if not (row_block or c_kernel) or rows > FEW_ROWS:
+        return F.linear(x.to(w.dtype), w)
     x2 = x.reshape(rows, -1)
+    y = few_row_linear(x2, w) if c_kernel else None  # fp32, also for bf16 weights
+    if y is None and row_block:
+        y = _few_rows_torch(x2, w, row_block)
+    return F.linear(x.to(w.dtype), w) if y is None else y.view(*x.shape[:-1], w.shape[0])
+
+
+def _few_rows_torch(x2: Tensor, w: Tensor, row_block: int) -> Tensor | None:
+    """`linear`'s torch path for 1..FEW_ROWS rows x2 (rows, I) on AMD CPUs; None: use F.linear."""
+    rows = x2.shape[0]
     if rows <= row_block:
         padded = -rows % row_block
-        y = (w @ F.pad(x2, (0, 0, 0, padded)).T if padded else w @ x2.T)[:, :rows].T.contiguous()  # (rows, O)
-    elif not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)) and (dnn := _onednn_linear()):
-        chunks = [dnn(x2[i:i + ONEDNN_ROWS], w) for i in range(0, rows, ONEDNN_ROWS)]
-        y = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-    else:
-        return F.linear(x, w)
-    return y.view(*x.shape[:-1], w.shape[0])
+        return (w @ F.pad(x2, (0, 0, 0, padded)).T if padded else w @ x2.T)[:, :rows].T.contiguous()  # (rows, O)
+    if (torch.is_grad_enabled() and (x2.requires_grad or w.requires_grad)) or (dnn := _onednn_linear()) is None:
+        return None
+    chunks = [dnn(x2[i:i + ONEDNN_ROWS], w) for i in range(0, rows, ONEDNN_ROWS)]
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 def _keep(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -145,7 +155,7 @@ class DecodeState:
     cross_v: list[Tensor]
     cross_mask: Tensor  # (B, 1, 1, S) additive: 0 where attended, finfo.min where padding
     # (layers, B, H, max_len, D); on CPUs a view of a position-major (layers, max_len, B, H, D) buffer, so that what
-    # one decode step reads is one contiguous stream (engine/csrc/decode_attention.c). None: a cache-free forward.
+    # one decode step reads is one contiguous stream (engine/csrc/cpu_kernels.c). None: a cache-free forward.
     k: Tensor | None
     v: Tensor | None
 
@@ -172,12 +182,16 @@ class FastDecoder:
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         act = ACT2FN[cfg.activation_function]
         self.act = getattr(act, "act", act)  # transformers' GELUActivation wraps F.gelu: call it without the module
-        # Low-precision weights on a CPU: only the matmuls run in bf16/fp16 (oneDNN's AVX-512 BF16 kernels stream
-        # half the bytes); the residual stream, attention, KV cache and logits stay fp32, where the CPU's
-        # half-precision attention and norms are slow and imprecise. On GPUs everything runs in the weights' dtype.
+        # Low-precision weights on a CPU: only the matmuls read bf16/fp16 weights (half the bytes; the C kernel widens
+        # bf16 to fp32 in registers, oneDNN otherwise); the residual stream, attention, KV cache and logits stay
+        # fp32, where the CPU's half-precision attention and norms are slow and imprecise. On GPUs everything runs
+        # in the weights' dtype.
         low = self.flat.dtype != torch.float32 and self.flat.device.type == "cpu"
         self.compute_dtype = torch.float32 if low else self.flat.dtype
-        self.row_block = cpu_row_block(self.flat.device) if self.flat.dtype == torch.float32 else 0
+        cpu = self.flat.device.type == "cpu"
+        fp32_cpu = cpu and self.flat.dtype == torch.float32
+        c_kernel = cpu and self.flat.dtype in (torch.float32, torch.bfloat16) and has_few_row_linear()
+        self.matmul = (cpu_row_block(self.flat.device) if fp32_cpu else 0, c_kernel)
         # Embedding tables of the K codebooks, adjacent: (K * (V+1), E), indexed with per-codebook offsets.
         self.embed = _fused(self.flat, [e.weight for e in dec.embed_tokens])
         self.embed_offsets = torch.arange(cfg.num_codebooks, device=self.flat.device).view(1, -1, 1) * (cfg.vocab_size + 1)
@@ -255,7 +269,7 @@ class FastDecoder:
             raise ValueError("a cache-free forward must start at position 0")
         if state.k is not None and pos + t > state.max_len:
             raise ValueError(f"positions {pos}..{pos + t - 1} exceed the cache length {state.max_len}")
-        wd, ad, rb = self.dtype, self.compute_dtype, self.row_block
+        wd, ad, mm = self.dtype, self.compute_dtype, self.matmul
         to = _keep if wd == ad else Tensor.to  # fp32: no cast calls at all (~1 µs each, ~60 per step)
         x = F.embedding(tokens + self.embed_offsets, self.embed).sum(1, dtype=ad)  # (B, t, E)
         x = x + self.positions(pos, t)
@@ -267,7 +281,7 @@ class FastDecoder:
             mask = torch.arange(end, device=self.device)[None, :] <= q_pos
         for i, p in enumerate(self.layers):
             h = F.layer_norm(to(x, wd), *p["ln1"])
-            k, v, q = map(self._heads, to(linear(h, p["kvq"], rb), ad).chunk(3, dim=-1))
+            k, v, q = map(self._heads, to(linear(h, p["kvq"], *mm), ad).chunk(3, dim=-1))
             a = None
             if t == 1 and state.k is not None:  # a decode step: the C kernel writes the cache and attends
                 a = decode_attention(q, state.k[i], state.v[i], end, new_k=k, new_v=v)
@@ -277,15 +291,15 @@ class FastDecoder:
                     state.v[i, :, :, pos:end] = v
                     k, v = state.k[i, :, :, :end], state.v[i, :, :, :end]
                 a = self._attend(q, k, v, attn_mask=mask, is_causal=causal)
-            x = x + linear(to(a, wd), p["out"], rb)
+            x = x + linear(to(a, wd), p["out"], *mm)
             h = F.layer_norm(to(x, wd), *p["ln2"])
-            q = self._heads(to(linear(h, p["cq"], rb), ad))
+            q = self._heads(to(linear(h, p["cq"], *mm), ad))
             ck, cv, cmask = state.cross_k[i], state.cross_v[i], state.cross_mask
             a = decode_attention(q, ck, cv, ck.shape[2], mask=cmask) if t == 1 else None
             if a is None:
                 a = self._attend(q, ck, cv, attn_mask=cmask)
-            x = x + linear(to(a, wd), p["cout"], rb)
-            x = x + linear(self.act(linear(F.layer_norm(to(x, wd), *p["ln3"]), p["fc1"], rb)), p["fc2"], rb)
+            x = x + linear(to(a, wd), p["cout"], *mm)
+            x = x + linear(self.act(linear(F.layer_norm(to(x, wd), *p["ln3"]), p["fc1"], *mm)), p["fc2"], *mm)
         x = F.layer_norm(to(x, wd), *self.final_ln)
-        logits = to(linear(x, self.heads_w, rb), ad)  # (B, t, K * V)
+        logits = to(linear(x, self.heads_w, *mm), ad)  # (B, t, K * V)
         return logits.view(B, t, K, self.vocab_size).transpose(1, 2)

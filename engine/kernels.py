@@ -1,14 +1,17 @@
 """Optional C kernels for CPU decoding, compiled on first use and cached; torch's own ops wherever they are missing.
 
-`decode_attention` is one decode step of attention (one query per row and head over a KV cache), about twice as fast
-as torch's SDPA on CPUs at 8-16 rows (`python -m bench.decode_kernels`). The source is `engine/csrc/*.c`: plain C
-(no torch headers), built with the system C compiler (`$CC`, else cc or gcc) for this CPU (`-march=native`) with
-OpenMP, which shares the OpenMP runtime torch has already loaded. The library is cached under
-`$MUSIC_KERNEL_CACHE` (default `~/.cache/music-cfg-distill/kernels`), keyed by the source, the flags, the compiler
-and the CPU; written to a temporary name and renamed, so concurrent first uses never see half a file.
+- `decode_attention`: one decode step of attention (one query per row and head over a KV cache);
+- `few_row_linear`: x · wᵀ for the few rows of a decode step (AVX-512; fp32 or bf16 weights), weights streamed once.
+What each saves is measured by `python -m bench.decode_kernels` (README, "Where the time goes").
 
-Without a compiler (or with `MUSIC_CPU_KERNELS=0`) everything runs through torch, with identical results up to
-float rounding; `status()` says which path is active and why.
+The source is `engine/csrc/cpu_kernels.c`: plain C (no torch headers), built with the system C compiler (`$CC`,
+else cc or gcc) for this CPU (`-march=native`) with OpenMP, which shares the OpenMP runtime torch has already
+loaded. The library is cached under `$MUSIC_KERNEL_CACHE` (default `~/.cache/music-cfg-distill/kernels`), keyed by
+the source, the flags, the compiler and the CPU; written to a temporary name and renamed, so concurrent first uses
+never see half a file.
+
+Without a compiler (or with `MUSIC_CPU_KERNELS=0`) everything runs through torch, with the same results up to float
+rounding; `status()` says which path is active and why.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_attention.c"
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-shared"]
 MAX_HEAD_DIM = 512
 
@@ -35,6 +38,7 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status = "not built yet"
 _tried = False
+_few_rows = False  # whether few_row_linear runs here (it needs AVX-512)
 
 
 def _cache_dir() -> Path:
@@ -60,7 +64,7 @@ def _build(cc: str) -> Path:
     for openmp in (["-fopenmp"], []):
         flags = FLAGS + openmp
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), cpu.encode()]))
-        path = _cache_dir() / f"decode_attention-{key.hexdigest()[:16]}.so"
+        path = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
         if path.exists():
             return path
         try:
@@ -84,7 +88,7 @@ def _build(cc: str) -> Path:
 
 def load() -> ctypes.CDLL | None:
     """The compiled kernels, built on the first call; None where they are disabled or cannot be built."""
-    global _lib, _status, _tried
+    global _lib, _status, _tried, _few_rows
     if _tried:
         return _lib
     with _lock:
@@ -100,7 +104,12 @@ def load() -> ctypes.CDLL | None:
                 p, i = ctypes.c_void_p, ctypes.c_int64
                 lib.decode_attention.argtypes = [p, p, p, i, p, p, i, i, p, p, i, i, i, i, ctypes.c_float, ctypes.c_int]
                 lib.decode_attention.restype = ctypes.c_int
-                _lib, _status = lib, f"C kernel ({SOURCE.name}, built with {cc})"
+                lib.few_row_linear.argtypes = [p, i, p, ctypes.c_int, p, i, i, i, ctypes.c_int]
+                lib.few_row_linear.restype = ctypes.c_int
+                _lib, _status = lib, f"C kernels ({SOURCE.name}, built with {cc})"
+                _few_rows = _probe_few_row_linear(lib)
+                if not _few_rows:
+                    _status += "; few-row matmuls through torch (no AVX-512)"
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _status = f"build failed, using torch: {e}"
             log.warning("engine.kernels: %s", _status)
@@ -108,8 +117,20 @@ def load() -> ctypes.CDLL | None:
     return _lib
 
 
+def _probe_few_row_linear(lib: ctypes.CDLL) -> bool:
+    """Whether the matmul kernel runs here (it answers 1 when built without AVX-512) and adds up."""
+    x, w, y = torch.ones(2, 16), torch.ones(8, 16), torch.zeros(2, 8)
+    return lib.few_row_linear(x.data_ptr(), 16, w.data_ptr(), 0, y.data_ptr(), 2, 16, 8, 1) == 0 and bool((y == 16).all())
+
+
+def has_few_row_linear() -> bool:
+    """Whether `few_row_linear` runs on this CPU (the kernels are built and it has AVX-512)."""
+    load()
+    return _few_rows
+
+
 def status() -> str:
-    """Which decode-attention path CPU decoding uses, and why."""
+    """Whether CPU decoding uses the C kernels, and why not."""
     load()
     return _status
 
@@ -142,3 +163,23 @@ def decode_attention(q: Tensor, kc: Tensor, vc: Tensor, length: int, new_k: Tens
                                   mask.data_ptr() if mask is not None else None, out.data_ptr(),
                                   B, H, length, D, D ** -0.5, torch.get_num_threads())
     return None if failed else out
+
+
+def few_row_linear(x: Tensor, w: Tensor) -> Tensor | None:
+    """x (R, I) · w (O, I)ᵀ -> (R, O) fp32 on a CPU with AVX-512: w fp32 or bf16 (widened exactly, fp32 arithmetic),
+    x fp32 (or bf16, widened first) with unit stride within rows, w contiguous; None where the kernel does not apply
+    (not built, no AVX-512, I % 16 or O % 8 not 0, other dtypes, autograd...)."""
+    load()
+    if (not _few_rows or w.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu" or x.dim() != 2
+            or not w.is_contiguous() or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        return None
+    if x.dtype != torch.float32:
+        if x.dtype != torch.bfloat16:
+            return None
+        x = x.float()
+    if x.stride(1) != 1:
+        return None
+    y = torch.empty(x.shape[0], w.shape[0])
+    failed = _lib.few_row_linear(x.data_ptr(), x.stride(0), w.data_ptr(), int(w.dtype == torch.bfloat16), y.data_ptr(),
+                                 x.shape[0], x.shape[1], w.shape[0], torch.get_num_threads())
+    return None if failed else y

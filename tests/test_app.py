@@ -194,17 +194,21 @@ def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
     assert SOUP not in bare.modes
 
 
-def test_bf16_tip_only_for_a_real_musicgen_in_fp32_on_a_bf16_cpu(monkeypatch, tmp_path):
+def test_bf16_tip_only_for_a_real_musicgen_in_fp32_where_bf16_pays(monkeypatch, tmp_path):
     import engine.decoder
+    import engine.kernels
     from app import bf16_tip
 
     monkeypatch.setattr(engine.decoder, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(engine.kernels, "has_few_row_linear", lambda: False)
     assert "--dtype bf16" in bf16_tip("facebook/musicgen-small", "cpu", "fp32")
     for args in (("facebook/musicgen-small", "cpu", "bf16"), ("facebook/musicgen-small", "cuda", "fp32"),
                  ("debug", "cpu", "fp32"), ("weights/nano", "cpu", "fp32")):
         assert bf16_tip(*args) is None, args
     monkeypatch.setattr(engine.decoder, "cpu_has_bf16", lambda: False)
     assert bf16_tip("facebook/musicgen-small", "cpu", "fp32") is None
+    monkeypatch.setattr(engine.kernels, "has_few_row_linear", lambda: True)  # the C kernel widens bf16 weights
+    assert "--dtype bf16" in bf16_tip("facebook/musicgen-small", "cpu", "fp32")
 
 
 def test_kernel_tip_only_where_the_c_kernel_could_not_be_built(monkeypatch):

@@ -91,6 +91,7 @@ def test_matmul_bench_kernels_agree():
         ref = torch.nn.functional.linear(x, w)
         torch.testing.assert_close(blocks_of_4(x, w)[:, :rows].T, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(linear(x, w, 4), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(linear(x, w, 0, True), ref, rtol=1e-5, atol=1e-5)
         if _onednn_linear() is not None:
             torch.testing.assert_close(_onednn_linear()(x, w), ref, rtol=1e-5, atol=1e-5)
 
@@ -101,7 +102,7 @@ def test_decode_kernel_ab_runs_and_restores_the_decoder(capsys):
     import engine.decoder
     from bench.decode_kernels import blocks_of_4, main
 
-    linear, attention = engine.decoder.linear, engine.decoder.decode_attention
+    shipped = engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear
     g = torch.Generator().manual_seed(0)
     w = torch.randn(40, 24, generator=g)
     for rows in (1, 5, 16, 17):
@@ -109,5 +110,5 @@ def test_decode_kernel_ab_runs_and_restores_the_decoder(capsys):
         torch.testing.assert_close(blocks_of_4(x, w, 4), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
     main(["--sizes", "nano", "--repeats", "1", "--nano-frames", "2"])
     out = capsys.readouterr().out
-    assert engine.decoder.linear is linear and engine.decoder.decode_attention is attention
-    assert "4-row blocks" in out and "torch SDPA" in out
+    assert (engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear) == shipped
+    assert all(name in out for name in ("4-row blocks", "torch SDPA", "torch matmuls"))

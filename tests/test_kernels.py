@@ -1,4 +1,4 @@
-"""The C decode-attention kernel against torch's SDPA, its fallbacks, and the sampler with and without it."""
+"""The C kernels against torch (SDPA, F.linear), their fallbacks, and the sampler with and without them."""
 import os
 
 import pytest
@@ -9,7 +9,8 @@ import engine.kernels as kernels
 from engine.decoder import _position_major
 from engine.generate import SamplingParams, generate_codes
 
-built = pytest.mark.skipif(kernels.load() is None, reason=f"kernel not built here: {kernels.status()}")
+built = pytest.mark.skipif(kernels.load() is None, reason=f"kernels not built here: {kernels.status()}")
+avx512 = pytest.mark.skipif(not kernels.has_few_row_linear(), reason=f"no few-row matmul kernel: {kernels.status()}")
 
 
 def _case(B, H, T, D, max_len=None, seed=0):
@@ -48,6 +49,27 @@ def test_matches_sdpa_and_writes_the_cache(B, H, T, D, threads):
     torch.testing.assert_close(plain, expected.transpose(1, 2).reshape(B, 1, H * D), rtol=1e-5, atol=1e-5)
 
 
+def _with_threads(n, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+@built
+def test_same_bits_for_any_thread_count():
+    """Concurrent requests may get fewer threads: the same inputs must still give the same clips."""
+    q, _, _, kc, vc, mask = _case(8, 4, 77, 32)
+    outs = [_with_threads(n, lambda: kernels.decode_attention(q, kc, vc, 77, mask=mask)) for n in (1, 2, 3, 5)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    if kernels.has_few_row_linear():
+        x, w = torch.randn(13, 64), torch.randn(96, 64)
+        outs = [_with_threads(n, lambda: kernels.few_row_linear(x, w)) for n in (1, 2, 3)]
+        assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
 @built
 def test_cross_attention_layout_from_the_decoder():
     """Cross-attention K/V as new_state lays them out (position-major views), a fully masked row included."""
@@ -78,6 +100,7 @@ def _fresh(monkeypatch, **env):
     monkeypatch.setattr(kernels, "_tried", False)
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setattr(kernels, "_status", "not built yet")
+    monkeypatch.setattr(kernels, "_few_rows", False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
 
@@ -101,22 +124,66 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     _fresh(monkeypatch, MUSIC_KERNEL_CACHE=str(tmp_path))
     assert kernels.load() is not None
     files = sorted(os.listdir(tmp_path))
-    assert len(files) == 1 and files[0].startswith("decode_attention-") and files[0].endswith(".so")
+    assert len(files) == 1 and files[0].startswith("cpu_kernels-") and files[0].endswith(".so")
     _fresh(monkeypatch, MUSIC_KERNEL_CACHE=str(tmp_path))
     mtime = (tmp_path / files[0]).stat().st_mtime_ns
     assert kernels.load() is not None and (tmp_path / files[0]).stat().st_mtime_ns == mtime  # reused, not rebuilt
 
 
+@avx512
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 15, 16])
+@pytest.mark.parametrize("O,I", [(8, 16), (40, 48), (768, 256), (256, 1024)])
+def test_few_row_linear_matches_f_linear(rows, O, I):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(O, I, generator=g)
+    big = torch.randn(rows, I + 16, generator=g)
+    x = big[:, 8:8 + I]  # rows at a stride larger than I
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            y = kernels.few_row_linear(x, w)
+        finally:
+            torch.set_num_threads(old)
+        torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+@avx512
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_few_row_linear_bf16_weights_in_fp32_arithmetic(rows):
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(48, 64, generator=g).bfloat16()
+    x = torch.randn(rows, 64, generator=g)
+    y = kernels.few_row_linear(x, w)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.linear(x, w.float()), rtol=1e-5, atol=1e-4)  # exact widening, fp32 products
+    torch.testing.assert_close(kernels.few_row_linear(x.bfloat16(), w), F.linear(x.bfloat16().float(), w.float()),
+                               rtol=1e-5, atol=1e-4)
+
+
+@avx512
+def test_few_row_linear_declines_what_it_does_not_handle():
+    w, x = torch.randn(16, 32), torch.randn(3, 32)
+    assert kernels.few_row_linear(x[:, :24], w[:, :24].contiguous()) is None  # I % 16
+    assert kernels.few_row_linear(x, w[:12]) is None  # O % 8
+    assert kernels.few_row_linear(x.half(), w.half()) is None
+    assert kernels.few_row_linear(x.T.contiguous().T, w) is None  # no unit stride within rows
+    assert kernels.few_row_linear(x, w[:, ::2].repeat(1, 2)[:, :32].T.contiguous().T) is None  # w not contiguous
+    with torch.enable_grad():
+        assert kernels.few_row_linear(x, w.clone().requires_grad_()) is None
+
+
 @built
 @pytest.mark.parametrize("guidance", [None, 3.0])
-def test_sampler_same_clips_with_and_without_kernel(model, monkeypatch, guidance):
+def test_sampler_same_clips_with_and_without_kernels(model, monkeypatch, guidance):
     cond, neg = model.encode_text(["jazz trio"]), model.encode_text([""])
 
     def run(sampling):
         return generate_codes(model.decoder, cond, 3, 10, sampling, torch.Generator().manual_seed(5), neg=neg,
                               guidance=guidance).codes
 
-    with_kernel = run(SamplingParams(temperature=0)), run(SamplingParams(top_k=50))
+    with_kernels = run(SamplingParams(temperature=0)), run(SamplingParams(top_k=50))
     monkeypatch.setattr("engine.decoder.decode_attention", lambda *a, **kw: None)
+    monkeypatch.setattr("engine.decoder.few_row_linear", lambda *a, **kw: None)
     without = run(SamplingParams(temperature=0)), run(SamplingParams(top_k=50))
-    assert torch.equal(with_kernel[0], without[0]) and torch.equal(with_kernel[1], without[1])
+    assert torch.equal(with_kernels[0], without[0]) and torch.equal(with_kernels[1], without[1])

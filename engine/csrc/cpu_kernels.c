@@ -1,0 +1,193 @@
+/* CPU kernels for decoding, fp32: built and loaded by engine/kernels.py (plain C, no torch headers; compiles in
+ * about a second with -march=native and OpenMP, which shares the runtime torch has loaded). Each returns 0, or
+ * non-zero where it does not handle the case, and then has written nothing to its output: the caller uses torch.
+ * Why they exist: README, "Where the time goes"; `python -m bench.decode_kernels` A/Bs each against torch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Floats ahead of the row being read that are requested early: 8 KB, about 15 % faster at 8-16 rows here than
+ * the hardware prefetcher alone (a microbenchmark outside the repo). One line (16 floats) per request. */
+#define PREFETCH_AHEAD 2048
+/* Position shares of one step, merged in order: a fixed count, so that the result does not depend on the number
+ * of threads (or on concurrent requests): the same seed gives the same clips however the machine is loaded. */
+#define SHARES 8
+
+/* One decode step of multi-head attention: one query per row and head over a KV cache.
+ *
+ * torch's SDPA kernel is written for blocks of queries; with one query per head it spends most of its time on
+ * per-(row, head) setup and on waiting for the cache to stream in. Here the cache is position-major, so that one
+ * step reads it as one contiguous stream: the positions are cut into SHARES consecutive shares, split between the
+ * threads; each share keeps a max, sum and weighted value sum per (row, head) (flash-decoding), and the shares are
+ * merged in order at the end.
+ *
+ * Layouts (element offsets):
+ *   q            (b, h, d) at b*q_stride + h*D + d, unscaled
+ *   new_k, new_v (b, h, d) at b*q_stride + h*D + d, or NULL: written into the caches at position T-1 first
+ *   kc, vc       (t, b, h, d) at t*c_t + b*c_b + h*D + d, positions 0..T-1 attended
+ *   mask         (b, t) at b*T + t, additive, or NULL
+ *   out          (b, h, d) at (b*H + h)*D + d
+ * Returns 1 when out of memory.
+ */
+int decode_attention(const float *q, const float *new_k, const float *new_v, int64_t q_stride,
+                     float *kc, float *vc, int64_t c_t, int64_t c_b, const float *mask, float *out,
+                     int64_t B, int64_t H, int64_t T, int64_t D, float scale, int threads) {
+    const int64_t N = B * H, HD = H * D, P = T < SHARES ? T : SHARES;
+    float *s = malloc(sizeof(float) * T * N);               /* scores, (t, b*H + h) */
+    float *part = malloc(sizeof(float) * P * N * (D + 2)); /* per share: max (N), sum (N), out (N*D) */
+    float *qs = malloc(sizeof(float) * N * D);              /* scaled queries, (b*H + h, d) */
+    if (!s || !part || !qs) {
+        free(s); free(part); free(qs);
+        return 1;
+    }
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t j = 0; j < HD; j++) qs[b * HD + j] = q[b * q_stride + j] * scale;
+        if (new_k) {
+            memcpy(kc + (T - 1) * c_t + b * c_b, new_k + b * q_stride, HD * sizeof(float));
+            memcpy(vc + (T - 1) * c_t + b * c_b, new_v + b * q_stride, HD * sizeof(float));
+        }
+    }
+#pragma omp parallel num_threads(threads < 1 ? 1 : threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < P; c++) {
+            const int64_t t0 = T * c / P, t1 = T * (c + 1) / P;
+            float *mx = part + c * N * (D + 2), *sm = mx + N, *o = sm + N;
+            for (int64_t i = 0; i < N; i++) { mx[i] = -INFINITY; sm[i] = 0.f; }
+            for (int64_t i = 0; i < N * D; i++) o[i] = 0.f;
+            for (int64_t t = t0; t < t1; t++) {
+                const float *kt = kc + t * c_t;
+                float *st = s + t * N;
+                for (int64_t b = 0; b < B; b++) {
+                    const float *kb = kt + b * c_b, *qb = qs + b * HD;
+                    const float mb = mask ? mask[b * T + t] : 0.f;
+                    for (int64_t l = 0; l < HD; l += 16) __builtin_prefetch(kb + PREFETCH_AHEAD + l);
+                    for (int64_t h = 0; h < H; h++) {
+                        float acc = 0.f;
+                        for (int64_t d = 0; d < D; d++) acc += qb[h * D + d] * kb[h * D + d];
+                        acc += mb;
+                        st[b * H + h] = acc;
+                        if (acc > mx[b * H + h]) mx[b * H + h] = acc;
+                    }
+                }
+            }
+            /* this share's scores and their max are above; now exp(score - max) and the weighted values */
+            for (int64_t t = t0; t < t1; t++) {
+                const float *vt = vc + t * c_t;
+                float *st = s + t * N;
+                for (int64_t b = 0; b < B; b++) {
+                    const float *vb = vt + b * c_b;
+                    for (int64_t l = 0; l < HD; l += 16) __builtin_prefetch(vb + PREFETCH_AHEAD + l);
+                    for (int64_t h = 0; h < H; h++) {
+                        const int64_t i = b * H + h;
+                        const float w = expf(st[i] - mx[i]);
+                        sm[i] += w;
+                        float *oi = o + i * D;
+                        for (int64_t d = 0; d < D; d++) oi[d] += w * vb[h * D + d];
+                    }
+                }
+            }
+        }
+        /* merge the shares in order, each rescaled to the overall max */
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < N; i++) {
+            float m = -INFINITY;
+            for (int64_t c = 0; c < P; c++) { const float v = part[c * N * (D + 2) + i]; m = v > m ? v : m; }
+            float total = 0.f, acc[D];
+            for (int64_t d = 0; d < D; d++) acc[d] = 0.f;
+            for (int64_t c = 0; c < P; c++) {
+                const float *pc = part + c * N * (D + 2);
+                const float f = expf(pc[i] - m);
+                total += f * pc[N + i];
+                const float *oc = pc + 2 * N + i * D;
+                for (int64_t d = 0; d < D; d++) acc[d] += f * oc[d];
+            }
+            const float inv = 1.f / total;
+            for (int64_t d = 0; d < D; d++) out[i * D + d] = acc[d] * inv;
+        }
+    }
+    free(s); free(part); free(qs);
+    return 0;
+}
+
+/* y (R, O) = x (R, I) · w (O, I)ᵀ for the few rows of a decode step (R up to ~16), weights streamed once.
+ *
+ * BLAS kernels are tuned for large R; with few rows they reach about half of the memory bandwidth on this
+ * project's CPU (`python -m bench.matmul`). Here each thread takes blocks of 8 weight rows and, for every pair
+ * of input rows, keeps 16 AVX-512 accumulators (2 rows × 8 outputs) along I, reduced at the end into the 16 outputs
+ * with one transposing tree. The 8 weight rows stay in L1/L2 across the row pairs, so the weights are read from
+ * memory once per call. x rows at stride x_stride (unit stride within a row), w and y contiguous. bf16 weights
+ * are widened to fp32 in registers (exact), so they stream half the bytes and the arithmetic stays fp32.
+ * Returns 1 (nothing written) without AVX-512, or where I % 16 or O % 8 is not 0.
+ */
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* 16 vectors -> one vector whose lane k is the sum of v[k]'s lanes: pairs within 128-bit lanes, then across */
+static inline __m512 reduce16(const __m512 *v) {
+    __m512 s[8], u[4], w[2];
+    for (int k = 0; k < 8; k++)
+        s[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+    for (int k = 0; k < 4; k++)
+        u[k] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * k], s[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(s[2 * k], s[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int k = 0; k < 2; k++)
+        w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* 16 weights at w as fp32: fp32 as is, bf16 (the top half of an fp32) widened exactly */
+static inline __attribute__((always_inline)) __m512 load_w(const char *w, const int bf16) {
+    if (!bf16) return _mm512_loadu_ps(w);
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+}
+
+static inline __attribute__((always_inline)) void linear_rows(const float *x, int64_t x_stride, const char *w,
+                                                              float *y, int64_t R, int64_t I, int64_t O, int threads,
+                                                              const int bf16) {
+    const int64_t w_item = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < O; o += 8) {
+        const char *wo = w + o * I * w_item;
+        for (int64_t r = 0; r < R; r += 2) {
+            const float *x0 = x + r * x_stride, *x1 = r + 1 < R ? x0 + x_stride : x0;
+            __m512 acc[16];
+            for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < I; i += 16) {
+                const __m512 a = _mm512_loadu_ps(x0 + i), b = _mm512_loadu_ps(x1 + i);
+                for (int j = 0; j < 8; j++) {
+                    const __m512 ww = load_w(wo + (j * I + i) * w_item, bf16);
+                    acc[j] = _mm512_fmadd_ps(a, ww, acc[j]);
+                    acc[8 + j] = _mm512_fmadd_ps(b, ww, acc[8 + j]);
+                }
+            }
+            const __m512 s = reduce16(acc);
+            _mm256_storeu_ps(y + r * O + o, _mm512_castps512_ps256(s));
+            if (r + 1 < R) _mm256_storeu_ps(y + (r + 1) * O + o, _mm512_extractf32x8_ps(s, 1));
+        }
+    }
+}
+
+/* w_bf16: 0 for fp32 weights, 1 for bf16 weights (computed in fp32 against the fp32 x) */
+int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
+                   int64_t O, int threads) {
+    if (I % 16 || O % 8) return 1;
+    if (w_bf16) linear_rows(x, x_stride, w, y, R, I, O, threads, 1);
+    else linear_rows(x, x_stride, w, y, R, I, O, threads, 0);
+    return 0;
+}
+#else
+int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
+                   int64_t O, int threads) {
+    (void)x; (void)x_stride; (void)w; (void)w_bf16; (void)y; (void)R; (void)I; (void)O; (void)threads;
+    return 1;
+}
+#endif
