@@ -524,7 +524,7 @@ def kernel_tip(device: str) -> str | None:
     if device != "cpu" or kernels.load() is not None or os.environ.get("MUSIC_CPU_KERNELS", "1") == "0":
         return None
     return (f"CPU decoding runs through torch only ({kernels.status()}): with a C compiler (gcc or clang) it builds "
-            "small kernels that decode several clips 1.5-2x faster (README, Benchmarks).")
+            "two small kernels, each of which makes decoding several clips 1.2-1.6x faster (README, Benchmarks).")
 
 
 def make_studio(args: argparse.Namespace) -> Studio:
