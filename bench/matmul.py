@@ -6,7 +6,7 @@ and more through oneDNN.
 
 For weight shapes of the nano and musicgen-small decoders, times `F.linear(x, w)` (MKL), `w @ xᵀ` on zero-padded
 blocks of 4 rows, oneDNN's linear, the decoder's fallback without the C kernel (`linear(x, w, 4)`) and the C kernel
-for 1..16 rows, cycling through distinct
+for 1..48 rows, cycling through distinct
 weights so that they stream from memory as in a decode step, and reports the effective weight bandwidth
 (weight bytes / time).
 """
@@ -48,7 +48,7 @@ def main() -> None:
         count = max(4, int(64e6 // (o * i * 4)))  # ≥ 64 MB of distinct weights: larger than the caches
         weights = [torch.randn(o, i) for _ in range(count)]
         gb = o * i * 4 / 1e9
-        for rows in (1, 2, 4, 8, 16):
+        for rows in (1, 2, 4, 8, 16, 32, 48):
             x = torch.randn(rows, i)
             it = iter(range(10**9))
             n = max(20, int(2e8 // (o * i)))

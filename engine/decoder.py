@@ -55,7 +55,9 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-FEW_ROWS = 16  # decode steps (up to 8 clips × 2 CFG branches); beyond: full-sequence forwards, where BLAS is fine
+C_KERNEL_ROWS = 48  # up to here the C matmul kernel beats MKL and oneDNN (`bench.matmul`): decode steps of the app
+# (≤ 8 clips × 2 CFG branches) and of the trainer's on-policy sampling (e.g. 8 prompts × 4 samples)
+FEW_ROWS = 16  # the torch fallback's few-row paths; beyond: full-sequence forwards, where BLAS is fine
 ONEDNN_ROWS = 8  # rows per oneDNN call beyond one block (the fallback without the C kernel)
 
 
@@ -76,18 +78,18 @@ def _onednn_linear():
 
 
 def linear(x: Tensor, w: Tensor, row_block: int = 0, c_kernel: bool = False) -> Tensor:
-    """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding (x is cast to w's dtype for torch). Up to
-    `FEW_ROWS` rows (a decode step) on a CPU without autograd: with `c_kernel`, the C kernel
+    """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding (x is cast to w's dtype for torch). On a CPU
+    without autograd: with `c_kernel`, up to `C_KERNEL_ROWS` rows through the C kernel
     (`engine.kernels.few_row_linear`, AVX-512; fp32 or bf16 weights, fp32 result), which streams the weights once
     at nearly the memory bandwidth; else, for fp32 with `row_block` > 0 (AMD CPUs), up to `row_block` rows as
-    `w @ xᵀ` on one zero-padded block and more through oneDNN in chunks of `ONEDNN_ROWS` (its AVX-512 kernels beat
-    MKL's here). README, "Where the time goes"."""
+    `w @ xᵀ` on one zero-padded block and up to `FEW_ROWS` through oneDNN in chunks of `ONEDNN_ROWS` (its AVX-512
+    kernels beat MKL's here). README, "Where the time goes"."""
     rows = x.numel() // x.shape[-1]
-    if not (row_block or c_kernel) or rows > FEW_ROWS:
+    if rows > (C_KERNEL_ROWS if c_kernel else FEW_ROWS if row_block else 0):
         return F.linear(x.to(w.dtype), w)
     x2 = x.reshape(rows, -1)
     y = few_row_linear(x2, w) if c_kernel else None  # fp32, also for bf16 weights
-    if y is None and row_block:
+    if y is None and row_block and rows <= FEW_ROWS:
         y = _few_rows_torch(x2, w, row_block)
     return F.linear(x.to(w.dtype), w) if y is None else y.view(*x.shape[:-1], w.shape[0])
 

@@ -131,7 +131,7 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
 
 
 @avx512
-@pytest.mark.parametrize("rows", [1, 2, 3, 8, 15, 16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 15, 16, 33, 48])
 @pytest.mark.parametrize("O,I", [(8, 16), (40, 48), (768, 256), (256, 1024)])
 def test_few_row_linear_matches_f_linear(rows, O, I):
     g = torch.Generator().manual_seed(rows)

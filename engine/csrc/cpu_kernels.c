@@ -115,7 +115,7 @@ int decode_attention(const float *q, const float *new_k, const float *new_v, int
     return 0;
 }
 
-/* y (R, O) = x (R, I) · w (O, I)ᵀ for the few rows of a decode step (R up to ~16), weights streamed once.
+/* y (R, O) = x (R, I) · w (O, I)ᵀ for the few rows of a decode step (R up to ~48), weights streamed once.
  *
  * BLAS kernels are tuned for large R; with few rows they reach about half of the memory bandwidth on this
  * project's CPU (`python -m bench.matmul`). Here each thread takes blocks of 8 weight rows and, for every pair
