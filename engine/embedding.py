@@ -22,6 +22,7 @@ class EmbeddingConfig:
     window_s: float = 4.0
     n_fft: int = 512
     hop: int = 256
+    win_length: int | None = None  # analysis window (None: n_fft); n_fft > win_length zero-pads each frame
     n_mels: int = 64
     patch: int = 4  # mel frames per token
     dim: int = 128
@@ -34,6 +35,8 @@ class EmbeddingConfig:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.window_s <= 0 or self.patch < 1:
             raise ValueError("window_s must be > 0 and patch ≥ 1")
+        if self.win_length is not None and not 0 < self.win_length <= self.n_fft:
+            raise ValueError(f"win_length {self.win_length} must be in 1..n_fft ({self.n_fft})")
 
     @property
     def window_samples(self) -> int:
@@ -53,7 +56,7 @@ class AudioEmbedder(nn.Module):
             warnings.simplefilter("ignore", UserWarning)
             mel = AF.melscale_fbanks(c.n_fft // 2 + 1, 0.0, c.sample_rate / 2, c.n_mels, c.sample_rate)
         self.register_buffer("mel", mel, persistent=False)
-        self.register_buffer("window", torch.hann_window(c.n_fft), persistent=False)
+        self.register_buffer("window", torch.hann_window(c.win_length or c.n_fft), persistent=False)
         self.patch_in = nn.Linear(c.patch * c.n_mels, c.dim)
         self.pos = nn.Parameter(torch.zeros(1, c.tokens, c.dim))
         layer = nn.TransformerEncoderLayer(c.dim, c.heads, 4 * c.dim, dropout=0.0, batch_first=True, norm_first=True)
@@ -64,8 +67,8 @@ class AudioEmbedder(nn.Module):
     def log_mel(self, audio: Tensor) -> Tensor:
         """(B, window samples) -> (B, frames, n_mels) log-mel."""
         c = self.config
-        spec = torch.stft(audio, c.n_fft, c.hop, window=self.window, return_complex=True).abs() ** 2  # (B, F, frames)
-        return torch.log(spec.transpose(1, 2) @ self.mel + 1e-6)
+        spec = torch.stft(audio, c.n_fft, c.hop, c.win_length, window=self.window, return_complex=True).abs() ** 2
+        return torch.log(spec.transpose(1, 2) @ self.mel + 1e-6)  # spec: (B, F, frames)
 
     def features(self, audio: Tensor) -> Tensor:
         """Windows (B, window samples) at the config's rate -> pooled features (B, dim), before the head."""

@@ -42,3 +42,22 @@ def test_identical_clips_have_zero_diversity(embedder):
 def test_bad_config():
     with pytest.raises(ValueError, match="divisible"):
         EmbeddingConfig(dim=30, heads=4)
+    with pytest.raises(ValueError, match="win_length"):
+        EmbeddingConfig(n_fft=512, win_length=1024)
+
+
+def test_zero_padded_frames_keep_the_window_and_the_frames():
+    """win_length = n_fft is the default analysis; a larger n_fft zero-pads the same 512-sample frames."""
+    audio = torch.randn(2, 16000)
+    base = AudioEmbedder(EmbeddingConfig(layers=1, dim=32, heads=2, window_s=1.0))
+    same = AudioEmbedder(EmbeddingConfig(layers=1, dim=32, heads=2, window_s=1.0, win_length=512))
+    torch.testing.assert_close(same.log_mel(audio), base.log_mel(audio), rtol=0, atol=0)
+    padded = AudioEmbedder(EmbeddingConfig(layers=1, dim=32, heads=2, window_s=1.0, n_fft=2048, win_length=512))
+    mel = padded.log_mel(audio)
+    assert mel.shape == base.log_mel(audio).shape and torch.isfinite(mel).all()
+    # a pure tone: the zero-padded spectrum peaks in the mel band that holds its frequency
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * torch.pi * 1000.0 * t)[None]
+    band = padded.mel.argmax(dim=1)  # (n_fft // 2 + 1,) -> the mel band holding each bin most
+    peak_bin = round(1000.0 / (16000 / 2048))
+    assert padded.log_mel(tone)[0, 10].argmax() == band[peak_bin]

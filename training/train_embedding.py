@@ -55,6 +55,8 @@ def add_tower_args(p, init_flag: str, init_help: str) -> None:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--n-mels", type=int, default=64)
+    p.add_argument("--n-fft", type=int, default=512, help="FFT size; above --win-length it zero-pads each frame")
+    p.add_argument("--win-length", type=int, default=None, help="analysis window in samples (default: --n-fft)")
     p.add_argument(init_flag, default=None, help=f"start from this E folder (model.json + embedding.safetensors); its "
                                                  f"architecture replaces --dim/--layers/--heads/--n-mels. {init_help}")
 
@@ -64,7 +66,8 @@ def tower_from_args(args, init: str | None) -> tuple[EmbeddingConfig, dict | Non
     if init:
         e = load_embedder(init).float()
         return e.config, e.state_dict()
-    return EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels), None
+    return EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels, n_fft=args.n_fft,
+                           win_length=args.win_length), None
 
 
 def augment(chunks: torch.Tensor, rng: np.random.Generator, sample_rate: int, max_speed: float = 0.02,
