@@ -120,7 +120,8 @@ def load() -> ctypes.CDLL | None:
 def _probe_few_row_linear(lib: ctypes.CDLL) -> bool:
     """Whether the matmul kernel runs here (it answers 1 when built without AVX-512) and adds up."""
     x, w, y = torch.ones(2, 16), torch.ones(8, 16), torch.zeros(2, 8)
-    return lib.few_row_linear(x.data_ptr(), 16, w.data_ptr(), 0, y.data_ptr(), 2, 16, 8, 1) == 0 and bool((y == 16).all())
+    ran = lib.few_row_linear(x.data_ptr(), 16, w.data_ptr(), 0, y.data_ptr(), 2, 16, 8, 1) == 0
+    return ran and bool((y == 16).all())
 
 
 def has_few_row_linear() -> bool:
