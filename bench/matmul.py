@@ -6,9 +6,8 @@ and more through oneDNN.
 
 For weight shapes of the nano and musicgen-small decoders, times `F.linear(x, w)` (MKL), `w @ xᵀ` on zero-padded
 blocks of 4 rows, oneDNN's linear, the decoder's fallback without the C kernel (`linear(x, w, 4)`) and the C kernel
-for 1..48 rows, cycling through distinct
-weights so that they stream from memory as in a decode step, and reports the effective weight bandwidth
-(weight bytes / time).
+for 1..48 rows, cycling through distinct weights so that they stream from memory as in a decode step, and reports
+the effective weight bandwidth (weight bytes / time).
 """
 from __future__ import annotations
 
