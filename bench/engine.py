@@ -2,7 +2,7 @@
 
     python -m bench.engine                 # both model sizes (several minutes on 2 CPU cores)
     python -m bench.engine --sizes nano    # quick
-    python -m bench.engine --dtype bf16    # bf16 weights on both sides (ours: bf16 matmuls, fp32 activations)
+    python -m bench.engine --dtype bf16    # bf16 weights on both sides (ours: fp32 activations, bf16 weights widened in the matmuls)
 
 Sampler: the same random model, batch, length and sampling settings (top-k 250, temperature 1) through
 (a) our `generate_codes` and (b) transformers' `MusicgenForConditionalGeneration.generate`, text encoding

@@ -24,7 +24,7 @@ from transformers import MusicgenForCausalLM
 from transformers.activations import ACT2FN
 from transformers.models.musicgen.modeling_musicgen import MusicgenSinusoidalPositionalEmbedding
 
-from engine.kernels import decode_attention, few_row_linear, has_few_row_linear
+from engine.kernels import decode_attention, few_row_linear, first_cpu, has_few_row_linear
 
 
 def cpu_row_block(device: torch.device) -> int:
@@ -36,22 +36,12 @@ def cpu_row_block(device: torch.device) -> int:
     results are reproducible."""
     if torch.device(device).type != "cpu":
         return 0
-    return 4 if "AuthenticAMD" in _first_cpu() else 0
-
-
-@functools.cache
-def _first_cpu() -> str:
-    """/proc/cpuinfo's block for the first CPU ("" where there is none, e.g. macOS)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read().split("\n\n")[0]
-    except OSError:
-        return ""
+    return 4 if "AuthenticAMD" in first_cpu() else 0
 
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), where `--dtype bf16` pays."""
-    flags = next((line for line in _first_cpu().splitlines() if line.startswith("flags")), "").split()
+    flags = next((line for line in first_cpu().splitlines() if line.startswith("flags")), "").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

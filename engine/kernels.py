@@ -16,6 +16,7 @@ rounding; `status()` says which path is active and why.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -41,6 +42,16 @@ _tried = False
 _few_rows = False  # whether few_row_linear runs here (it needs AVX-512)
 
 
+@functools.cache
+def first_cpu() -> str:
+    """/proc/cpuinfo's block for the first CPU ("" where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().split("\n\n")[0]
+    except OSError:
+        return ""
+
+
 def _cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "music-cfg-distill" / "kernels"
     return Path(os.environ.get("MUSIC_KERNEL_CACHE", default))
@@ -55,11 +66,9 @@ def _compiler() -> str | None:
 
 def _build(cc: str) -> Path:
     """Compile SOURCE (with OpenMP, else without) into the cache; return the library's path."""
-    from engine.decoder import _first_cpu  # engine.decoder imports this module
-
     source = SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    cpu = next((line for line in _first_cpu().splitlines() if line.startswith(("flags", "Features"))), "")
+    cpu = next((line for line in first_cpu().splitlines() if line.startswith(("flags", "Features"))), "")
     errors: list[str] = []
     for openmp in (["-fopenmp"], []):
         flags = FLAGS + openmp

@@ -228,8 +228,9 @@ def test_kernel_tip_only_where_the_c_kernel_could_not_be_built(monkeypatch):
 
 
 def test_cpu_flags_are_read():
-    from engine.decoder import _first_cpu, cpu_has_bf16, cpu_row_block
+    from engine.decoder import cpu_has_bf16, cpu_row_block
+    from engine.kernels import first_cpu
 
-    info = _first_cpu()
+    info = first_cpu()
     assert cpu_has_bf16() == (" avx512_bf16" in info or " amx_bf16" in info)
     assert cpu_row_block("cpu") == (4 if "AuthenticAMD" in info else 0) and cpu_row_block("meta") == 0

@@ -1,5 +1,5 @@
 /* CPU kernels for decoding, fp32 arithmetic: built and loaded by engine/kernels.py (plain C, no torch headers;
- * compiles in about a second with -march=native and OpenMP, which shares the runtime torch has loaded). Each
+ * compiles in a few seconds with -march=native and OpenMP, which shares the runtime torch has loaded). Each
  * returns 0, or non-zero where it does not handle the case, and then has written nothing to its output: the caller
  * uses torch. Why they exist: README, "Where the time goes"; `python -m bench.decode_kernels` A/Bs each against
  * torch.
