@@ -51,10 +51,13 @@ def test_scorer_metrics_runs(tmp_path, tiny_scorer_dirs):
 
     from training.scorer_metrics import main
 
-    main(["--embedding", str(tiny_scorer_dirs[0]), "--quality", str(tiny_scorer_dirs[1]), "--candidates", "40",
-          "--heldout", "60", "--prompts", "2", "--distractors", "3", "--out", str(tmp_path / "m.json")])
+    main(["--embedding", str(tiny_scorer_dirs[0]), "--quality", str(tiny_scorer_dirs[1]), "--candidates", "20",
+          "--retrieval-pieces", "50", "--pairs", "40", "--heldout", "60", "--prompts", "2", "--distractors", "3",
+          "--out", str(tmp_path / "m.json")])
     m = json.loads((tmp_path / "m.json").read_text())
-    assert 0 <= m["retrieval_top1"]["value"] <= 1 and m["retrieval_top1"]["candidates"] == 40
+    r = m["retrieval_top1"]
+    assert sorted(r) == ["20", "40", "50"] and [r[k]["groups"] for k in ("20", "40", "50")] == [2, 1, 1]
+    assert all(0 <= x["value"] <= 1 for x in r.values()) and r["20"]["sem"] is not None and r["50"]["sem"] is None
     assert {"drums added", "gain +6 dB", "generations, two different prompts (upper bound)"} <= set(m["diversity"])
     assert 0 <= m["quality"]["quality_auc"] <= 1 and m["score_8_clips_8s_s"] > 0
 

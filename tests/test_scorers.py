@@ -148,3 +148,8 @@ def test_adherence_against_false_distractors_skips_captions_true_of_the_clip():
     plain = caption_top1(model, audio, captions, text, 2, 0)
     fair = caption_top1(model, audio, captions, text, 2, 0, truths)
     assert plain == pytest.approx(2 / 3) and fair == 1.0
+    # a scorer that only tells true captions from false ones: clip 0 ties with "generic" (1/2), the others win
+    from training.train_scorers import adherence_ceiling
+
+    assert adherence_ceiling(captions, 2, 0, truths) == pytest.approx((1 / 2 + 1 + 1) / 3)
+    assert adherence_ceiling(captions, 2, 0, [{c} for c in captions]) == 1.0

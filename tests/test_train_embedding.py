@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.embedding import load_embedder
-from training.train_embedding import augment, batch_indices, main, semi_hard_triplet_loss
+from training.train_embedding import augment, batch_indices, main, retrieval_hits, semi_hard_triplet_loss
 
 
 def test_triplet_loss_cases():
@@ -12,6 +12,22 @@ def test_triplet_loss_cases():
     assert semi_hard_triplet_loss(a, a.clone(), margin=0.2) == 0  # positives identical, negatives orthogonal
     swapped = a.flip(0)  # each anchor's positive is the other's: every pair is wrong
     assert semi_hard_triplet_loss(a, swapped, margin=0.2) > 1
+
+
+def test_retrieval_hits_per_group():
+    """Groups of consecutive pieces; a query only competes with its own group's second halves."""
+    a = F.normalize(torch.randn(10, 8), dim=-1)
+    assert retrieval_hits(a, a.clone(), 5).tolist() == [1.0, 1.0]
+    b = a.clone()
+    b[[0, 1]] = b[[1, 0]]  # pieces 0 and 1 swap second halves: both miss, in group 0 only
+    assert retrieval_hits(a, b, 5).tolist() == [0.6, 1.0] and retrieval_hits(a, b).tolist() == [0.8]
+    assert retrieval_hits(a, b, 3).tolist() == [1 / 3, 1.0, 1.0]  # the 10th piece is left out
+    try:
+        retrieval_hits(a, b, 11)
+    except ValueError as e:
+        assert "11 candidates" in str(e)
+    else:
+        raise AssertionError("more candidates than pieces was accepted")
 
 
 def test_augment_keeps_shape_and_changes_audio():

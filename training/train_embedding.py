@@ -115,12 +115,28 @@ def info_nce_loss(anchor: torch.Tensor, positive: torch.Tensor, temperature: flo
 
 
 @torch.no_grad()
-def retrieval_top1(model: AudioEmbedder, audio: torch.Tensor, sample_rate: int) -> float:
-    """Held-out pieces (N, 2 windows): how often a first half's nearest second half is its own."""
+def half_embeddings(model: AudioEmbedder, audio: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pieces (N, 2 windows) -> unit embeddings of their first and second halves, (N, D) each."""
     w = model.config.window_samples
-    a = F.normalize(model(audio[:, :w]), dim=-1)
-    b = F.normalize(model(audio[:, w:2 * w]), dim=-1)
-    return float(((a @ b.T).argmax(dim=1) == torch.arange(len(a))).float().mean())
+    a = torch.cat([F.normalize(model(x), dim=-1) for x in audio[:, :w].split(batch)])
+    b = torch.cat([F.normalize(model(x), dim=-1) for x in audio[:, w:2 * w].split(batch)])
+    return a, b
+
+
+def retrieval_hits(a: torch.Tensor, b: torch.Tensor, candidates: int | None = None) -> np.ndarray:
+    """Top-1 same-source retrieval per group: pieces are taken in consecutive groups of `candidates` (all at once
+    if None; a last incomplete group is dropped), and in each group every first half `a` looks for its own second
+    half among the group's second halves `b`. Returns each group's accuracy."""
+    n = len(a) if candidates is None else candidates
+    if not 0 < n <= len(a):
+        raise ValueError(f"{n} candidates, but only {len(a)} pieces")
+    return np.array([float(((a[g:g + n] @ b[g:g + n].T).argmax(dim=1) == torch.arange(n)).double().mean())
+                     for g in range(0, len(a) - n + 1, n)])
+
+
+def retrieval_top1(model: AudioEmbedder, audio: torch.Tensor, sample_rate: int) -> float:
+    """Held-out pieces (N, 2 windows): how often a first half's nearest second half (among all N) is its own."""
+    return float(retrieval_hits(*half_embeddings(model, audio))[0])
 
 
 def main(argv=None) -> None:

@@ -56,16 +56,29 @@ def caption_top1(model: QualityScorer, audio_emb: torch.Tensor, captions: list[s
     With `truths` (per clip, every caption that is true of it: `corpus.possible_captions`), distractors are only
     other clips' captions that are false for this clip, so that a generic caption that also fits ("Rock.") is
     never counted against it."""
-    rng = np.random.default_rng(seed)
     t = model.text(text_feats)
     hits = []
-    for i in range(len(captions)):
-        true = {captions[i]} | (truths[i] if truths is not None else set())
-        others = [j for j in range(len(captions)) if captions[j] not in true]
-        pick = rng.choice(others, size=min(distractors, len(others)), replace=False)
+    for i, pick in enumerate(distractor_picks(captions, distractors, seed, truths)):
         sims = t[np.concatenate([[i], pick])] @ audio_emb[i]
         hits.append(bool(sims[0] > sims[1:].max()))
     return float(np.mean(hits))
+
+
+def distractor_picks(captions: list[str], distractors: int, seed: int, truths: list[set[str]] | None = None):
+    """For each clip i, the indices of the clips whose captions are its distractors (see `caption_top1`)."""
+    rng = np.random.default_rng(seed)
+    for i in range(len(captions)):
+        true = {captions[i]} | (truths[i] if truths is not None else set())
+        others = [j for j in range(len(captions)) if captions[j] not in true]
+        yield rng.choice(others, size=min(distractors, len(others)), replace=False)
+
+
+def adherence_ceiling(captions: list[str], distractors: int, seed: int, truths: list[set[str]]) -> float:
+    """The best expected `caption_top1` without `truths` (any other caption is a distractor, the same draws) of a
+    scorer that tells every true caption from every false one but cannot prefer the clip's own caption to another
+    caption that is also true of it: mean over clips of 1 / (1 + distractors true of the clip)."""
+    return float(np.mean([1 / (1 + sum(captions[j] in truths[i] for j in pick))
+                          for i, pick in enumerate(distractor_picks(captions, distractors, seed))]))
 
 
 @torch.no_grad()
@@ -84,6 +97,7 @@ def evaluate(model: QualityScorer, audio: torch.Tensor, captions: list[str], deg
     out = dict(adherence_top1=caption_top1(*args), quality_auc=roc_auc(-clean.numpy(), degraded))
     if truths is not None:
         out["adherence_top1_false_distractors"] = caption_top1(*args, [truths[i] for i in ok])
+        out["adherence_top1_ceiling"] = adherence_ceiling(args[2], distractors, seed, [truths[i] for i in ok])
     return out
 
 
