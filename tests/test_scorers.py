@@ -83,9 +83,34 @@ def test_roc_auc_known_values():
 def test_soft_clip_loss_treats_equal_captions_as_positives():
     a = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)
     ids = torch.tensor([0, 0, 1])  # clips 0 and 1 share a caption: swapping their texts costs nothing
-    assert torch.isclose(soft_clip_loss(a, a, ids, torch.tensor(10.0)), soft_clip_loss(a, a[[1, 0, 2]], ids, torch.tensor(10.0)))
-    wrong = soft_clip_loss(a, a[[2, 2, 0]], ids, torch.tensor(10.0))
-    assert wrong > soft_clip_loss(a, a, ids, torch.tensor(10.0)) + 1
+    same = ids[:, None] == ids[None, :]
+    ten = torch.tensor(10.0)
+    assert torch.isclose(soft_clip_loss(a, a, same, ten), soft_clip_loss(a, a[[1, 0, 2]], same, ten))
+    wrong = soft_clip_loss(a, a[[2, 2, 0]], same, ten)
+    assert wrong > soft_clip_loss(a, a, same, ten) + 1
+
+
+def test_soft_clip_loss_with_captions_true_of_other_clips():
+    """Caption 1 ("Rock.") is true of clips 0 and 1, caption 0 only of clip 0. With those positives, text 1 between
+    the two clips costs less than text 1 on clip 1 alone; with same-text positives it is the other way round."""
+    audio = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    between = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), dim=-1)
+    on_clip_1 = audio.clone()
+    only_own = torch.eye(2, dtype=torch.bool)
+    true_of = torch.tensor([[True, True], [False, True]])  # [i, j]: caption j is true of clip i
+    ten = torch.tensor(10.0)
+    assert soft_clip_loss(audio, between, true_of, ten) < soft_clip_loss(audio, on_clip_1, true_of, ten)
+    assert soft_clip_loss(audio, between, only_own, ten) > soft_clip_loss(audio, on_clip_1, only_own, ten)
+
+
+def test_true_captions_of_a_piece():
+    from training.corpus import BAD_CAPTIONS, generate_piece
+    from training.train_scorers import true_captions
+
+    pieces = [generate_piece(0, i, 64) for i in range(40)]
+    for pc in pieces:
+        t = true_captions(pc)
+        assert pc.caption in t and (t == set(BAD_CAPTIONS)) == pc.attributes["degraded"]
 
 
 def test_trainer_smoke_exports_a_loadable_scorer(tmp_path):
@@ -124,7 +149,7 @@ def test_trainer_can_start_the_audio_tower_from_e(tmp_path):
 
     train_e(["--out", str(tmp_path / "E"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1", "--dim", "32",
              "--n-mels", "48", "--eval-candidates", "4", "--eval-every", "1"])
-    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--pool", "12", "--heldout", "24",
+    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--true-positives", "--pool", "12", "--heldout", "24",
           "--batch", "6", "--steps", "1", "--distractors", "3", "--eval-every", "1", "--lr", "1e-12"])
     q = load_quality_scorer(tmp_path / "run")
     e = load_embedder(tmp_path / "E")

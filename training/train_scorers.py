@@ -3,11 +3,13 @@
 Data: 8 s corpus pieces (two 4 s windows each), rendered once, with their captions and their degraded flag.
 Each step draws a batch, changes each piece's gain (±6 dB, so that loudness is not a quality cue), and minimises
 - a CLIP-style contrastive loss between clip embeddings and their captions' projected MiniLM features, where
-  pieces in the batch that share a caption text are all positives of each other (soft targets), plus
+  pieces in the batch that share a caption text are all positives of each other (soft targets; with
+  `--true-positives`, every caption in the batch that is true of a clip, by the corpus attributes), plus
 - binary cross-entropy of the clip's clean logit (the worst window's) against "clean, not degraded".
 Eval on held-out pieces (never trained on):
 - adherence top-1: for each clean held-out clip, its caption against `--distractors` captions of other held-out
-  clean clips with a different text; top-1 = the true caption scores highest;
+  clean clips with a different text; top-1 = the true caption scores highest; also against captions that are
+  false for the clip only;
 - audio-quality ROC AUC, clean vs degraded, over all held-out clips.
 
     python -m training.train_scorers --out runs/scorers --steps 1500       # then --export weights/quality
@@ -27,8 +29,11 @@ import torch.nn.functional as F
 from engine.checkpoint import copy_as_fp16, save_json, save_state
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import QUALITY_CONFIG, QUALITY_WEIGHTS, QualityConfig, QualityScorer, SentenceEncoder
-from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
+from training.corpus import BAD_CAPTIONS, HELD_OUT_EVERY, generate_piece, possible_captions, render, split_of
 from training.train_embedding import add_tower_args, tower_from_args
+
+
+LOGGED = ("adherence_top1", "adherence_top1_false_distractors", "quality_auc")
 
 
 def roc_auc(scores, labels) -> float:
@@ -41,12 +46,18 @@ def roc_auc(scores, labels) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, caption_ids: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric contrastive loss, unit audio (B, D) vs unit text (B, D); rows with equal caption ids are positives."""
+def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss, unit audio (B, D) vs unit text (B, D). positives (B, B) bool: caption j is true of
+    clip i (the diagonal at least); each clip's target spreads over its true captions, each caption's over its clips."""
     logits = scale * audio @ text.T
-    same = (caption_ids[:, None] == caption_ids[None, :]).float()
-    target = same / same.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    p = positives.float()
+    return (F.cross_entropy(logits, p / p.sum(1, keepdim=True)) + F.cross_entropy(logits.T, (p / p.sum(0)).T)) / 2
+
+
+def true_captions(piece) -> set[str]:
+    """Every caption the corpus could give this piece: its own, every wording of its attributes, or, if degraded,
+    every bad-audio caption."""
+    return {piece.caption} | (set(BAD_CAPTIONS) if piece.attributes["degraded"] else possible_captions(piece.attributes))
 
 
 @torch.no_grad()
@@ -114,6 +125,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--out", default="runs/scorers")
     p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--true-positives", action="store_true",
+                   help="every caption in the batch that is true of a clip is its positive (corpus attributes), not "
+                        "only captions with the same text: a generic caption (\"Rock.\") is then not pushed away "
+                        "from the other rock clips")
     p.add_argument("--export", default=None, help="only write the run's model to this folder and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -139,6 +154,8 @@ def main(argv=None) -> None:
     captions = [pc.caption for pc in train]
     text_feats, held_feats = sentences(captions), sentences([pc.caption for pc in held])
     caption_ids = torch.as_tensor(np.unique(captions, return_inverse=True)[1])
+    truths = [true_captions(pc) for pc in train] if args.true_positives else None
+    held_truths = [true_captions(pc) for pc in held]
     clean_label = torch.tensor([0.0 if pc.attributes["degraded"] else 1.0 for pc in train])
     held_degraded = np.array([pc.attributes["degraded"] for pc in held])
     print(f"rendered {len(pool)} + {len(held)} pieces, {int(caption_ids.max()) + 1} distinct captions, "
@@ -151,7 +168,7 @@ def main(argv=None) -> None:
     save_json(dict(vars(args), config=model.config_dict()), out / QUALITY_CONFIG)
     log_file = open(out / "log.csv", "w", newline="")
     log = csv.writer(log_file)
-    log.writerow(["step", "loss", "clip_loss", "bce", "adherence_top1", "quality_auc", "step_s"])
+    log.writerow(["step", "loss", "clip_loss", "bce", *LOGGED, "step_s"])
     for step in range(1, args.steps + 1):
         t = time.time()
         rng = np.random.default_rng([args.seed, step])
@@ -159,7 +176,11 @@ def main(argv=None) -> None:
         gain = torch.as_tensor(10 ** (rng.uniform(-6, 6, size=(args.batch, 1)) / 20), dtype=torch.float32)
         audio_emb, clean = model.clips((pool[idx, :2 * w] * gain).reshape(-1, w), 2)
         scale = model.logit_scale.exp().clamp(max=100)
-        clip_loss = soft_clip_loss(audio_emb, model.text(text_feats[idx]), caption_ids[idx], scale)
+        if truths is None:
+            positives = caption_ids[idx][:, None] == caption_ids[idx][None, :]
+        else:
+            positives = torch.tensor([[captions[j] in truths[i] for j in idx.tolist()] for i in idx.tolist()])
+        clip_loss = soft_clip_loss(audio_emb, model.text(text_feats[idx]), positives, scale)
         bce = F.binary_cross_entropy_with_logits(clean, clean_label[idx])
         loss = clip_loss + bce
         if not torch.isfinite(loss):
@@ -172,14 +193,14 @@ def main(argv=None) -> None:
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
             metrics = evaluate(model, held_audio, [pc.caption for pc in held], held_degraded, held_feats,
-                               args.distractors, args.seed)
+                               args.distractors, args.seed, held_truths)
             model.train()
             save_state(dict(model.state_dict()), out / QUALITY_WEIGHTS)
             print(f"step {step} loss {loss.item():.4f} adherence top-1 {metrics['adherence_top1']:.3f} "
+                  f"(false distractors {metrics['adherence_top1_false_distractors']:.3f}) "
                   f"quality AUC {metrics['quality_auc']:.3f}", flush=True)
         log.writerow([step, f"{loss.item():.4f}", f"{clip_loss.item():.4f}", f"{bce.item():.4f}",
-                      *(f"{metrics[k]:.3f}" if metrics else "" for k in ("adherence_top1", "quality_auc")),
-                      f"{time.time() - t:.2f}"])
+                      *(f"{metrics[k]:.3f}" if metrics else "" for k in LOGGED), f"{time.time() - t:.2f}"])
         log_file.flush()
 
 
