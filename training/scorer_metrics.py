@@ -80,10 +80,11 @@ def main(argv=None) -> None:
     pieces, audio = held_pieces[:args.pairs], held_audio[:args.pairs]
     w = scorers.embedder.config.window_samples
     rng = np.random.default_rng(args.seed)
+    noise_rng = torch.Generator().manual_seed(args.seed)  # the same noise whichever scorers were built before
     half = audio[:, :w]
     rd = {"same piece, two augmented renderings": paired_rd(scorers, augment(half, rng, sr), augment(half, rng, sr), sr),
           "two different corpus pieces": paired_rd(scorers, half, half.roll(1, 0), sr),
-          "noise added (20 dB SNR)": paired_rd(scorers, half, half + torch.randn_like(half)
+          "noise added (20 dB SNR)": paired_rd(scorers, half, half + torch.randn(half.shape, generator=noise_rng)
                                                * half.pow(2).mean(1, keepdim=True).sqrt() * 0.1, sr),
           "gain +6 dB": paired_rd(scorers, half, half * 2.0, sr),
           "gain -6 dB": paired_rd(scorers, half, half * 0.5, sr)}
