@@ -101,6 +101,10 @@ def test_soft_clip_loss_with_captions_true_of_other_clips():
     ten = torch.tensor(10.0)
     assert soft_clip_loss(audio, between, true_of, ten) < soft_clip_loss(audio, on_clip_1, true_of, ten)
     assert soft_clip_loss(audio, between, only_own, ten) > soft_clip_loss(audio, on_clip_1, only_own, ten)
+    # weighted positives: weight 0 for the other true caption is same-text positives, weight 1 is all true alike
+    weighted = lambda w: torch.tensor([[1.0, w], [0.0, 1.0]])  # noqa: E731
+    assert torch.isclose(soft_clip_loss(audio, between, weighted(0.0), ten), soft_clip_loss(audio, between, only_own, ten))
+    assert torch.isclose(soft_clip_loss(audio, between, weighted(1.0), ten), soft_clip_loss(audio, between, true_of, ten))
 
 
 def test_true_captions_of_a_piece():
@@ -149,7 +153,7 @@ def test_trainer_can_start_the_audio_tower_from_e(tmp_path):
 
     train_e(["--out", str(tmp_path / "E"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1", "--dim", "32",
              "--n-mels", "48", "--eval-candidates", "4", "--eval-every", "1"])
-    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--true-positives", "--pool", "12", "--heldout", "24",
+    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--true-positives", "--other-true-weight", "0.5", "--pool", "12", "--heldout", "24",
           "--batch", "6", "--steps", "1", "--distractors", "3", "--eval-every", "1", "--lr", "1e-12"])
     q = load_quality_scorer(tmp_path / "run")
     e = load_embedder(tmp_path / "E")

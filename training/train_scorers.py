@@ -47,8 +47,9 @@ def roc_auc(scores, labels) -> float:
 
 
 def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric contrastive loss, unit audio (B, D) vs unit text (B, D). positives (B, B) bool: caption j is true of
-    clip i (the diagonal at least); each clip's target spreads over its true captions, each caption's over its clips."""
+    """Symmetric contrastive loss, unit audio (B, D) vs unit text (B, D). positives (B, B), bool or weights ≥ 0:
+    caption j is true of clip i (the diagonal at least); each clip's target spreads over its true captions, each
+    caption's over its clips, in proportion to the weights."""
     logits = scale * audio @ text.T
     p = positives.float()
     return (F.cross_entropy(logits, p / p.sum(1, keepdim=True)) + F.cross_entropy(logits.T, (p / p.sum(0)).T)) / 2
@@ -129,6 +130,9 @@ def main(argv=None) -> None:
                    help="every caption in the batch that is true of a clip is its positive (corpus attributes), not "
                         "only captions with the same text: a generic caption (\"Rock.\") is then not pushed away "
                         "from the other rock clips")
+    p.add_argument("--other-true-weight", type=float, default=1.0,
+                   help="with --true-positives: target weight of a true caption with another text, relative to the "
+                        "clip's own caption text (1: all true captions alike; < 1: the clip's own wording preferred)")
     p.add_argument("--export", default=None, help="only write the run's model to this folder and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -179,7 +183,8 @@ def main(argv=None) -> None:
         if truths is None:
             positives = caption_ids[idx][:, None] == caption_ids[idx][None, :]
         else:
-            positives = torch.tensor([[captions[j] in truths[i] for j in idx.tolist()] for i in idx.tolist()])
+            positives = torch.tensor([[1.0 if captions[j] == captions[i] else args.other_true_weight * (captions[j] in truths[i])
+                                       for j in idx.tolist()] for i in idx.tolist()])
         clip_loss = soft_clip_loss(audio_emb, model.text(text_feats[idx]), positives, scale)
         bce = F.binary_cross_entropy_with_logits(clean, clean_label[idx])
         loss = clip_loss + bce
