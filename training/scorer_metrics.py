@@ -66,8 +66,9 @@ def main(argv=None) -> None:
     results: dict = {}
 
     # --- E on corpus audio
+    # one set of held-out pieces, rendered once: retrieval, the r_D pairs and the quality scorers take its first ones
     held_pieces = [generate_piece(args.seed, i * HELD_OUT_EVERY, frames)
-                   for i in range(max(args.retrieval_pieces, args.pairs))]
+                   for i in range(max(args.retrieval_pieces, args.pairs, args.heldout))]
     held_audio = render(held_pieces, codec)
     retrieval = held_pieces[:args.retrieval_pieces]
     halves = half_embeddings(scorers.embedder, held_audio[:len(retrieval)])
@@ -115,10 +116,10 @@ def main(argv=None) -> None:
     results["diversity"] = {k: summary(v) for k, v in rd.items()}
 
     # --- quality scorers
-    held = [generate_piece(args.seed, i * HELD_OUT_EVERY, frames) for i in range(args.heldout)]
+    held = held_pieces[:args.heldout]
     sentences = scorers.sentences or SentenceEncoder()
     truths = [possible_captions(pc.attributes) for pc in held]
-    q = evaluate(scorers.quality_scorer, render(held, codec), [pc.caption for pc in held],
+    q = evaluate(scorers.quality_scorer, held_audio[:args.heldout], [pc.caption for pc in held],
                  np.array([pc.attributes["degraded"] for pc in held]), sentences([pc.caption for pc in held]),
                  args.distractors, args.seed, truths)
     results["quality"] = dict(q, heldout=len(held), degraded=int(sum(pc.attributes["degraded"] for pc in held)),
