@@ -8,6 +8,7 @@ exactly the weights its own λ asks for.
 """
 import argparse
 import collections
+import dataclasses
 import functools
 import os
 import re
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from engine.checkpoint import CheckpointError
 from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
@@ -28,6 +30,7 @@ from engine.merge import Blend
 from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
 from engine.scorers import Scorers, SetScores
 from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request
+from engine.service import check_number as _number
 
 ROOT = Path(__file__).parent
 WEIGHTS = ROOT / "weights"
@@ -90,6 +93,21 @@ class Result:
     base_label: str = ""
 
 
+@dataclass(frozen=True)
+class System:
+    """A way of generating that the blind A/B compares: the base's weights (blend None) or a blend, with CFG γ."""
+
+    label: str  # display only
+    blend: Blend | None = None
+    guidance: float = 1.0
+
+
+def ab_systems(with_soup: bool, soup: list[str]) -> list[System]:
+    out = [System(f"merged λ={x:g}", Blend.lerp("q", "d", x)) for x in (0, 0.5, 1)]
+    out += [System("base"), System("base + CFG γ=3", guidance=3.0)]
+    return out + ([System(SOUP, Blend.soup(soup))] if with_soup else [])
+
+
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
 
@@ -107,6 +125,7 @@ class Studio:
         self._cancels: dict[str, threading.Event] = {}
         self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._systems = {sys.label: sys for sys in ab_systems(len(self.soup) >= 3, self.soup)}
 
     # ------------------------------------------------------------------ generation
     @property
@@ -161,53 +180,32 @@ class Studio:
         return result
 
     def _write_wavs(self, result: Result, mode: str, lam) -> list[str]:
-        import soundfile as sf
-
         folder = self.out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         folder.mkdir(parents=True)
-        self._prune()
-        files = []
-        for gen, tag in ((result.merged, f"lam{float(lam):.2f}" if mode != SOUP else "soup"), (result.base, None)):
-            if gen is None:
-                continue
-            req = gen.request
-            tag = tag or f"cfg{req.guidance:g}"
-            for i, clip in enumerate(gen.audio):
-                path = folder / f"{_slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
-                with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
-                    f.title = req.prompt[:200] or "(unconditional)"
-                    f.comment = (f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} "
-                                 f"guidance={req.guidance:g} negative={req.negative_prompt!r} temperature={req.temperature:g}")
-                    f.write(np.clip(clip, -1, 1))
-                files.append(str(path))
-        return files
-
-    def _prune(self, keep: int = 256) -> None:
-        folders = sorted((p for p in self.out_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-        for old in folders[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(self.out_dir)
+        return write_set_wavs(folder, result, f"lam{float(lam):.2f}" if mode != SOUP else "soup")
 
     # ------------------------------------------------------------------ blind A/B
     def systems(self) -> list[str]:
-        out = [f"merged λ={x:g}" for x in (0, 0.5, 1)] + ["base", "base + CFG γ=3"]
-        return out + ([SOUP] if len(self.soup) >= 3 else [])
+        """The A/B systems' labels (display only: `system` maps a label to its settings)."""
+        return list(self._systems)
 
-    def _generate_system(self, system: str, req: Request) -> Generation:
-        if system == "base":
+    def system(self, label: str) -> System:
+        if label not in self._systems:
+            raise ValueError(f"unknown system {label!r}; choose from {self.systems()}")
+        return self._systems[label]
+
+    def _generate_system(self, system: System, req: Request) -> Generation:
+        req = dataclasses.replace(req, guidance=system.guidance)
+        if system.blend is None:
             return self.service.generate_base(req)
-        if m := re.fullmatch(r"base \+ CFG γ=([0-9.]+)", system):
-            return self.service.generate_base(Request(req.prompt, req.num_clips, req.duration_s, req.seed,
-                                                      req.temperature, guidance=float(m.group(1))))
-        if m := re.fullmatch(r"merged λ=([0-9.]+)", system):
-            return self.service.generate_merged(req, Blend.lerp("q", "d", float(m.group(1))))
-        if system == SOUP:
-            return self.service.generate_merged(req, Blend.soup(self.soup))
-        raise ValueError(f"unknown system {system!r}; choose from {self.systems()}")
+        return self.service.generate_merged(req, system.blend)
 
     def new_pair(self, prompt: str, system_1: str, system_2: str, num_clips=2, duration=5.0, seed=None):
         """Two sets, same prompt and seed, in a random hidden order. Returns (token, set A, set B)."""
         if system_1 == system_2:
             raise ValueError("choose two different systems to compare")
+        self.system(system_1), self.system(system_2)  # both known, before any work
         n = int(_number("clips", num_clips))
         if not 1 <= n <= MAX_PAIR_CLIPS:
             raise ValueError(f"clips per set must be between 1 and {MAX_PAIR_CLIPS}, got {n}")
@@ -216,7 +214,7 @@ class Studio:
         order = [system_1, system_2]
         if secrets.randbelow(2):
             order.reverse()
-        sets = [self._generate_system(s, req) for s in order]
+        sets = [self._generate_system(self.system(s), req) for s in order]
         token = secrets.token_urlsafe(12)
         with self._lock:
             self._pairs[token] = dict(prompt=req.prompt, seed=seed, a=order[0], b=order[1])
@@ -226,18 +224,10 @@ class Studio:
 
     def write_pair(self, token: str, a: Generation, b: Generation) -> list[str]:
         """WAVs of a blind pair, named A1…, B1… so that nothing tells the systems apart."""
-        import soundfile as sf
-
         folder = self.out_dir / f"pair-{token}"
         folder.mkdir(parents=True, exist_ok=True)
-        self._prune()
-        files = []
-        for letter, gen in (("A", a), ("B", b)):
-            for i, clip in enumerate(gen.audio):
-                path = folder / f"{letter}{i + 1}.wav"
-                sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
-                files.append(str(path))
-        return files
+        prune(self.out_dir)
+        return write_pair_wavs(folder, a, b)
 
     def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
         """Store a vote on a pair made by `new_pair`; returns which system was which."""
@@ -263,61 +253,109 @@ class Studio:
         path.write_text(self.ratings.export_csv())
         return str(path)
 
-    # ------------------------------------------------------------------ presentation
-    def summary(self, result: Result) -> str:
-        m = result.merged
-        lines = [f"**Seed {m.seed}** (enter it to reproduce these clips)"] + [f"- {n}" for n in m.notices]
-        for title, gen in ((f"{result.label} ({m.model})", m), (result.base_label, result.base)):
-            if gen is not None:
-                t = gen.timings
-                merge = f", merge {t['merge'] * 1000:.0f} ms" if t.get("merge") else ""
-                lines.append(f"- **{title}**: {t['total']:.2f} s wall, {gen.real_time_factor:.1f}× real time "
-                             f"(text {t['text']:.2f} s, sampling {t['sampling']:.2f} s, codec {t['codec']:.2f} s{merge})")
-        if result.base is not None:
-            ratio = result.base.timings["sampling"] / max(result.merged.timings["sampling"], 1e-9)
-            lines.append(f"- CFG costs **{ratio:.2f}×** the merged model's sampling time here.")
-        return "\n".join(lines)
 
-    def score_markdown(self, result: Result) -> str:
-        lines = []
+# ---------------------------------------------------------------------- files
+def write_set_wavs(folder: Path, result: Result, merged_tag: str) -> list[str]:
+    """16-bit WAVs of both sets, named after prompt, seed and λ or γ; the full settings in each file's comment."""
+    files = []
+    for gen, tag in ((result.merged, merged_tag), (result.base, None)):
+        if gen is None:
+            continue
+        req = gen.request
+        tag = tag or f"cfg{req.guidance:g}"
+        for i, clip in enumerate(gen.audio):
+            path = folder / f"{_slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
+            with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
+                f.title = req.prompt[:200] or "(unconditional)"
+                f.comment = (f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} "
+                             f"guidance={req.guidance:g} negative={req.negative_prompt!r} "
+                             f"temperature={req.temperature:g}")
+                f.write(np.clip(clip, -1, 1))
+            files.append(str(path))
+    return files
+
+
+def write_pair_wavs(folder: Path, a: Generation, b: Generation) -> list[str]:
+    files = []
+    for letter, gen in (("A", a), ("B", b)):
+        for i, clip in enumerate(gen.audio):
+            path = folder / f"{letter}{i + 1}.wav"
+            sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
+            files.append(str(path))
+    return files
+
+
+def prune(out_dir: Path, keep: int = 256) -> None:
+    """Keep the newest `keep` output folders."""
+    folders = sorted((p for p in out_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in folders[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- presentation
+
+
+def summary_markdown(result: Result) -> str:
+    """Seed, notices, and each column's wall time, real-time factor and cost."""
+    m = result.merged
+    lines = [f"**Seed {m.seed}** (enter it to reproduce these clips)"] + [f"- {n}" for n in m.notices]
+    for title, gen in ((f"{result.label} ({m.model})", m), (result.base_label, result.base)):
+        if gen is not None:
+            t = gen.timings
+            merge = f", merge {t['merge'] * 1000:.0f} ms" if t.get("merge") else ""
+            lines.append(f"- **{title}**: {t['total']:.2f} s wall, {gen.real_time_factor:.1f}× real time "
+                         f"(text {t['text']:.2f} s, sampling {t['sampling']:.2f} s, codec {t['codec']:.2f} s{merge})")
+    if result.base is not None:
+        ratio = result.base.timings["sampling"] / max(result.merged.timings["sampling"], 1e-9)
+        lines.append(f"- CFG costs **{ratio:.2f}×** the merged model's sampling time here.")
+    return "\n".join(lines)
+
+
+def scores_markdown(result: Result) -> str:
+    """Per set: mean diversity and Vendi, mean quality, and a per-clip table."""
+    lines = []
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        s = result.scores.get(key)
+        if s is None:
+            continue
+        head = [f"**{title}**"]
+        if s.mean_diversity is not None:
+            head.append(f"mean diversity {s.mean_diversity:.3f}, Vendi {s.vendi:.2f} of {len(s.diversity)}")
+        if s.quality is not None:
+            head.append(f"mean quality {s.mean_quality:.2f}")
+        lines.append(" · ".join(head))
+        if s.quality is not None:
+            lines.append("| clip | quality | adherence | audio quality |\n|---|---|---|---|")
+            lines += [f"| {i + 1} | {q:.2f} | {a:.3f} | {c:.3f} |"
+                      for i, (q, a, c) in enumerate(zip(s.quality, s.adherence, s.audio_quality, strict=True))]
+        elif s.adherence is not None:
+            lines.append("adherence: " + ", ".join(f"{a:.3f}" for a in s.adherence))
+        lines.append("")
+    if not lines:
+        return "_No scorers loaded: diversity and quality are not shown._"
+    return "\n".join(lines) + f"\nquality = {result.scores[next(iter(result.scores))].omega:g}·adherence + audio quality"
+
+
+def heatmaps(result: Result) -> list:
+    """The pairwise-diversity heatmap of each set (None where there is no set or no E)."""
+    out = []
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        s = result.scores.get(key)
+        out.append(diversity_heatmap(s.diversity, f"r_D, {title}") if s is not None and s.diversity is not None else None)
+    return out
+
+
+def qd_figure(fronts: dict, result: Result | None = None):
+    """The precomputed fronts and this result's sets on the quality–diversity plane (None if nothing to show)."""
+    points = {}
+    if result is not None:
         for key, title in (("merged", result.label), ("base", result.base_label)):
             s = result.scores.get(key)
-            if s is None:
-                continue
-            head = [f"**{title}**"]
-            if s.mean_diversity is not None:
-                head.append(f"mean diversity {s.mean_diversity:.3f}, Vendi {s.vendi:.2f} of {len(s.diversity)}")
-            if s.quality is not None:
-                head.append(f"mean quality {s.mean_quality:.2f}")
-            lines.append(" · ".join(head))
-            if s.quality is not None:
-                lines.append("| clip | quality | adherence | audio quality |\n|---|---|---|---|")
-                lines += [f"| {i + 1} | {q:.2f} | {a:.3f} | {c:.3f} |"
-                          for i, (q, a, c) in enumerate(zip(s.quality, s.adherence, s.audio_quality, strict=True))]
-            elif s.adherence is not None:
-                lines.append("adherence: " + ", ".join(f"{a:.3f}" for a in s.adherence))
-            lines.append("")
-        if not lines:
-            return "_No scorers loaded: diversity and quality are not shown._"
-        return "\n".join(lines) + f"\nquality = {result.scores[next(iter(result.scores))].omega:g}·adherence + audio quality"
-
-    def heatmaps(self, result: Result):
-        out = []
-        for key, title in (("merged", result.label), ("base", result.base_label)):
-            s = result.scores.get(key)
-            out.append(diversity_heatmap(s.diversity, f"r_D, {title}") if s is not None and s.diversity is not None else None)
-        return out
-
-    def qd_plot(self, result: Result | None = None):
-        points = {}
-        if result is not None:
-            for key, title in (("merged", result.label), ("base", result.base_label)):
-                s = result.scores.get(key)
-                if s is not None and s.mean_diversity is not None and s.quality is not None:
-                    points[f"{title} (now)"] = (s.mean_diversity, s.mean_quality)
-        if not self.fronts and not points:
-            return None
-        return quality_diversity_plot(self.fronts, points)
+            if s is not None and s.mean_diversity is not None and s.quality is not None:
+                points[f"{title} (now)"] = (s.mean_diversity, s.mean_quality)
+    if not fronts and not points:
+        return None
+    return quality_diversity_plot(fronts, points)
 
 
 def _seed(value) -> int:
@@ -333,13 +371,6 @@ def _seed(value) -> int:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"seed must be a whole number or blank, got {value!r}")
-    return value
-
-
-def _number(name: str, value):
-    """UI numbers arrive as int/float (or None from an empty box); refuse anything else with a readable message."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return value
 
 
@@ -377,9 +408,10 @@ def build_ui(studio: Studio):
                             session, progress)
         n = r.merged.audio.shape[0]
         merged_files, base_files = r.files[:n], r.files[n:]
-        heat_m, heat_b = studio.heatmaps(r)
+        heat_m, heat_b = heatmaps(r)
         return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
-                + [studio.summary(r), studio.score_markdown(r), heat_m, heat_b, studio.qd_plot(r), r.files, str(r.merged.seed)])
+                + [summary_markdown(r), scores_markdown(r), heat_m, heat_b, qd_figure(studio.fronts, r), r.files,
+                   str(r.merged.seed)])
 
     @readable
     def merge(mode, lam):
@@ -451,7 +483,7 @@ def build_ui(studio: Studio):
                 heat_merged = gr.Image(label="Pairwise diversity, merged", type="pil", show_label=True)
                 heat_base = gr.Image(label="Pairwise diversity, base + CFG", type="pil")
             scores = gr.Markdown(elem_id="scores")
-            qd = gr.Image(label="Quality vs diversity", type="pil", value=studio.qd_plot())
+            qd = gr.Image(label="Quality vs diversity", type="pil", value=qd_figure(studio.fronts))
             files = gr.File(label="Download WAVs (prompt, seed, λ or γ in the names)", file_count="multiple")
         with gr.Tab("Blind A/B"):
             gr.Markdown("Two sets of clips for one prompt from two systems, in a hidden random order. "

@@ -3,6 +3,8 @@
 Nothing here unpickles: a checkpoint is a `.safetensors` file, or a folder holding one."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -109,6 +111,15 @@ def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_csv(rows: list[dict], fields: list[str], path: str | os.PathLike) -> Path:
+    """Write rows (dicts; keys outside `fields` are left out) as CSV with a header, atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return save_bytes(text.getvalue().encode(), path)
 
 
 def save_json(obj, path: str | os.PathLike) -> Path:

@@ -1,8 +1,10 @@
-"""Small figures drawn with Pillow (no plotting library): the pairwise-diversity heatmap of a set of clips and the
-quality–diversity plane with precomputed fronts and the current points. Used by the app; usable from notebooks."""
+"""Every figure of the project, drawn with Pillow (no plotting library): the pairwise-diversity heatmap of a set of
+clips and the quality–diversity plane with precomputed fronts and the current points (the app), quality and
+diversity along λ (the evaluation's Figure 4), and training curves (`training.plot`). Usable from notebooks."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +69,8 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     dx, dy = (x1 - x0) or 1.0, (y1 - y0) or 1.0
     x0, x1, y0, y1 = x0 - 0.08 * dx, x1 + 0.08 * dx, y0 - 0.08 * dy, y1 + 0.08 * dy
-    sx = lambda v: left + (v - x0) / (x1 - x0) * (W - left - right)  # noqa: E731
-    sy = lambda v: H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom)  # noqa: E731
+    sx = lambda v: left + (v - x0) / (x1 - x0) * (W - left - right)
+    sy = lambda v: H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom)
     d.rectangle([left, top, W - right, H - bottom], outline="black")
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
@@ -105,3 +107,64 @@ def load_fronts(path: str | Path) -> dict[str, list[tuple[float, float]]]:
         return {str(k): [(float(x), float(y)) for x, y in v] for k, v in data.items()}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a fronts file ({e})") from None
+
+
+def lambda_plot(lam, quality, diversity) -> Image.Image:
+    """Figure 4: quality and diversity along λ (arrays in λ order), each normalised between the endpoints
+    (quality: 1 at λ = 0, 0 at λ = 1; diversity: 0 at λ = 0, 1 at λ = 1), against the diagonals."""
+    W, H, left, top, right, bottom = 640, 420, 60, 30, 170, 44
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    sx = lambda v: left + v * (W - left - right)
+    sy = lambda v: H - bottom - (v + 0.2) / 1.4 * (H - top - bottom)
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    d.line([(sx(0), sy(1)), (sx(1), sy(0))], fill=(150, 150, 150), width=1)
+    d.line([(sx(0), sy(0)), (sx(1), sy(1))], fill=(150, 150, 150), width=1)
+    q, dv, lam = (np.asarray(v, dtype=float) for v in (quality, diversity, lam))
+    qn = (q - q[-1]) / (q[0] - q[-1]) if q[0] != q[-1] else q * 0
+    dn = (dv - dv[0]) / (dv[-1] - dv[0]) if dv[-1] != dv[0] else dv * 0
+    for k, (name, ys) in enumerate((("quality (normalised)", qn), ("diversity (normalised)", dn))):
+        color = PALETTE[k]
+        d.line([(sx(x), sy(y)) for x, y in zip(lam, ys, strict=True)], fill=color, width=2)
+        _text(d, (W - right + 10, top + 14 * k), name, fill=color)
+    _text(d, (W - right + 10, top + 28), "diagonals: linear", fill=(120, 120, 120))
+    for i in range(5):
+        _text(d, (sx(i / 4) - 8, H - bottom + 6), f"{i / 4:g}", fill="black")
+    _text(d, (left + 150, H - 18), "λ (0 = θ_q, 1 = θ_d)", fill="black")
+    _text(d, (left, 8), "Figure 4: quality and diversity along λ", fill="black")
+    return img
+
+
+def curves_plot(series: dict[str, list[tuple[float, float]]], title: str = "", xlabel: str = "step",
+                log_y: bool = False, size: tuple[int, int] = (800, 450)) -> Image.Image:
+    """Training curves: name → [(x, y), ...], one line each (with markers up to 40 points), optional log y."""
+    W, H = size
+    left, right, top, bottom = 70, 20, 30, 50
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        raise ValueError("nothing to plot")
+    fy = (lambda v: math.log10(max(v, 1e-12))) if log_y else (lambda v: v)
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(fy(p[1]) for p in pts), max(fy(p[1]) for p in pts)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    sx = lambda v: left + (v - x0) / (x1 - x0) * (W - left - right)
+    sy = lambda v: H - bottom - (fy(v) - y0) / (y1 - y0) * (H - top - bottom)
+    d.rectangle([left, top, W - right, H - bottom], outline="black")
+    for i in range(6):  # ticks
+        xv = x0 + (x1 - x0) * i / 5
+        yv = y0 + (y1 - y0) * i / 5
+        d.text((sx(xv) - 12, H - bottom + 6), f"{xv:.0f}", fill="black")
+        label = 10 ** yv if log_y else yv
+        d.text((5, H - bottom - (yv - y0) / (y1 - y0) * (H - top - bottom) - 6), f"{label:.3g}", fill="black")
+    d.text((W // 2 - 20, H - 20), xlabel, fill="black")
+    d.text((left, 8), title, fill="black")
+    for i, (name, s) in enumerate(series.items()):
+        color = PALETTE[i % 4]
+        if len(s) > 1:
+            d.line([(sx(x), sy(y)) for x, y in s], fill=color, width=2)
+        for x, y in s if len(s) <= 40 else ():
+            d.ellipse([sx(x) - 2, sy(y) - 2, sx(x) + 2, sy(y) + 2], fill=color)
+        d.text((W - right - 150, top + 8 + 14 * i), name, fill=color)
+    return img

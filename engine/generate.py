@@ -42,12 +42,9 @@ class CodesOutput:
 
 def _rows(cond: TextCondition, n: int, width: int) -> tuple[Tensor, Tensor]:
     """Repeat a single-prompt condition to n rows and pad its length to `width`."""
-    h, m = cond.hidden, cond.mask
-    if h.shape[0] != 1:
+    if cond.hidden.shape[0] != 1:
         raise ValueError("conditions are encoded one prompt at a time")
-    pad = width - h.shape[1]
-    h = torch.nn.functional.pad(h, (0, 0, 0, pad))
-    m = torch.nn.functional.pad(m, (0, pad))
+    h, m = cond.padded(width)
     return h.expand(n, -1, -1), m.expand(n, -1)
 
 

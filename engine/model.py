@@ -29,6 +29,11 @@ class TextCondition:
     mask: Tensor  # (B, S) long, 1 where attended; an all-zero row is the unconditional branch
     truncated: list[bool]  # per prompt: was it cut to the token cap
 
+    def padded(self, width: int) -> tuple[Tensor, Tensor]:
+        """(hidden, mask) zero-padded to `width` text positions (padding is never attended)."""
+        pad = width - self.hidden.shape[1]
+        return torch.nn.functional.pad(self.hidden, (0, 0, 0, pad)), torch.nn.functional.pad(self.mask, (0, pad))
+
 
 class TextEncoder:
     """Prompts -> `TextCondition`. The empty string is the unconditional branch (zero states, no attention),
@@ -106,6 +111,10 @@ class MusicModel:
         """Longest clip the decoder's positional range covers (the delayed layout adds K columns)."""
         cfg = self.decoder.config
         return (cfg.max_position_embeddings - cfg.num_codebooks) / self.frame_rate
+
+    def num_frames(self, seconds: float) -> int:
+        """Frames of a clip of `seconds` (at least one)."""
+        return max(1, round(seconds * self.frame_rate))
 
     def encode_text(self, prompts: list[str]) -> TextCondition:
         return self.text_encoder.encode(prompts, self.decoder.hidden)

@@ -33,12 +33,14 @@ MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**63 - 1
 
 
-def _number(name: str, value, integer: bool = False) -> None:
+def check_number(name: str, value, integer: bool = False):
+    """`value` if it is a finite number (an int if `integer`; never a bool); else a readable ValueError."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -63,26 +65,26 @@ class Request:
             if len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
             object.__setattr__(self, name, " ".join(text.split()))
-        _number("num_clips", self.num_clips, integer=True)
+        check_number("num_clips", self.num_clips, integer=True)
         if not 1 <= self.num_clips <= MAX_CLIPS:
             raise ValueError(f"num_clips must be between 1 and {MAX_CLIPS}, got {self.num_clips}")
-        _number("duration_s", self.duration_s)
+        check_number("duration_s", self.duration_s)
         if self.duration_s <= 0:
             raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
         if self.seed is not None:
-            _number("seed", self.seed, integer=True)
+            check_number("seed", self.seed, integer=True)
             if not 0 <= self.seed <= MAX_SEED:
                 raise ValueError(f"seed must be between 0 and 2**63 - 1, got {self.seed}")
-        _number("temperature", self.temperature)
+        check_number("temperature", self.temperature)
         if self.temperature < 0:
             raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {self.temperature}")
-        _number("top_k", self.top_k, integer=True)
+        check_number("top_k", self.top_k, integer=True)
         if self.top_k < 0:
             raise ValueError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
-        _number("top_p", self.top_p)
+        check_number("top_p", self.top_p)
         if not 0 <= self.top_p <= 1:
             raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
-        _number("guidance", self.guidance)
+        check_number("guidance", self.guidance)
         if self.guidance < 1:
             raise ValueError(f"guidance γ must be ≥ 1 (1 = no CFG), got {self.guidance}")
 
@@ -223,33 +225,40 @@ class MusicService:
     def _generate(self, decoder: FastDecoder, req: Request, label: str, weights=None,
                   progress: Callable[[int, int], None] | None = None,
                   cancel: threading.Event | None = None) -> Generation:
-        """`weights`: a context holding the decoder's weights (the blend gate) during sampling only; it yields
-        the merge time. Text encoding and audio decoding happen outside it."""
         if req.duration_s > self.max_duration_s:
-            raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, got {req.duration_s}")
-        t_start = time.perf_counter()
-        notices = []
-        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        use_cfg = req.guidance > 1
-        with self._text_lock:
-            cond = self.model.encode_text([req.prompt])
-            neg = self.model.encode_text([req.negative_prompt]) if use_cfg else None
-        if not req.prompt:
-            notices.append("Empty prompt: generating unconditionally.")
-        if cond.truncated[0] or (neg is not None and neg.truncated[0]):
-            notices.append(f"Prompt truncated to {self.model.text_encoder.max_tokens} tokens.")
-        t_text = time.perf_counter() - t_start
-        num_frames = max(1, round(req.duration_s * self.model.frame_rate))
-        generator = torch.Generator(device=decoder.device).manual_seed(seed)
-        with weights if weights is not None else contextlib.nullcontext() as merge_s:
-            out = generate_codes(decoder, cond, req.num_clips, num_frames,
-                                 SamplingParams(req.temperature, req.top_k, req.top_p), generator,
-                                 neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel)
-        t = time.perf_counter()
-        audio = self.model.codec.decode(out.codes).clamp(-1, 1).numpy()
-        t_codec = time.perf_counter() - t
-        total = time.perf_counter() - t_start
-        timings = dict(text=t_text, prefill=out.prefill_s, sampling=sum(out.step_times_s), codec=t_codec, total=total)
-        if weights is not None:
-            timings["merge"] = merge_s
-        return Generation(audio, out.codes, self.model.sample_rate, seed, label, req, notices, timings, out.step_times_s)
+            raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, "
+                             f"got {req.duration_s}")
+        return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock)
+
+
+def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, weights=None,
+             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+             text_lock: threading.Lock | None = None) -> Generation:
+    """Clips for `req` from `decoder` (the base's, the service's merged one, or a student in training), with the text
+    encoder and codec of `model`. `weights`: a context holding the decoder's weights (the blend gate) during sampling
+    only; it yields the merge time. Text encoding (under `text_lock`) and audio decoding happen outside it."""
+    t_start = time.perf_counter()
+    notices = []
+    seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+    use_cfg = req.guidance > 1
+    with text_lock if text_lock is not None else contextlib.nullcontext():
+        cond = model.encode_text([req.prompt])
+        neg = model.encode_text([req.negative_prompt]) if use_cfg else None
+    if not req.prompt:
+        notices.append("Empty prompt: generating unconditionally.")
+    if cond.truncated[0] or (neg is not None and neg.truncated[0]):
+        notices.append(f"Prompt truncated to {model.text_encoder.max_tokens} tokens.")
+    t_text = time.perf_counter() - t_start
+    generator = torch.Generator(device=decoder.device).manual_seed(seed)
+    with weights if weights is not None else contextlib.nullcontext() as merge_s:
+        out = generate_codes(decoder, cond, req.num_clips, model.num_frames(req.duration_s),
+                             SamplingParams(req.temperature, req.top_k, req.top_p), generator,
+                             neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel)
+    t = time.perf_counter()
+    audio = model.codec.decode(out.codes).clamp(-1, 1).numpy()
+    t_codec = time.perf_counter() - t
+    total = time.perf_counter() - t_start
+    timings = dict(text=t_text, prefill=out.prefill_s, sampling=sum(out.step_times_s), codec=t_codec, total=total)
+    if weights is not None:
+        timings["merge"] = merge_s
+    return Generation(audio, out.codes, model.sample_rate, seed, label, req, notices, timings, out.step_times_s)

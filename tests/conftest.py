@@ -31,16 +31,29 @@ def service():
     return svc
 
 
+def make_tiny_tower(**overrides):
+    """The tiny audio tower (E and the quality scorer's) of the tests: 1 layer of width 32, 16-d embeddings."""
+    from engine.embedding import EmbeddingConfig
+
+    return EmbeddingConfig(**dict(dict(dim=32, layers=1, heads=2, out_dim=16), **overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_tower():
+    """A factory of tiny audio-tower configs (`make_tiny_tower`): tiny_tower(window_s=1.0)."""
+    return make_tiny_tower
+
+
 @pytest.fixture(scope="session")
 def tiny_scorer_dirs(tmp_path_factory):
     """Folders of a tiny random E and quality scorer in the shipped format: (E folder, quality folder)."""
     from engine.checkpoint import save_json, save_state
-    from engine.embedding import AudioEmbedder, EmbeddingConfig
+    from engine.embedding import AudioEmbedder
     from engine.scorers import QualityConfig, QualityScorer
 
     root = tmp_path_factory.mktemp("scorers")
     torch.manual_seed(0)
-    config = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16, window_s=1.0)
+    config = make_tiny_tower(window_s=1.0)
     e, q = AudioEmbedder(config), QualityScorer(QualityConfig(audio=config))
     save_state(dict(e.named_parameters()), root / "E" / "embedding.safetensors")
     save_json(dict(config=e.config_dict()), root / "E" / "model.json")

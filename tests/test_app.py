@@ -6,8 +6,9 @@ import pytest
 import soundfile as sf
 import torch
 
+import app
 from app import SOUP, Studio, build_ui, parse_args
-from engine.embedding import AudioEmbedder, EmbeddingConfig
+from engine.embedding import AudioEmbedder
 from engine.generate import GenerationCancelled
 from engine.model import build_debug_model
 from engine.ratings import RatingStore
@@ -15,11 +16,10 @@ from engine.score_codec import ScoreCodec
 from engine.scorers import QualityConfig, QualityScorer, Scorers, SentenceEncoder
 from engine.service import MusicService
 
-TINY = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16, window_s=1.0)
-
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, tiny_tower):
+    tiny = tiny_tower(window_s=1.0)
     torch.manual_seed(0)
     model = build_debug_model(seed=0)
     model.codec = ScoreCodec()  # audible differences between codes (the random EnCodec renders one sound)
@@ -28,7 +28,7 @@ def studio(tmp_path_factory):
     gen = torch.Generator().manual_seed(1)
     service.add_checkpoint("d", {k: v + 0.05 * torch.randn(v.shape, generator=gen)
                                  for k, v in service.base.model.state_dict().items() if v.is_floating_point()})
-    scorers = Scorers(AudioEmbedder(TINY).eval(), QualityScorer(QualityConfig(audio=TINY)).eval(), SentenceEncoder())
+    scorers = Scorers(AudioEmbedder(tiny).eval(), QualityScorer(QualityConfig(audio=tiny)).eval(), SentenceEncoder())
     root = tmp_path_factory.mktemp("studio")
     return Studio(service, scorers, RatingStore(root / "ratings.sqlite"), out_dir=root / "out")
 
@@ -50,10 +50,10 @@ def test_generate_clips_scores_and_wavs(studio):
     assert sr == r.merged.sample_rate and len(audio) == r.merged.audio.shape[1]
     with sf.SoundFile(r.files[0]) as f:
         assert "seed=7" in f.comment and f.title == "rock song"
-    assert "Seed 7" in studio.summary(r) and "mean diversity" in studio.score_markdown(r)
-    heat, none = studio.heatmaps(r)
+    assert "Seed 7" in app.summary_markdown(r) and "mean diversity" in app.scores_markdown(r)
+    heat, none = app.heatmaps(r)
     assert heat.size[0] > 100 and none is None
-    assert studio.qd_plot(r) is not None
+    assert app.qd_figure(studio.fronts, r) is not None
 
 
 def test_same_settings_same_clips_and_lambda_matters(studio):
@@ -73,12 +73,12 @@ def test_compare_with_cfg_uses_the_same_seed(studio):
     r = run(studio, compare=True, seed=None)
     assert r.base is not None and r.base.seed == r.merged.seed and r.base.request.guidance == 3.0
     assert len(r.files) == 6 and any("_cfg3_clip" in f for f in r.files)
-    assert "CFG costs" in studio.summary(r) and set(r.scores) == {"merged", "base"}
+    assert "CFG costs" in app.summary_markdown(r) and set(r.scores) == {"merged", "base"}
 
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(lam=1.5), "λ must be a number in \\[0, 1\\]"),
-    (dict(lam=float("nan")), "λ must be a finite number"),
+    (dict(lam=float("nan")), "λ must be finite"),
     (dict(num_clips=9), "num_clips must be between 1 and 8"),
     (dict(duration=1000), "duration_s must be at most"),
     (dict(mode="nonsense"), "unknown mode"),
@@ -172,12 +172,10 @@ def test_flags_and_environment(monkeypatch):
 def test_old_output_folders_are_pruned_oldest_first(tmp_path):
     import os
 
-    s = Studio.__new__(Studio)
-    s.out_dir = tmp_path
     for age, name in ((300, "pair-x"), (200, "20260101-000000-aaaaaa"), (100, "pair-y")):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
-    s._prune(keep=2)
+    app.prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
 
 

@@ -91,7 +91,7 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
     import csv
 
     from engine.checkpoint import read_safetensors
-    from training import distill
+    from training import distill, eval_snapshots, export
 
     tiny = tiny_args(tiny_scorers, "--beta", "5")
     distill.main(tiny + ["--out", str(tmp_path / "a"), "--steps", "3"])
@@ -110,13 +110,13 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "a" / "tb").iterdir())
     assert [p.name for p in (tmp_path / "a" / "snapshots").iterdir()] == ["step_000002.safetensors"]
     # re-evaluation after the fact: the references at step 0, then every snapshot
-    distill.main(tiny + ["--out", str(tmp_path / "a"), "--eval-snapshots"])
+    eval_snapshots.main(["--run", str(tmp_path / "a"), "--embedding", tiny_scorers[0], "--quality", tiny_scorers[1]])
     again = list(csv.DictReader(open(tmp_path / "a" / "eval.csv")))
     assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base+CFG γ=3"), ("2", "student")]
     assert again[0]["quality"] == evals[0]["quality"] and again[0]["heldout_kl"] == evals[0]["heldout_kl"]
     # snapshots are fp16: the same model up to rounding
     assert float(again[2]["heldout_kl"]) == pytest.approx(float(evals[2]["heldout_kl"]), rel=0.05)
-    distill.main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "theta_q")])
+    export.main(["distill", str(tmp_path / "a"), str(tmp_path / "theta_q")])
     exported = read_safetensors(tmp_path / "theta_q" / "decoder.safetensors")
     assert all(t.dtype == torch.float16 for t in exported.values())
 
@@ -125,11 +125,11 @@ def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
     import csv
 
     from engine.checkpoint import read_safetensors
-    from training import distill
+    from training import distill, eval_snapshots, export
 
     tiny = tiny_args(tiny_scorers)
     distill.main(tiny + ["--out", str(tmp_path / "q"), "--steps", "2", "--eval-every", "0"])
-    distill.main(["--out", str(tmp_path / "q"), "--export", str(tmp_path / "theta_q")])
+    export.main(["distill", str(tmp_path / "q"), str(tmp_path / "theta_q")])
     distill.main(tiny + ["--out", str(tmp_path / "d"), "--init", str(tmp_path / "theta_q"), "--steps", "1",
                          "--lr", "1e-12", "--eval-every", "1"])
     start = read_safetensors(tmp_path / "theta_q" / "decoder.safetensors")
@@ -141,7 +141,7 @@ def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
     # the held-out KL belongs to the student, not to the base it no longer is
     assert not evals[0]["heldout_kl"] and not evals[1]["heldout_kl"] and evals[2]["heldout_kl"]
     # re-evaluation after the fact starts from the --init weights too (config.json), not from the base
-    distill.main(tiny + ["--out", str(tmp_path / "d"), "--eval-snapshots"])
+    eval_snapshots.main(["--run", str(tmp_path / "d"), "--embedding", tiny_scorers[0], "--quality", tiny_scorers[1]])
     again = list(csv.DictReader(open(tmp_path / "d" / "eval.csv")))
     assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base+CFG γ=3"), ("0", "student")]
     assert again[2]["heldout_kl"] == evals[2]["heldout_kl"] and again[2]["quality"] == evals[2]["quality"]
@@ -179,7 +179,7 @@ def test_cli_refuses_beta_without_embedding(tmp_path):
 
 def test_cli_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_scorers, monkeypatch):
     from engine.checkpoint import read_safetensors
-    from training import distill
+    from training import distill, eval_snapshots, export
 
     args = tiny_args(tiny_scorers) + ["--out", str(tmp_path / "run")]
     distill.main(args + ["--steps", "1"])

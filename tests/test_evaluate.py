@@ -8,6 +8,7 @@ import torch
 from engine.checkpoint import save_state
 from engine.model import load_model
 from training import evaluate
+from training.heldout import HeldoutResult
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,9 @@ def _measured(family, x, quality, diversity, blend=(("base", 1.0),), n=40, seed=
     import numpy as np
 
     noise = np.random.default_rng(seed).normal(0, 0.01, n)
-    return evaluate.Measured(evaluate.Point(family, x, blend), list(quality + noise), list(diversity + noise),
-                             [3.0] * n, [0.8] * n, 0.5, 0.0, 0.05)
+    return evaluate.Measured(evaluate.Point(family, x, blend),
+                             HeldoutResult(list(quality + noise), list(diversity + noise), [3.0] * n, [0.8] * n, 0.5,
+                                           0.0, 0.05))
 
 
 def _results(d_quality, d_diversity, with_b5=False, bump=0.0):
@@ -89,3 +91,24 @@ def test_claims_on_synthetic_points_with_known_answers():
     claims = {c["claim"][:2]: c for c in evaluate.claims(results, args)}
     assert "costs no quality" in claims["5."]["detail"] and claims["5."]["holds"] is True
     assert "λ = 0.5 − β model 5: quality +0.050" in claims["5."]["detail"]
+
+
+def test_the_trainer_and_the_evaluation_measure_a_point_alike(setup, tmp_path):
+    """The trainer's eval rows and the evaluation's points come from one routine (training.heldout): the base without
+    and with CFG give the same numbers in both."""
+    from engine.scorers import Scorers
+    from training.corpus import heldout_prompts
+    from training.distill import DistillConfig, Distiller, eval_rows
+    from training.heldout import HeldoutSettings
+
+    settings = evaluate.EvalSettings(embedding=str(setup / "E"), quality=str(setup / "Q"), prompts=3, clips=2,
+                                     seconds=1.0, out=str(tmp_path))
+    ev = evaluate.Evaluator(settings)
+    distiller = Distiller(ev.service.model, DistillConfig(seconds=1.0, prompts=2, samples=2))
+    held = HeldoutSettings(prompts=3, clips=2, seconds=1.0, seed=0)
+    rows = eval_rows(distiller, 0, heldout_prompts(0, 3), held, Scorers.from_folders(setup / "E", setup / "Q"))
+    assert [r["model"] for r in rows] == ["base", "base+CFG γ=3"]
+    for row, gamma in zip(rows, (1.0, 3.0), strict=True):
+        point = ev.measure(evaluate.Point(evaluate.CFG_NEG, gamma, guidance=gamma)).result.summary()
+        for name in ("quality", "quality_sem", "diversity", "diversity_sem", "vendi", "event_diversity"):
+            assert row[name] == point[name], name

@@ -6,6 +6,7 @@ import numpy as np
 from engine.model import load_model
 from engine.service import MusicService, Request
 from training import pretrain_nano
+from training.export import main as export_main
 
 TINY = ["--hidden", "32", "--layers", "1", "--heads", "2", "--batch", "2", "--seconds", "1", "--eval-every", "1000",
         "--warmup", "2", "--save-every", "2"]
@@ -26,7 +27,7 @@ def test_train_resume_export_load(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5)  # same data, same optimizer state: the same run
 
     export = tmp_path / "nano"
-    pretrain_nano.main(["--out", str(straight), "--export", str(export)])
+    export_main(["nano", str(straight), str(export)])
     model = load_model(export)
     assert model.sample_rate == 16000 and model.frame_rate == 32 and model.max_duration_s == 1.0
     service, _ = MusicService.from_sources(str(export))

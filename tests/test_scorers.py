@@ -8,9 +8,11 @@ from engine.checkpoint import CheckpointError
 from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
 from engine.scorers import (ClapAdherence, QualityConfig, QualityScorer, Scorers, SentenceEncoder,
                             load_quality_scorer)
+from conftest import make_tiny_tower
+from training.export import main as export_main
 from training.train_scorers import main, roc_auc, soft_clip_loss
 
-TINY = EmbeddingConfig(dim=32, layers=1, heads=2, out_dim=16)
+TINY = make_tiny_tower()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_true_captions_of_a_piece():
 def test_trainer_smoke_exports_a_loadable_scorer(tmp_path):
     main(["--out", str(tmp_path / "run"), "--pool", "12", "--heldout", "24", "--batch", "6", "--steps", "2",
           "--layers", "1", "--dim", "32", "--distractors", "3", "--eval-every", "1"])
-    main(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "Q")])
+    export_main(["scorers", str(tmp_path / "run"), str(tmp_path / "Q")])
     q = load_quality_scorer(tmp_path / "Q")
     assert q.config.audio.dim == 32
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.embedding import load_embedder
+from training.export import main as export_main
 from training.train_embedding import augment, batch_indices, main, retrieval_hits, semi_hard_triplet_loss
 
 
@@ -39,7 +40,7 @@ def test_augment_keeps_shape_and_changes_audio():
 def test_smoke_run_exports_a_loadable_model(tmp_path):
     main(["--out", str(tmp_path / "run"), "--pool", "8", "--batch", "4", "--steps", "2", "--layers", "1", "--dim", "32",
           "--eval-candidates", "4", "--eval-every", "1"])
-    main(["--out", str(tmp_path / "run"), "--export", str(tmp_path / "E")])
+    export_main(["embedding", str(tmp_path / "run"), str(tmp_path / "E")])
     e = load_embedder(tmp_path / "E")
     assert e.embed(torch.randn(2, 16000 * 5), 16000).shape == (2, 64)
     assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 3
@@ -63,7 +64,7 @@ def test_one_genre_batches_are_hard_negatives():
 def test_fine_tuning_starts_from_the_given_model(tmp_path):
     main(["--out", str(tmp_path / "a"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1", "--dim", "32",
           "--eval-candidates", "4", "--eval-every", "1"])
-    main(["--out", str(tmp_path / "a"), "--export", str(tmp_path / "E")])
+    export_main(["embedding", str(tmp_path / "a"), str(tmp_path / "E")])
     main(["--out", str(tmp_path / "b"), "--init", str(tmp_path / "E"), "--pool", "40", "--batch", "4", "--steps", "1",
           "--genre-batches", "1", "--eval-candidates", "4", "--eval-every", "1", "--lr", "1e-12"])
     a, b = load_embedder(tmp_path / "E"), load_embedder(tmp_path / "b")  # b's run folder has the same two files

@@ -17,7 +17,8 @@ import torch
 
 from engine.embedding import load_embedder
 from engine.model import load_model
-from training.distill import DistillConfig, Distiller, training_prompts
+from training.corpus import training_prompts
+from training.distill import DistillConfig, Distiller
 
 
 def main(argv=None) -> dict:
@@ -43,13 +44,13 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         codes = distiller.sample(batch, torch.Generator().manual_seed(step))
         t1 = time.perf_counter()
-        distiller.timings = {}
         loss, _ = distiller.loss_on(codes, batch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         t2 = time.perf_counter()
-        decode, embed = distiller.timings["decode_s"], distiller.timings["embed_s"]
+        timings = distiller.take_timings()
+        decode, embed = timings["decode_s"], timings["embed_s"]
         if step:  # step 0 warms up
             rows.append(dict(sample=t1 - t0, decode=decode, embed=embed, fwd_bwd=t2 - t1 - decode - embed, total=t2 - t0))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -318,6 +318,29 @@ def split_of(index: int) -> str:
     return "heldout" if index % HELD_OUT_EVERY == 0 else "train"
 
 
+def training_prompts(seed: int, n: int, frames: int = 32) -> list[str]:
+    """The first n clean captions of the training split (the prompts of the finetuning)."""
+    out, i = [], 0
+    while len(out) < n:
+        if split_of(i) == "train":
+            piece = generate_piece(seed, i, frames)
+            if not piece.attributes["degraded"]:
+                out.append(piece.caption)
+        i += 1
+    return out
+
+
+def heldout_prompts(seed: int, n: int, frames: int = 32) -> list[str]:
+    """The first n clean captions of the held-out split (the prompts of every evaluation)."""
+    out, i = [], 0
+    while len(out) < n:
+        piece = generate_piece(seed, i, frames)
+        if not piece.attributes["degraded"]:
+            out.append(piece.caption)
+        i += HELD_OUT_EVERY
+    return out
+
+
 def generate_corpus(seed: int, n: int, frames: int, start: int = 0) -> list[Piece]:
     return [generate_piece(seed, i, frames) for i in range(start, start + n)]
 

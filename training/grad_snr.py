@@ -22,7 +22,8 @@ import torch
 
 from engine.embedding import load_embedder
 from engine.model import load_model
-from training.distill import DistillConfig, Distiller, training_prompts
+from training.corpus import training_prompts
+from training.distill import DistillConfig, Distiller
 
 
 def mean_pairwise_cosine(grads: list[torch.Tensor]) -> float:

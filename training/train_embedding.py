@@ -9,14 +9,16 @@ once, which trains much faster than triplets here) or the paper's semi-hard trip
 hardest negative).
 Eval: same-source retrieval: held-out first halves find their second half among `--eval-candidates`.
 
-    python -m training.train_embedding --out runs/embedding --steps 800        # then --export weights/embedding
+    python -m training.train_embedding --out runs/embedding --steps 800
+    python -m training.export embedding runs/embedding weights/embedding
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from engine.checkpoint import copy_as_fp16, save_json, save_state
 from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
+from training.settings import parse, setting
 
 
 def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec) -> tuple[torch.Tensor, np.ndarray]:
@@ -49,25 +52,35 @@ def batch_indices(rng: np.random.Generator, genres: np.ndarray, batch: int, one_
     return rng.choice(rows, batch, replace=False)
 
 
-def add_tower_args(p, init_flag: str, init_help: str) -> None:
-    """The audio tower's architecture flags (E's and the quality scorer's), and the flag that starts from an E."""
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--n-mels", type=int, default=64)
-    p.add_argument("--n-fft", type=int, default=512, help="FFT size; above --win-length it zero-pads each frame")
-    p.add_argument("--win-length", type=int, default=None, help="analysis window in samples (default: --n-fft)")
-    p.add_argument(init_flag, default=None, help=f"start from this E folder (model.json + embedding.safetensors); its "
-                                                 f"architecture replaces --dim/--layers/--heads/--n-mels. {init_help}")
+@dataclass(frozen=True)
+class TowerSettings:
+    """The audio tower's architecture (E's and the quality scorer's), used when not starting from an E folder."""
+
+    dim: int = setting(128, "transformer width")
+    layers: int = setting(4, "transformer layers")
+    heads: int = setting(4, "attention heads")
+    n_mels: int = setting(64, "mel bands")
+    n_fft: int = setting(512, "FFT size; above --win-length it zero-pads each frame")
+    win_length: int | None = setting(None, "analysis window in samples (default: --n-fft)")
+
+    def config(self) -> EmbeddingConfig:
+        return EmbeddingConfig(dim=self.dim, layers=self.layers, heads=self.heads, n_mels=self.n_mels, n_fft=self.n_fft,
+                               win_length=self.win_length)
 
 
-def tower_from_args(args, init: str | None) -> tuple[EmbeddingConfig, dict | None]:
-    """The tower's config from the flags, or the config and weights of the E folder `init`."""
+def tower(settings: TowerSettings, init: str | None) -> tuple[EmbeddingConfig, dict | None]:
+    """The tower's config from the settings, or the config and weights of the E folder `init` (its architecture
+    replaces the settings')."""
     if init:
         e = load_embedder(init).float()
         return e.config, e.state_dict()
-    return EmbeddingConfig(dim=args.dim, layers=args.layers, heads=args.heads, n_mels=args.n_mels, n_fft=args.n_fft,
-                           win_length=args.win_length), None
+    return settings.config(), None
+
+
+def cosine_schedule(optimizer, warmup: int, steps: int):
+    """Linear warm-up over `warmup` steps times a cosine decay to 0 at `steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
+                                             * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
 
 
 def augment(chunks: torch.Tensor, rng: np.random.Generator, sample_rate: int, max_speed: float = 0.02,
@@ -139,86 +152,104 @@ def retrieval_top1(model: AudioEmbedder, audio: torch.Tensor, sample_rate: int) 
     return float(retrieval_hits(*half_embeddings(model, audio))[0])
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@dataclass(frozen=True)
+class EmbeddingSettings:
     # data
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", type=int, default=1500, help="training pieces rendered once and reused with new augmentations")
-    p.add_argument("--eval-candidates", type=int, default=200)
-    # model
-    add_tower_args(p, "--init", "Fine-tunes it.")
+    seed: int = setting(0, "corpus and initialisation seed")
+    pool: int = setting(1500, "training pieces rendered once and reused with new augmentations")
+    eval_candidates: int = setting(200, "held-out pieces of the retrieval eval")
+    init: str | None = setting(None, "start from this E folder (model.json + embedding.safetensors) and fine-tune it; "
+                                     "its architecture replaces the tower flags")
     # optimisation
-    p.add_argument("--batch", type=int, default=48)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--loss", choices=("infonce", "triplet"), default="infonce")
-    p.add_argument("--temperature", type=float, default=0.1, help="InfoNCE temperature")
-    p.add_argument("--margin", type=float, default=0.2, help="triplet margin")
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--max-speed", type=float, default=0.02, help="largest tempo/pitch change of the augmentation")
-    p.add_argument("--speed-prob", type=float, default=1.0, help="share of chunks that get a speed change")
-    p.add_argument("--steps", type=int, default=800)
-    p.add_argument("--genre-batches", type=float, default=0.0,
-                   help="share of steps whose batch comes from one genre (hard negatives: same style, other piece)")
+    batch: int = setting(48, "pieces per step (two chunks each)")
+    lr: float = setting(5e-4, "peak learning rate")
+    loss: str = setting("infonce", "contrastive loss", choices=("infonce", "triplet"))
+    temperature: float = setting(0.1, "InfoNCE temperature")
+    margin: float = setting(0.2, "triplet margin")
+    warmup: int = setting(100, "steps of linear warm-up")
+    max_speed: float = setting(0.02, "largest tempo/pitch change of the augmentation")
+    speed_prob: float = setting(1.0, "share of chunks that get a speed change")
+    steps: int = setting(800, "optimizer steps")
+    genre_batches: float = setting(0.0, "share of steps whose batch comes from one genre (hard negatives: same "
+                                        "style, other piece)")
     # run
-    p.add_argument("--out", default="runs/embedding")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--export", default=None, help="only write the run's model to this folder and exit")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if args.export:
-        dest = Path(args.export)
-        copy_as_fp16(out / "embedding.safetensors", dest / "embedding.safetensors")
-        save_json(json.loads((out / "model.json").read_text()), dest / "model.json")
-        return
+    out: str = setting("runs/embedding", "run folder")
+    eval_every: int = setting(100, "retrieval eval and save every N steps")
 
-    torch.manual_seed(args.seed)
-    config, state = tower_from_args(args, args.init)
+    def __post_init__(self):
+        if min(self.pool, self.eval_candidates, self.batch, self.warmup, self.steps, self.eval_every) < 1:
+            raise ValueError("pool, eval_candidates, batch, warmup, steps and eval_every must be ≥ 1")
+        if self.batch > self.pool:
+            raise ValueError(f"batch {self.batch} is larger than the pool of {self.pool} pieces")
+        if not 0 <= self.genre_batches <= 1 or not 0 <= self.speed_prob <= 1:
+            raise ValueError("genre_batches and speed_prob must be in [0, 1]")
+
+
+def contrastive_step(model: AudioEmbedder, pool: torch.Tensor, genres: np.ndarray, s: EmbeddingSettings,
+                     step: int) -> torch.Tensor:
+    """The loss of one batch: two augmented halves of each piece, anchor and positive."""
+    w, sr = model.config.window_samples, model.config.sample_rate
+    rng = np.random.default_rng([s.seed, step])
+    one_genre = s.genre_batches > 0 and rng.random() < s.genre_batches  # no draw at 0: E4's stream
+    batch = pool[batch_indices(rng, genres, s.batch, one_genre)]
+    anchor = F.normalize(model(augment(batch[:, :w], rng, sr, s.max_speed, s.speed_prob)), dim=-1)
+    positive = F.normalize(model(augment(batch[:, w:2 * w], rng, sr, s.max_speed, s.speed_prob)), dim=-1)
+    if s.loss == "infonce":
+        return info_nce_loss(anchor, positive, s.temperature)
+    return semi_hard_triplet_loss(anchor, positive, s.margin)
+
+
+def train(s: EmbeddingSettings, tower_settings: TowerSettings) -> None:
+    torch.manual_seed(s.seed)
+    config, state = tower(tower_settings, s.init)
     model = AudioEmbedder(config)
     if state is not None:
         model.load_state_dict(state)
     codec = ScoreCodec()
-    sr = config.sample_rate
-    train_idx = [i for i in range(args.pool * 2) if split_of(i) == "train"][:args.pool]
-    heldout_idx = [i * HELD_OUT_EVERY for i in range(args.eval_candidates)]
+    train_idx = [i for i in range(s.pool * 2) if split_of(i) == "train"][:s.pool]
+    heldout_idx = [i * HELD_OUT_EVERY for i in range(s.eval_candidates)]
     t0 = time.time()
-    pool, genres = render_pool(args.seed, train_idx, 2 * config.window_s, codec)
-    heldout, _ = render_pool(args.seed, heldout_idx, 2 * config.window_s, codec)
+    pool, genres = render_pool(s.seed, train_idx, 2 * config.window_s, codec)
+    heldout, _ = render_pool(s.seed, heldout_idx, 2 * config.window_s, codec)
     print(f"rendered {len(pool)} + {len(heldout)} pieces in {time.time() - t0:.0f} s", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup)
-                                              * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)))
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01)
+    sched = cosine_schedule(opt, s.warmup, s.steps)
+    out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(dict(vars(args), config=model.config_dict()), out / "model.json")
-    log_file = open(out / "log.csv", "w", newline="")
-    log = csv.writer(log_file)
-    log.writerow(["step", "loss", "retrieval_top1", "step_s"])
-    w = config.window_samples
-    for step in range(1, args.steps + 1):
-        t = time.time()
-        rng = np.random.default_rng([args.seed, step])
-        one_genre = args.genre_batches > 0 and rng.random() < args.genre_batches  # no draw at 0: E4's stream
-        batch = pool[batch_indices(rng, genres, args.batch, one_genre)]
-        anchor = F.normalize(model(augment(batch[:, :w], rng, sr, args.max_speed, args.speed_prob)), dim=-1)
-        positive = F.normalize(model(augment(batch[:, w:2 * w], rng, sr, args.max_speed, args.speed_prob)), dim=-1)
-        if args.loss == "infonce":
-            loss = info_nce_loss(anchor, positive, args.temperature)
-        else:
-            loss = semi_hard_triplet_loss(anchor, positive, args.margin)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"step {step}: loss is {loss.item()}; stopping without saving")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        top1 = ""
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            top1 = f"{retrieval_top1(model, heldout, sr):.3f}"
-            model.train()
-            save_state(dict(model.state_dict()), out / "embedding.safetensors")
-            print(f"step {step} loss {loss.item():.4f} retrieval top-1 {top1}", flush=True)
-        log.writerow([step, f"{loss.item():.4f}", top1, f"{time.time() - t:.2f}"])
-        log_file.flush()
+    save_json(dict(dataclasses.asdict(tower_settings), **dataclasses.asdict(s), config=model.config_dict()),
+              out / "model.json")
+    with open(out / "log.csv", "w", newline="") as log_file:
+        log = csv.writer(log_file)
+        log.writerow(["step", "loss", "retrieval_top1", "step_s"])
+        for step in range(1, s.steps + 1):
+            t = time.time()
+            loss = contrastive_step(model, pool, genres, s, step)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"step {step}: loss is {loss.item()}; stopping without saving")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            top1 = ""
+            if step % s.eval_every == 0 or step == s.steps:
+                model.eval()
+                top1 = f"{retrieval_top1(model, heldout, config.sample_rate):.3f}"
+                model.train()
+                save_state(dict(model.state_dict()), out / "embedding.safetensors")
+                print(f"step {step} loss {loss.item():.4f} retrieval top-1 {top1}", flush=True)
+            log.writerow([step, f"{loss.item():.4f}", top1, f"{time.time() - t:.2f}"])
+            log_file.flush()
+
+
+def export(run: Path, dest: Path) -> None:
+    """The shipped E folder: fp16 weights and the run's model.json."""
+    copy_as_fp16(run / "embedding.safetensors", dest / "embedding.safetensors")
+    save_json(json.loads((run / "model.json").read_text()), dest / "model.json")
+
+
+def main(argv=None) -> None:
+    settings, tower_settings = parse([EmbeddingSettings, TowerSettings], argv, description=__doc__)
+    train(settings, tower_settings)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,16 @@ Eval on held-out pieces (never trained on):
   false for the clip only;
 - audio-quality ROC AUC, clean vs degraded, over all held-out clips.
 
-    python -m training.train_scorers --out runs/scorers --steps 1500       # then --export weights/quality
+    python -m training.train_scorers --out runs/scorers --steps 1500
+    python -m training.export scorers runs/scorers weights/quality
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,8 @@ from engine.checkpoint import copy_as_fp16, save_json, save_state
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import QUALITY_CONFIG, QUALITY_WEIGHTS, QualityConfig, QualityScorer, SentenceEncoder
 from training.corpus import BAD_CAPTIONS, HELD_OUT_EVERY, generate_piece, possible_captions, render, split_of
-from training.train_embedding import add_tower_args, tower_from_args
+from training.settings import parse, setting
+from training.train_embedding import TowerSettings, cosine_schedule, tower
 
 
 LOGGED = ("adherence_top1", "adherence_top1_false_distractors", "quality_auc")
@@ -113,100 +116,149 @@ def evaluate(model: QualityScorer, audio: torch.Tensor, captions: list[str], deg
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", type=int, default=3000, help="training pieces rendered once, reused with new gains")
-    p.add_argument("--heldout", type=int, default=400)
-    p.add_argument("--distractors", type=int, default=10)
-    add_tower_args(p, "--init-audio", "The audio tower then starts from what E knows of genre, groove, instruments.")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--out", default="runs/scorers")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--true-positives", action="store_true",
-                   help="every caption in the batch that is true of a clip is its positive (corpus attributes), not "
-                        "only captions with the same text: a generic caption (\"Rock.\") is then not pushed away "
-                        "from the other rock clips")
-    p.add_argument("--other-true-weight", type=float, default=1.0,
-                   help="with --true-positives: target weight of a true caption with another text, relative to the "
-                        "clip's own caption text (1: all true captions alike; < 1: the clip's own wording preferred)")
-    p.add_argument("--export", default=None, help="only write the run's model to this folder and exit")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if args.export:
-        dest = Path(args.export)
-        copy_as_fp16(out / QUALITY_WEIGHTS, dest / QUALITY_WEIGHTS)
-        save_json(json.loads((out / QUALITY_CONFIG).read_text()), dest / QUALITY_CONFIG)
-        return
+@dataclass(frozen=True)
+class ScorerSettings:
+    seed: int = setting(0, "corpus and initialisation seed")
+    pool: int = setting(3000, "training pieces rendered once, reused with new gains")
+    heldout: int = setting(400, "held-out pieces of the eval")
+    distractors: int = setting(10, "captions each held-out clip's own caption competes with")
+    init_audio: str | None = setting(None, "start the audio tower from this E folder (its architecture replaces the "
+                                           "tower flags): it then starts from what E knows of genre, groove, "
+                                           "instruments")
+    batch: int = setting(64, "pieces per step")
+    lr: float = setting(5e-4, "peak learning rate")
+    warmup: int = setting(100, "steps of linear warm-up")
+    steps: int = setting(1500, "optimizer steps")
+    out: str = setting("runs/scorers", "run folder")
+    eval_every: int = setting(100, "eval and save every N steps")
+    true_positives: bool = setting(False, "every caption in the batch that is true of a clip is its positive (corpus "
+                                          "attributes), not only captions with the same text: a generic caption "
+                                          "(\"Rock.\") is then not pushed away from the other rock clips")
+    other_true_weight: float = setting(1.0, "with --true-positives: target weight of a true caption with another "
+                                            "text, relative to the clip's own caption text (1: all true captions "
+                                            "alike; < 1: the clip's own wording preferred)")
 
-    torch.manual_seed(args.seed)
-    config, state = tower_from_args(args, args.init_audio)
+    def __post_init__(self):
+        if min(self.pool, self.heldout, self.distractors, self.batch, self.warmup, self.steps, self.eval_every) < 1:
+            raise ValueError("pool, heldout, distractors, batch, warmup, steps and eval_every must be ≥ 1")
+        if self.batch > self.pool:
+            raise ValueError(f"batch {self.batch} is larger than the pool of {self.pool} pieces")
+        if not self.other_true_weight >= 0:
+            raise ValueError(f"other_true_weight must be ≥ 0, got {self.other_true_weight}")
+
+
+@dataclass
+class ScorerData:
+    """Rendered training and held-out pieces with their captions' sentence features."""
+
+    pool: torch.Tensor  # (pool, samples)
+    captions: list[str]
+    text_feats: torch.Tensor
+    caption_ids: torch.Tensor  # same id = same caption text
+    truths: list[set[str]] | None  # per training piece, every caption true of it (with --true-positives)
+    clean_label: torch.Tensor  # 1 = not degraded
+    held_audio: torch.Tensor
+    held_captions: list[str]
+    held_feats: torch.Tensor
+    held_truths: list[set[str]]
+    held_degraded: np.ndarray
+
+    def positives(self, idx: torch.Tensor, other_true_weight: float) -> torch.Tensor:
+        """(B, B) targets of the batch `idx`: same caption text, or (with truths) every true caption, weighted."""
+        if self.truths is None:
+            return self.caption_ids[idx][:, None] == self.caption_ids[idx][None, :]
+        c, t = self.captions, self.truths
+        return torch.tensor([[1.0 if c[j] == c[i] else other_true_weight * (c[j] in t[i]) for j in idx.tolist()]
+                             for i in idx.tolist()])
+
+
+def load_data(s: ScorerSettings, window_s: float) -> ScorerData:
+    frames = int(2 * window_s * FRAME_RATE)
+    t0 = time.time()
+    train = [generate_piece(s.seed, i, frames) for i in range(s.pool * 2) if split_of(i) == "train"][:s.pool]
+    held = [generate_piece(s.seed, i * HELD_OUT_EVERY, frames) for i in range(s.heldout)]
+    codec = ScoreCodec()
+    sentences = SentenceEncoder()
+    captions, held_captions = [pc.caption for pc in train], [pc.caption for pc in held]
+    data = ScorerData(render(train, codec), captions, sentences(captions),
+                      torch.as_tensor(np.unique(captions, return_inverse=True)[1]),
+                      [true_captions(pc) for pc in train] if s.true_positives else None,
+                      torch.tensor([0.0 if pc.attributes["degraded"] else 1.0 for pc in train]),
+                      render(held, codec), held_captions, sentences(held_captions),
+                      [true_captions(pc) for pc in held], np.array([pc.attributes["degraded"] for pc in held]))
+    print(f"rendered {len(train)} + {len(held)} pieces, {int(data.caption_ids.max()) + 1} distinct captions, "
+          f"{data.held_degraded.sum()} degraded held out, in {time.time() - t0:.0f} s", flush=True)
+    return data
+
+
+def scorer_loss(model: QualityScorer, data: ScorerData, s: ScorerSettings, step: int) -> tuple[torch.Tensor, ...]:
+    """(loss, contrastive part, BCE part) of one batch, each piece at a random gain (±6 dB)."""
+    w = model.config.audio.window_samples
+    rng = np.random.default_rng([s.seed, step])
+    idx = torch.as_tensor(rng.choice(len(data.pool), s.batch, replace=False))
+    gain = torch.as_tensor(10 ** (rng.uniform(-6, 6, size=(s.batch, 1)) / 20), dtype=torch.float32)
+    audio_emb, clean = model.clips((data.pool[idx, :2 * w] * gain).reshape(-1, w), 2)
+    scale = model.logit_scale.exp().clamp(max=100)
+    clip_loss = soft_clip_loss(audio_emb, model.text(data.text_feats[idx]),
+                               data.positives(idx, s.other_true_weight), scale)
+    bce = F.binary_cross_entropy_with_logits(clean, data.clean_label[idx])
+    return clip_loss + bce, clip_loss, bce
+
+
+def train(s: ScorerSettings, tower_settings: TowerSettings) -> None:
+    torch.manual_seed(s.seed)
+    config, state = tower(tower_settings, s.init_audio)
     model = QualityScorer(QualityConfig(audio=config))
     if state is not None:
         model.audio.load_state_dict(state)
-    w = model.config.audio.window_samples
-    frames = int(2 * model.config.audio.window_s * FRAME_RATE)
-    t0 = time.time()
-    train = [generate_piece(args.seed, i, frames) for i in range(args.pool * 2) if split_of(i) == "train"][:args.pool]
-    held = [generate_piece(args.seed, i * HELD_OUT_EVERY, frames) for i in range(args.heldout)]
-    codec = ScoreCodec()
-    pool, held_audio = render(train, codec), render(held, codec)
-    sentences = SentenceEncoder()
-    captions = [pc.caption for pc in train]
-    text_feats, held_feats = sentences(captions), sentences([pc.caption for pc in held])
-    caption_ids = torch.as_tensor(np.unique(captions, return_inverse=True)[1])
-    truths = [true_captions(pc) for pc in train] if args.true_positives else None
-    held_truths = [true_captions(pc) for pc in held]
-    clean_label = torch.tensor([0.0 if pc.attributes["degraded"] else 1.0 for pc in train])
-    held_degraded = np.array([pc.attributes["degraded"] for pc in held])
-    print(f"rendered {len(pool)} + {len(held)} pieces, {int(caption_ids.max()) + 1} distinct captions, "
-          f"{held_degraded.sum()} degraded held out, in {time.time() - t0:.0f} s", flush=True)
-
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup)
-                                              * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)))
+    data = load_data(s, model.config.audio.window_s)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01)
+    sched = cosine_schedule(opt, s.warmup, s.steps)
+    out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_json(dict(vars(args), config=model.config_dict()), out / QUALITY_CONFIG)
-    log_file = open(out / "log.csv", "w", newline="")
-    log = csv.writer(log_file)
-    log.writerow(["step", "loss", "clip_loss", "bce", *LOGGED, "step_s"])
-    for step in range(1, args.steps + 1):
-        t = time.time()
-        rng = np.random.default_rng([args.seed, step])
-        idx = torch.as_tensor(rng.choice(len(pool), args.batch, replace=False))
-        gain = torch.as_tensor(10 ** (rng.uniform(-6, 6, size=(args.batch, 1)) / 20), dtype=torch.float32)
-        audio_emb, clean = model.clips((pool[idx, :2 * w] * gain).reshape(-1, w), 2)
-        scale = model.logit_scale.exp().clamp(max=100)
-        if truths is None:
-            positives = caption_ids[idx][:, None] == caption_ids[idx][None, :]
-        else:
-            positives = torch.tensor([[1.0 if captions[j] == captions[i] else args.other_true_weight * (captions[j] in truths[i])
-                                       for j in idx.tolist()] for i in idx.tolist()])
-        clip_loss = soft_clip_loss(audio_emb, model.text(text_feats[idx]), positives, scale)
-        bce = F.binary_cross_entropy_with_logits(clean, clean_label[idx])
-        loss = clip_loss + bce
-        if not torch.isfinite(loss):
-            raise SystemExit(f"step {step}: loss is {loss.item()}; stopping, the last good model is in {out}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        metrics = {}
-        if step % args.eval_every == 0 or step == args.steps:
-            model.eval()
-            metrics = evaluate(model, held_audio, [pc.caption for pc in held], held_degraded, held_feats,
-                               args.distractors, args.seed, held_truths)
-            model.train()
-            save_state(dict(model.state_dict()), out / QUALITY_WEIGHTS)
-            print(f"step {step} loss {loss.item():.4f} adherence top-1 {metrics['adherence_top1']:.3f} "
-                  f"(false distractors {metrics['adherence_top1_false_distractors']:.3f}) "
-                  f"quality AUC {metrics['quality_auc']:.3f}", flush=True)
-        log.writerow([step, f"{loss.item():.4f}", f"{clip_loss.item():.4f}", f"{bce.item():.4f}",
-                      *(f"{metrics[k]:.3f}" if metrics else "" for k in LOGGED), f"{time.time() - t:.2f}"])
-        log_file.flush()
+    save_json(dict(dataclasses.asdict(tower_settings), **dataclasses.asdict(s), config=model.config_dict()),
+              out / QUALITY_CONFIG)
+    with open(out / "log.csv", "w", newline="") as log_file:
+        log = csv.writer(log_file)
+        log.writerow(["step", "loss", "clip_loss", "bce", *LOGGED, "step_s"])
+        for step in range(1, s.steps + 1):
+            t = time.time()
+            loss, clip_loss, bce = scorer_loss(model, data, s, step)
+            if not torch.isfinite(loss):
+                raise SystemExit(f"step {step}: loss is {loss.item()}; stopping, the last good model is in {out}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            metrics = {}
+            if step % s.eval_every == 0 or step == s.steps:
+                metrics = eval_and_save(model, data, s, out / QUALITY_WEIGHTS)
+                print(f"step {step} loss {loss.item():.4f} adherence top-1 {metrics['adherence_top1']:.3f} "
+                      f"(false distractors {metrics['adherence_top1_false_distractors']:.3f}) "
+                      f"quality AUC {metrics['quality_auc']:.3f}", flush=True)
+            log.writerow([step, f"{loss.item():.4f}", f"{clip_loss.item():.4f}", f"{bce.item():.4f}",
+                          *(f"{metrics[k]:.3f}" if metrics else "" for k in LOGGED), f"{time.time() - t:.2f}"])
+            log_file.flush()
+
+
+def eval_and_save(model: QualityScorer, data: ScorerData, s: ScorerSettings, path: Path) -> dict:
+    model.eval()
+    metrics = evaluate(model, data.held_audio, data.held_captions, data.held_degraded, data.held_feats,
+                       s.distractors, s.seed, data.held_truths)
+    model.train()
+    save_state(dict(model.state_dict()), path)
+    return metrics
+
+
+def export(run: Path, dest: Path) -> None:
+    """The shipped quality folder: fp16 weights and the run's model.json."""
+    copy_as_fp16(run / QUALITY_WEIGHTS, dest / QUALITY_WEIGHTS)
+    save_json(json.loads((run / QUALITY_CONFIG).read_text()), dest / QUALITY_CONFIG)
+
+
+def main(argv=None) -> None:
+    settings, tower_settings = parse([ScorerSettings, TowerSettings], argv, description=__doc__)
+    train(settings, tower_settings)
 
 
 if __name__ == "__main__":

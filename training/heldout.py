@@ -1,0 +1,116 @@
+"""The one held-out evaluation: how the trainer's `eval.csv` and `training.evaluate`'s points are measured.
+
+For each held-out prompt i (`training.corpus.heldout_prompts`): `clips` clips of `seconds`, sampled with the seed
+`prompt_seed(i)` (the same for every model, so that two models are compared on the same draws), scored with the
+shipped scorers. Per prompt: quality = mean over clips of ω·adherence + audio quality (and both parts), diversity =
+mean pairwise r_D with E over the prompt's clips, its Vendi score, and, on nano's score codec, the mean pairwise
+event distance of the clips' tokens. Averages are over prompts, standard errors over prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from engine.score_codec import ScoreCodec
+from engine.scorers import Scorers
+from engine.service import DEFAULT_NEGATIVE_PROMPT, Generation, Request
+from training.frontier import standard_error
+from training.nano_metrics import describe, event_distance
+
+PROMPT_SEED_STRIDE = 100_003  # a prime: prompt seeds of different base seeds do not collide for < 100k prompts
+PER_PROMPT = ("quality", "adherence", "audio_quality", "diversity", "vendi", "event_diversity")
+
+Sampler = Callable[[Request], Generation]  # a request -> its clips, from some weights
+
+
+@dataclass(frozen=True)
+class HeldoutSettings:
+    prompts: int = 32
+    clips: int = 4
+    seconds: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.prompts < 1 or self.clips < 1 or not self.seconds > 0:
+            raise ValueError(f"held-out evaluation needs prompts, clips ≥ 1 and seconds > 0, got {self}")
+
+    def prompt_seed(self, i: int) -> int:
+        return self.seed * PROMPT_SEED_STRIDE + i
+
+
+@dataclass
+class HeldoutResult:
+    """Per-prompt values (lists over prompts) and per-clip shares of one way of sampling."""
+
+    quality: list[float] = field(default_factory=list)
+    diversity: list[float] = field(default_factory=list)
+    vendi: list[float] = field(default_factory=list)
+    event_diversity: list[float] = field(default_factory=list)  # mean pairwise event distance (nano tokens)
+    drums: float = float("nan")  # share of clips with drums (nano tokens)
+    degraded: float = float("nan")  # share of clips with noise/distortion tokens (nano tokens)
+    sample_s_per_clip: float = 0.0
+    adherence: list[float] = field(default_factory=list)
+    audio_quality: list[float] = field(default_factory=list)
+
+    def mean(self, name: str, idx=None) -> float:
+        v = np.asarray(getattr(self, name), dtype=float)
+        return float((v if idx is None else v[idx]).mean())
+
+    def sem(self, name: str) -> float:
+        return standard_error(getattr(self, name))
+
+    def summary(self) -> dict[str, float]:
+        """Mean and standard error of every per-prompt value that was measured, and the sampling time."""
+        out = {}
+        for name in PER_PROMPT:
+            if getattr(self, name):
+                out[name], out[name + "_sem"] = self.mean(name), self.sem(name)
+        return dict(out, sample_s_per_clip=self.sample_s_per_clip)
+
+
+def _score(result: HeldoutResult, scorers: Scorers, gen: Generation, prompt: str) -> None:
+    s = scorers.score(gen.audio, gen.sample_rate, prompt)
+    if s.quality is not None:
+        result.quality.append(float(s.quality.mean()))
+        result.adherence.append(float(np.mean(s.adherence)))
+        result.audio_quality.append(float(np.mean(s.audio_quality)))
+    if s.mean_diversity is not None:
+        result.diversity.append(s.mean_diversity)
+        result.vendi.append(s.vendi)
+
+
+def _read_tokens(result: HeldoutResult, codes: np.ndarray, described: list[dict]) -> None:
+    n = len(codes)
+    result.event_diversity.append(float(np.mean([event_distance(codes[a], codes[b]) for a in range(n)
+                                                 for b in range(a + 1, n)])) if n > 1 else 0.0)
+    described += [describe(c) for c in codes]
+
+
+def measure(sample: Sampler, prompts: list[str], settings: HeldoutSettings, scorers: Scorers | None,
+            exact: bool, temperature: float = 1.0, guidance: float = 1.0,
+            negative: str = DEFAULT_NEGATIVE_PROMPT) -> HeldoutResult:
+    """Evaluate one way of sampling (`sample` with these temperature/CFG settings) on `prompts`.
+    `exact`: the clips are nano score-codec tokens, so event diversity, drums and noise are read from them."""
+    result, described, sample_s = HeldoutResult(), [], 0.0
+    for i, prompt in enumerate(prompts):
+        req = Request(prompt, settings.clips, settings.seconds, seed=settings.prompt_seed(i), temperature=temperature,
+                      guidance=guidance, negative_prompt=negative)
+        gen = sample(req)
+        sample_s += gen.timings["sampling"]
+        if scorers is not None:
+            _score(result, scorers, gen, prompt)
+        if exact:
+            _read_tokens(result, gen.codes.numpy(), described)
+    if described:
+        result.drums = float(np.mean([x["drums"] for x in described]))
+        result.degraded = float(np.mean([x["degraded"] for x in described]))
+    result.sample_s_per_clip = sample_s / (len(prompts) * settings.clips)
+    return result
+
+
+def is_exact(codec) -> bool:
+    """Whether clips of this codec can be read token by token (nano's score codec)."""
+    return isinstance(codec, ScoreCodec)
