@@ -22,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
+from engine import decoder, kernels
 from engine.checkpoint import CheckpointError
 from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
 from engine.generate import GenerationCancelled
 from engine.merge import Blend
+from engine.model import is_nano_folder
 from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
 from engine.scorers import Scorers, SetScores
 from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request
@@ -34,7 +37,8 @@ from engine.service import check_number as _number
 
 ROOT = Path(__file__).parent
 WEIGHTS = ROOT / "weights"
-EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick", "A dreamy ambient piece with pad and bells",
+EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick",
+            "A dreamy ambient piece with pad and bells",
             "jazz trio, walking bass, brushed drums", "sad hip hop beat with piano", "Bad audio quality."]
 MODES = {"θ_q ↔ θ_d": ("q", "d"), "θ_q ↔ base": ("q", "base")}
 SOUP = "uniform soup"
@@ -54,12 +58,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--base", default=env("MUSIC_BASE"),
                    help="base model: a nano folder, a local MusicGen folder, a hub id (facebook/musicgen-small), or "
                         "'debug' (tiny random model). Default: weights/nano, else 'debug'.")
-    p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"), help="quality decoder checkpoint (default: weights/theta_q)")
-    p.add_argument("--theta-d", default=env("MUSIC_THETA_D"), help="diversity decoder checkpoint (default: weights/theta_d)")
+    p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"),
+                   help="quality decoder checkpoint (default: weights/theta_q)")
+    p.add_argument("--theta-d", default=env("MUSIC_THETA_D"),
+                   help="diversity decoder checkpoint (default: weights/theta_d)")
     p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
                    help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d "
                         "(default with the shipped nano: weights/theta_b5; pass --soup with no path for none)")
-    p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"), help="diversity embedding E (default: weights/embedding)")
+    p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"),
+                   help="diversity embedding E (default: weights/embedding)")
     p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
     p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
     p.add_argument("--fronts", default=env("MUSIC_FRONTS", str(WEIGHTS / "eval" / "fronts.json")),
@@ -68,8 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="let transformers download hub checkpoints (off by default: everything runs offline)")
     p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", default=env("MUSIC_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"],
-                   help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX (activations "
-                        "stay fp32 on a CPU; README, Benchmarks); fp32 reproduces the shipped figures")
+                   help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX "
+                        "(activations stay fp32 on a CPU; README, Benchmarks); fp32 reproduces the shipped figures")
     # serving
     p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 10)),
                    help="longest clip a user may ask for, in seconds")
@@ -333,7 +340,8 @@ def scores_markdown(result: Result) -> str:
         lines.append("")
     if not lines:
         return "_No scorers loaded: diversity and quality are not shown._"
-    return "\n".join(lines) + f"\nquality = {result.scores[next(iter(result.scores))].omega:g}·adherence + audio quality"
+    omega = next(iter(result.scores.values())).omega
+    return "\n".join(lines) + f"\nquality = {omega:g}·adherence + audio quality"
 
 
 def heatmaps(result: Result) -> list:
@@ -341,7 +349,8 @@ def heatmaps(result: Result) -> list:
     out = []
     for key, title in (("merged", result.label), ("base", result.base_label)):
         s = result.scores.get(key)
-        out.append(diversity_heatmap(s.diversity, f"r_D, {title}") if s is not None and s.diversity is not None else None)
+        out.append(diversity_heatmap(s.diversity, f"r_D, {title}")
+                   if s is not None and s.diversity is not None else None)
     return out
 
 
@@ -376,7 +385,7 @@ def _seed(value) -> int:
 
 # ---------------------------------------------------------------------- UI
 def build_ui(studio: Studio):
-    import gradio as gr
+    import gradio as gr  # noqa: PLC0415 (gradio takes seconds to import; only the UI needs it)
 
     service = studio.service
     max_dur = service.max_duration_s
@@ -402,7 +411,8 @@ def build_ui(studio: Studio):
 
     @readable
     def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
-                 request: gr.Request, progress=gr.Progress()):
+                 request: gr.Request,
+                 progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
         session = request.session_hash if request is not None else ""
         r = studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
                             session, progress)
@@ -458,7 +468,8 @@ def build_ui(studio: Studio):
                     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
             with gr.Row():
                 mode = gr.Radio(studio.modes, value=studio.modes[0], label="Merge")
-                lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="λ: quality (0) ↔ diversity (1)", elem_id="lambda")
+                lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
+                                label="λ: quality (0) ↔ diversity (1)", elem_id="lambda")
                 with gr.Column(min_width=160):
                     presets = [gr.Button(name, size="sm") for name in PRESETS]
             merge_info = gr.Markdown(elem_id="merge-info")
@@ -525,7 +536,8 @@ def build_ui(studio: Studio):
         lam.release(merge, inputs=[mode, lam], outputs=merge_info, api_name="merge")
         mode.change(merge, inputs=[mode, lam], outputs=merge_info, api_name=False)
         for button, value in zip(presets, PRESETS.values(), strict=True):
-            button.click(lambda v=value: v, None, lam, api_name=False).then(merge, [mode, lam], merge_info, api_name=False)
+            button.click(lambda v=value: v, None, lam, api_name=False).then(merge, [mode, lam],
+                                                                            merge_info, api_name=False)
         make_pair.click(new_pair, [pair_prompt, system_1, system_2, pair_clips, pair_duration],
                         [token] + set_a + set_b + [reveal], api_name="new_pair")
         submit.click(rate, [token, vote_q, vote_d], [reveal, token, table], api_name="rate")
@@ -537,13 +549,10 @@ def build_ui(studio: Studio):
 def bf16_tip(base: str, device: str, dtype: str) -> str | None:
     """A hint for a real MusicGen served in fp32 on a CPU where bf16 weights pay: the C matmul kernel reads them
     (AVX-512) or the CPU has bf16 matrix units (not for nano: no faster there, its weights nearly fit the cache)."""
-    from engine.decoder import cpu_has_bf16
-    from engine.kernels import has_few_row_linear
-    from engine.model import is_nano_folder
 
     if dtype != "fp32" or device != "cpu" or base == "debug" or is_nano_folder(base):
         return None
-    if not (has_few_row_linear() or cpu_has_bf16()):
+    if not (kernels.has_few_row_linear() or decoder.cpu_has_bf16()):
         return None
     return ("--dtype bf16 (MUSIC_DTYPE=bf16) decodes a musicgen-small-sized model about 1.4x faster on this CPU at "
             "half the memory (README, Benchmarks); clips then differ slightly from fp32.")
@@ -551,7 +560,6 @@ def bf16_tip(base: str, device: str, dtype: str) -> str | None:
 
 def kernel_tip(device: str) -> str | None:
     """A hint where CPU decoding falls back to torch because the C kernels could not be built."""
-    from engine import kernels
 
     if device != "cpu" or kernels.load() is not None or os.environ.get("MUSIC_CPU_KERNELS", "1") == "0":
         return None
@@ -561,7 +569,6 @@ def kernel_tip(device: str) -> str | None:
 
 def make_studio(args: argparse.Namespace) -> Studio:
     """Load models and scorers as the flags say (defaults: the shipped nano weights)."""
-    import torch
 
     banner = []
     base = args.base or _shipped("nano")
@@ -569,7 +576,8 @@ def make_studio(args: argparse.Namespace) -> Studio:
         base = "debug"
         banner.append("No trained weights in weights/nano: running a tiny random model, so clips are noise.")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    shipped_nano = base != "debug" and Path(base).resolve() == (WEIGHTS / "nano").resolve()  # its θ, E, scorers ship too
+    # the shipped nano's θ_q, θ_d, E and scorers ship too
+    shipped_nano = base != "debug" and Path(base).resolve() == (WEIGHTS / "nano").resolve()
     theta_q = args.theta_q or (_shipped("theta_q") if shipped_nano else None)
     theta_d = args.theta_d or (_shipped("theta_d") if shipped_nano else None)
     service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device,

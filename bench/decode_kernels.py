@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     shipped = engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear
     no_kernel = lambda *a, **kw: None  # noqa: E731 - the kernels' "does not apply" answer
     variants = {"decoder": shipped, "torch SDPA": (shipped[0], no_kernel, shipped[2]),
-                "torch matmuls": (shipped[0], shipped[1], no_kernel), "4-row blocks": (blocks_of_4, shipped[1], no_kernel)}
+                "torch matmuls": (shipped[0], shipped[1], no_kernel),
+                "4-row blocks": (blocks_of_4, shipped[1], no_kernel)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {engine.kernels.status()}")
     try:
         for size in args.sizes:
@@ -71,8 +72,10 @@ def main(argv=None) -> None:
                             times[name].append(time.perf_counter() - t)
                 med = {k: statistics.median(v) for k, v in times.items()}
                 cfg = f" + CFG γ={gamma:g}" if gamma else ""
-                others = ", ".join(f"{k} {v:.3f} s ({v / med['decoder']:.2f}x)" for k, v in med.items() if k != "decoder")
-                print(f"[{size}] {clips} clips{cfg}, {frames} frames: decoder {med['decoder']:.3f} s, {others}", flush=True)
+                others = ", ".join(f"{k} {v:.3f} s ({v / med['decoder']:.2f}x)"
+                                   for k, v in med.items() if k != "decoder")
+                print(f"[{size}] {clips} clips{cfg}, {frames} frames: decoder {med['decoder']:.3f} s, {others}",
+                      flush=True)
     finally:
         engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear = shipped
 

@@ -2,7 +2,8 @@
 
     python -m bench.engine                 # both model sizes (several minutes on 2 CPU cores)
     python -m bench.engine --sizes nano    # quick
-    python -m bench.engine --dtype bf16    # bf16 weights on both sides (ours: fp32 activations, bf16 weights widened in the matmuls)
+    python -m bench.engine --dtype bf16    # bf16 weights on both sides (ours: fp32 activations, bf16 weights
+                                           # widened in the matmuls)
 
 Sampler: the same random model, batch, length and sampling settings (top-k 250, temperature 1) through
 (a) our `generate_codes` and (b) transformers' `MusicgenForConditionalGeneration.generate`, text encoding
@@ -73,8 +74,10 @@ def bench_sampler(comp, tokenizer, model, batch: int, frames: int, repeats: int)
         t_ours, t_theirs = [], []
         ours(cfg), theirs(cfg)  # warm-up
         for _ in range(repeats):  # alternate, so that drift in machine load hits both sides
-            t = time.perf_counter(); ours(cfg); t_ours.append(time.perf_counter() - t)
-            t = time.perf_counter(); theirs(cfg); t_theirs.append(time.perf_counter() - t)
+            for fn, times in ((ours, t_ours), (theirs, t_theirs)):
+                t = time.perf_counter()
+                fn(cfg)
+                times.append(time.perf_counter() - t)
         row[f"{key}_ours_s"] = statistics.median(t_ours)
         row[f"{key}_transformers_s"] = statistics.median(t_theirs)
         row[f"{key}_speedup"] = row[f"{key}_transformers_s"] / row[f"{key}_ours_s"]
@@ -145,7 +148,8 @@ def main(argv=None) -> None:
             row = {"size": size} | bench_sampler(comp, tokenizer, model, batch, frames, args.repeats)
             results["sampler"].append(row)
             print(f"[{size}] batch {batch}, {frames} frames: plain {row['plain_ours_s']:.2f} s vs transformers "
-                  f"{row['plain_transformers_s']:.2f} s ({row['plain_speedup']:.2f}x); CFG {row['cfg_ours_s']:.2f} s vs "
+                  f"{row['plain_transformers_s']:.2f} s ({row['plain_speedup']:.2f}x); "
+                  f"CFG {row['cfg_ours_s']:.2f} s vs "
                   f"{row['cfg_transformers_s']:.2f} s ({row['cfg_speedup']:.2f}x); CFG/plain ours "
                   f"{row['cfg_cost_ours']:.2f}, transformers {row['cfg_cost_transformers']:.2f}", flush=True)
         m = bench_merge(model, args.repeats * 2)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from engine.decoder import _onednn_linear, linear
 from engine.kernels import few_row_linear, has_few_row_linear
 
-SHAPES = {"nano kvq (768×256)": (768, 256), "small fc1 (4096×1024)": (4096, 1024), "small heads (8192×1024)": (8192, 1024)}
+SHAPES = {"nano kvq (768×256)": (768, 256),
+          "small fc1 (4096×1024)": (4096, 1024), "small heads (8192×1024)": (8192, 1024)}
 
 
 def _time(fn, n: int) -> float:
@@ -39,7 +40,8 @@ def blocks_of_4(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GB/s of weights streamed")
     dnn = _onednn_linear()
-    kernels = {"F.linear": F.linear, "4-row blocks": blocks_of_4, "oneDNN": dnn, "fallback": lambda x, w: linear(x, w, 4),
+    kernels = {"F.linear": F.linear, "4-row blocks": blocks_of_4, "oneDNN": dnn,
+               "fallback": lambda x, w: linear(x, w, 4),
                "C kernel": few_row_linear if has_few_row_linear() else None}
     kernels = {k: f for k, f in kernels.items() if f is not None}
     print(f"{'weight':26s}{'rows':>5s}" + "".join(f"{k + ' µs':>16s}{'GB/s':>7s}" for k in kernels))
@@ -53,7 +55,7 @@ def main() -> None:
             n = max(20, int(2e8 // (o * i)))
             line = f"{name:26s}{rows:5d}"
             for fn in kernels.values():
-                t = _time(lambda: fn(x, weights[next(it) % count]), n)
+                t = _time(lambda fn=fn, x=x, it=it, ws=weights, c=count: fn(x, ws[next(it) % c]), n)
                 line += f"{t * 1e6:16.0f}{gb / t:7.1f}"
             print(line)
 

@@ -186,7 +186,8 @@ class FastDecoder:
         self.matmul = (cpu_row_block(self.flat.device) if fp32_cpu else 0, c_kernel)
         # Embedding tables of the K codebooks, adjacent: (K * (V+1), E), indexed with per-codebook offsets.
         self.embed = _fused(self.flat, [e.weight for e in dec.embed_tokens])
-        self.embed_offsets = torch.arange(cfg.num_codebooks, device=self.flat.device).view(1, -1, 1) * (cfg.vocab_size + 1)
+        self.embed_offsets = torch.arange(cfg.num_codebooks,
+                                          device=self.flat.device).view(1, -1, 1) * (cfg.vocab_size + 1)
         self.heads_w = _fused(self.flat, [h.weight for h in model.lm_heads])  # (K * V, E)
         self.layers = []
         for layer in dec.layers:
@@ -199,7 +200,8 @@ class FastDecoder:
                 ln3=_norm(layer.final_layer_norm), fc1=layer.fc1.weight, fc2=layer.fc2.weight,
             ))
         self.final_ln = _norm(dec.layer_norm)
-        self._positions = MusicgenSinusoidalPositionalEmbedding.get_embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self._positions = MusicgenSinusoidalPositionalEmbedding.get_embedding(cfg.max_position_embeddings,
+                                                                              cfg.hidden_size)
         self._positions = self._positions.to(self.flat.device, self.compute_dtype)
 
     @property

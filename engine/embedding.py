@@ -7,13 +7,17 @@ embeddings (then normalised). Trained contrastively by `training.train_embedding
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
+
+from engine.checkpoint import CheckpointError, load_state
 
 
 @dataclass(frozen=True)
@@ -104,10 +108,6 @@ class AudioEmbedder(nn.Module):
 
 def load_embedder(folder) -> AudioEmbedder:
     """E from a folder with model.json (its config) and embedding.safetensors."""
-    import json
-    from pathlib import Path
-
-    from engine.checkpoint import CheckpointError, load_state
 
     folder = Path(folder)
     try:

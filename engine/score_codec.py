@@ -65,7 +65,8 @@ def note_token(stream: str, instrument: str, pitch: int) -> int:
 
 def chord_token(instrument: str, root: int, quality: str) -> int:
     """Chord-on token for the harmony stream; root is a pitch class 0..11."""
-    return FIRST_EVENT + (CHORD_INSTRUMENTS.index(instrument) * 12 + root % 12) * len(QUALITY_NAMES) + QUALITY_NAMES.index(quality)
+    chord = CHORD_INSTRUMENTS.index(instrument) * 12 + root % 12
+    return FIRST_EVENT + chord * len(QUALITY_NAMES) + QUALITY_NAMES.index(quality)
 
 
 def drum_token(kit: str, voices: tuple[str, ...] | list[str]) -> int:
@@ -129,18 +130,24 @@ def _harmonics(n: int, fn) -> tuple[float, ...]:
 
 INF = float("inf")
 TIMBRES = {
-    "piano": Timbre(_harmonics(12, lambda h: 1 / h ** 1.2), _harmonics(12, lambda h: 1 / h ** 2.5), 0.004, 0.9, 0.12, 0.4),
-    "guitar": Timbre(_harmonics(14, lambda h: 1 / h), _harmonics(14, lambda h: 1 / h ** 3), 0.003, 0.6, 0.08, 0.12),
-    "organ": Timbre((1, 0.8, 0.5, 0.6, 0, 0.3, 0, 0.25), (1, 0.8, 0.5, 0.6, 0, 0.3, 0, 0.25), 0.01, INF, 0.06, vibrato=0.05, gain=0.6),
-    "saw lead": Timbre(_harmonics(16, lambda h: 1 / h), _harmonics(16, lambda h: 1 / h ** 1.6), 0.01, INF, 0.08, 0.6, 0.12, 0.55),
-    "square lead": Timbre(_harmonics(15, lambda h: (h % 2) / h), _harmonics(15, lambda h: (h % 2) / h ** 1.8), 0.01, INF, 0.08, 0.5, 0.1, 0.5),
+    "piano": Timbre(_harmonics(12, lambda h: 1 / h**1.2), _harmonics(12, lambda h: 1 / h**2.5), 0.004, 0.9, 0.12, 0.4),
+    "guitar": Timbre(_harmonics(14, lambda h: 1 / h), _harmonics(14, lambda h: 1 / h**3), 0.003, 0.6, 0.08, 0.12),
+    "organ": Timbre((1, 0.8, 0.5, 0.6, 0, 0.3, 0, 0.25), (1, 0.8, 0.5, 0.6, 0, 0.3, 0, 0.25), 0.01, INF, 0.06,
+                    vibrato=0.05, gain=0.6),
+    "saw lead": Timbre(_harmonics(16, lambda h: 1 / h), _harmonics(16, lambda h: 1 / h**1.6), 0.01, INF, 0.08, 0.6,
+                       0.12, 0.55),
+    "square lead": Timbre(_harmonics(15, lambda h: (h % 2) / h), _harmonics(15, lambda h: (h % 2) / h**1.8), 0.01, INF,
+                          0.08, 0.5, 0.1, 0.5),
     "bells": Timbre((1, 0, 0, 0.5, 0, 0, 0.3, 0, 0, 0.15), (1, 0, 0, 0.2), 0.002, 1.5, 0.6, 0.5, gain=0.8),
     "flute": Timbre((1, 0.25, 0.08, 0.03), (1, 0.2, 0.05), 0.05, INF, 0.1, vibrato=0.15, gain=0.9),
-    "strings": Timbre(_harmonics(12, lambda h: 1 / h ** 1.3), _harmonics(12, lambda h: 1 / h ** 1.5), 0.12, INF, 0.3, vibrato=0.08, gain=0.6),
-    "pad": Timbre(_harmonics(8, lambda h: 1 / h ** 1.5), _harmonics(8, lambda h: 1 / h ** 2), 0.35, INF, 0.6, gain=0.55),
-    "electric bass": Timbre(_harmonics(8, lambda h: 1 / h ** 1.5), _harmonics(8, lambda h: 1 / h ** 3), 0.005, 1.2, 0.06, 0.2),
-    "synth bass": Timbre(_harmonics(12, lambda h: 1 / h), _harmonics(12, lambda h: 1 / h ** 2.5), 0.005, INF, 0.05, 0.15, gain=0.7),
-    "upright bass": Timbre(_harmonics(6, lambda h: 1 / h ** 2), _harmonics(6, lambda h: 1 / h ** 3.5), 0.01, 0.7, 0.1, 0.2),
+    "strings": Timbre(_harmonics(12, lambda h: 1 / h**1.3), _harmonics(12, lambda h: 1 / h**1.5), 0.12, INF, 0.3,
+                      vibrato=0.08, gain=0.6),
+    "pad": Timbre(_harmonics(8, lambda h: 1 / h**1.5), _harmonics(8, lambda h: 1 / h**2), 0.35, INF, 0.6, gain=0.55),
+    "electric bass": Timbre(_harmonics(8, lambda h: 1 / h**1.5), _harmonics(8, lambda h: 1 / h**3), 0.005, 1.2, 0.06,
+                            0.2),
+    "synth bass": Timbre(_harmonics(12, lambda h: 1 / h), _harmonics(12, lambda h: 1 / h**2.5), 0.005, INF, 0.05, 0.15,
+                         gain=0.7),
+    "upright bass": Timbre(_harmonics(6, lambda h: 1 / h**2), _harmonics(6, lambda h: 1 / h**3.5), 0.01, 0.7, 0.1, 0.2),
     "sub bass": Timbre((1, 0.1), (1, 0.05), 0.01, INF, 0.08, gain=1.1),
 }
 TABLE = 2048  # wavetable length
@@ -169,7 +176,8 @@ def _render_note(timbre: Timbre, pitch: int, n_on: int) -> np.ndarray:
     phase = np.cumsum(np.broadcast_to(freq, t.shape)) / SAMPLE_RATE if timbre.vibrato else f0 * t
     idx = ((phase % 1.0) * TABLE).astype(np.int64) % TABLE
     mix = np.exp(-t / timbre.brightness_decay)
-    wave = _wavetable(timbre.dark, f0)[idx] + mix * (_wavetable(timbre.bright, f0)[idx] - _wavetable(timbre.dark, f0)[idx])
+    dark, bright = _wavetable(timbre.dark, f0)[idx], _wavetable(timbre.bright, f0)[idx]
+    wave = dark + mix * (bright - dark)
     env = np.minimum(1.0, t / timbre.attack)
     if timbre.decay != INF:
         env *= np.exp(-t / timbre.decay)

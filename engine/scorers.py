@@ -26,10 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 from torch import Tensor, nn
+from transformers import ClapModel, ClapProcessor
 
+from engine.checkpoint import CheckpointError, load_state
 from engine.diversity import mean_diversity, pairwise_diversity, vendi_score
 from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
+from engine.model import minilm_encoder
 
 OMEGA = 5.0  # paper: s_quality = ω·s_MuLan + s_UserPreference
 QUALITY_CONFIG = "model.json"
@@ -41,8 +45,6 @@ class SentenceEncoder:
 
     def __init__(self, tokenizer=None, model: nn.Module | None = None):
         if model is None:
-            from engine.model import minilm_encoder
-
             tokenizer, model = minilm_encoder()
         self.tokenizer, self.model = tokenizer, model.eval().requires_grad_(False)
         self._cache: dict[str, Tensor] = {}
@@ -115,7 +117,6 @@ class QualityScorer(nn.Module):
 
 def load_quality_scorer(folder) -> QualityScorer:
     """The quality scorer from a folder with model.json (`config`) and quality.safetensors."""
-    from engine.checkpoint import CheckpointError, load_state
 
     folder = Path(folder)
     try:
@@ -136,16 +137,12 @@ class ClapAdherence:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, allow_download: bool = False) -> "ClapAdherence":
-        from transformers import ClapModel, ClapProcessor
-
         processor = ClapProcessor.from_pretrained(name_or_path, local_files_only=not allow_download)
         model = ClapModel.from_pretrained(name_or_path, local_files_only=not allow_download)
         return cls(model, processor.feature_extractor, processor.tokenizer)
 
     @torch.no_grad()
     def __call__(self, audio: Tensor, sample_rate: int, prompts: list[str]) -> Tensor:
-        import torchaudio.functional as AF
-
         sr = self.feature_extractor.sampling_rate
         audio = audio.float()
         if sample_rate != sr:
@@ -180,7 +177,8 @@ class Scorers:
                  sentences: SentenceEncoder | None = None, clap: ClapAdherence | None = None, omega: float = OMEGA):
         if quality is not None and sentences is None:
             sentences = SentenceEncoder()
-        self.embedder, self.quality_scorer, self.sentences, self.clap, self.omega = embedder, quality, sentences, clap, omega
+        self.embedder, self.quality_scorer, self.sentences = embedder, quality, sentences
+        self.clap, self.omega = clap, omega
 
     @classmethod
     def from_folders(cls, embedding=None, quality=None, clap: str | None = None, allow_download: bool = False,

@@ -25,7 +25,7 @@ import torch
 from engine.decoder import FastDecoder
 from engine.generate import SamplingParams, generate_codes
 from engine.merge import Blend, WeightMixer
-from engine.model import MusicModel
+from engine.model import MusicModel, load_model, parse_dtype
 
 DEFAULT_NEGATIVE_PROMPT = "Bad audio quality."
 MAX_CLIPS = 8
@@ -185,7 +185,6 @@ class MusicService:
         A missing θ_q or θ_d falls back to the base weights, shared by reference. `dtype` is the decoder weights'
         ("bf16" on a CPU: bf16 matmuls, fp32 activations, half the memory; see FastDecoder); every checkpoint
         is cast to it, so λ = 0 and 1 reproduce θ_q and θ_d as stored in that dtype."""
-        from engine.model import load_model, parse_dtype
 
         model = load_model(base, parse_dtype(dtype), device, allow_download)
         service = cls(model, max_duration_s)

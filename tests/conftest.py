@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+from engine.checkpoint import save_json, save_state
+from engine.embedding import AudioEmbedder, EmbeddingConfig
 from engine.model import build_debug_model, debug_composite, from_composite
+from engine.scorers import QualityConfig, QualityScorer
 from engine.service import MusicService
 
 
@@ -20,7 +23,8 @@ def model(composite):
 def perturbed_state(model, seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
     """A decoder state dict near the base: a stand-in for a finetuned θ."""
     g = torch.Generator().manual_seed(seed)
-    return {n: p.detach() + scale * torch.randn(p.shape, generator=g) for n, p in model.decoder.model.named_parameters()}
+    return {n: p.detach() + scale * torch.randn(p.shape, generator=g)
+            for n, p in model.decoder.model.named_parameters()}
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +37,6 @@ def service():
 
 def make_tiny_tower(**overrides):
     """The tiny audio tower (E and the quality scorer's) of the tests: 1 layer of width 32, 16-d embeddings."""
-    from engine.embedding import EmbeddingConfig
 
     return EmbeddingConfig(**dict(dict(dim=32, layers=1, heads=2, out_dim=16), **overrides))
 
@@ -47,9 +50,6 @@ def tiny_tower():
 @pytest.fixture(scope="session")
 def tiny_scorer_dirs(tmp_path_factory):
     """Folders of a tiny random E and quality scorer in the shipped format: (E folder, quality folder)."""
-    from engine.checkpoint import save_json, save_state
-    from engine.embedding import AudioEmbedder
-    from engine.scorers import QualityConfig, QualityScorer
 
     root = tmp_path_factory.mktemp("scorers")
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """The app's callbacks without a browser (`Studio`), and the Blocks it builds."""
+import os
 import threading
 
 import numpy as np
@@ -7,9 +8,13 @@ import soundfile as sf
 import torch
 
 import app
-from app import SOUP, Studio, build_ui, parse_args
+import engine.decoder
+import engine.kernels
+from app import SOUP, Studio, bf16_tip, build_ui, kernel_tip, make_studio, parse_args
+from engine.decoder import cpu_has_bf16, cpu_row_block
 from engine.embedding import AudioEmbedder
 from engine.generate import GenerationCancelled
+from engine.kernels import first_cpu
 from engine.model import build_debug_model
 from engine.ratings import RatingStore
 from engine.score_codec import ScoreCodec
@@ -170,8 +175,6 @@ def test_flags_and_environment(monkeypatch):
 
 
 def test_old_output_folders_are_pruned_oldest_first(tmp_path):
-    import os
-
     for age, name in ((300, "pair-x"), (200, "20260101-000000-aaaaaa"), (100, "pair-y")):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
@@ -181,7 +184,6 @@ def test_old_output_folders_are_pruned_oldest_first(tmp_path):
 
 def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
     """Naming the shipped nano folder explicitly (as a Space would) loads the shipped θ_q, θ_d, E and scorers."""
-    from app import make_studio
 
     studio = make_studio(parse_args(["--base", "weights/nano", "--ratings-db", str(tmp_path / "r.sqlite")]))
     assert studio.scorers.has_diversity and studio.scorers.has_quality
@@ -193,10 +195,6 @@ def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
 
 
 def test_bf16_tip_only_for_a_real_musicgen_in_fp32_where_bf16_pays(monkeypatch, tmp_path):
-    import engine.decoder
-    import engine.kernels
-    from app import bf16_tip
-
     monkeypatch.setattr(engine.decoder, "cpu_has_bf16", lambda: True)
     monkeypatch.setattr(engine.kernels, "has_few_row_linear", lambda: False)
     assert "--dtype bf16" in bf16_tip("facebook/musicgen-small", "cpu", "fp32")
@@ -210,9 +208,6 @@ def test_bf16_tip_only_for_a_real_musicgen_in_fp32_where_bf16_pays(monkeypatch, 
 
 
 def test_kernel_tip_only_where_the_c_kernel_could_not_be_built(monkeypatch):
-    import engine.kernels
-    from app import kernel_tip
-
     monkeypatch.setattr(engine.kernels, "_tried", True)
     monkeypatch.setattr(engine.kernels, "_lib", None)
     monkeypatch.setattr(engine.kernels, "_status", "no C compiler found (set CC)")
@@ -226,9 +221,6 @@ def test_kernel_tip_only_where_the_c_kernel_could_not_be_built(monkeypatch):
 
 
 def test_cpu_flags_are_read():
-    from engine.decoder import cpu_has_bf16, cpu_row_block
-    from engine.kernels import first_cpu
-
     info = first_cpu()
     assert cpu_has_bf16() == (" avx512_bf16" in info or " amx_bf16" in info)
     assert cpu_row_block("cpu") == (4 if "AuthenticAMD" in info else 0) and cpu_row_block("meta") == 0

@@ -1,5 +1,17 @@
 """The benchmark script runs (on the tiny model): it must not rot. Timings are not asserted here."""
+import json
+
+import torch
+
+import bench.decode_kernels
+import bench.matmul
+import engine.decoder
+import training.bench_distill
+import training.grad_snr
+import training.scorer_metrics
 from bench.engine import bench_merge, bench_sampler
+from engine.decoder import _onednn_linear, linear
+from engine.model import debug_composite, from_composite
 
 
 def test_bench_functions_run(composite):
@@ -13,10 +25,6 @@ def test_bench_functions_run(composite):
 
 def test_bench_runs_in_bf16():
     """--dtype bf16: our bf16-weight decoder against transformers' composite in bf16, and the bf16 merge."""
-    import torch
-
-    from engine.model import debug_composite, from_composite
-
     comp, tokenizer = debug_composite(seed=0)
     model = from_composite(comp, tokenizer, "bf16", torch.bfloat16)
     comp.to(torch.bfloat16)
@@ -26,8 +34,6 @@ def test_bench_runs_in_bf16():
 
 
 def test_bench_merge_leaves_the_model_unchanged(model):
-    import torch
-
     before = model.decoder.flat.clone()
     bench_merge(model, repeats=1)
     assert torch.equal(model.decoder.flat, before)
@@ -35,25 +41,17 @@ def test_bench_merge_leaves_the_model_unchanged(model):
 
 def test_distill_bench_runs(tiny_scorer_dirs):
     """training.bench_distill on the nano weights with a tiny E: every phase is timed."""
-    import torch
-
-    from training.bench_distill import main
-
-    r = main(["--embedding", str(tiny_scorer_dirs[0]), "--prompts", "2", "--samples", "3", "--seconds", "0.5",
-              "--steps", "1"])
+    r = training.bench_distill.main(["--embedding", str(tiny_scorer_dirs[0]), "--prompts", "2", "--samples", "3",
+                                     "--seconds", "0.5", "--steps", "1"])
     assert set(r["share"]) == {"sample", "decode", "embed", "fwd_bwd"} and abs(sum(r["share"].values()) - 1) < 1e-6
     assert r["step_s"] > 0 and torch.get_num_threads() == r["threads"]
 
 
 def test_scorer_metrics_runs(tmp_path, tiny_scorer_dirs):
     """training.scorer_metrics end to end with tiny scorers: every acceptance figure is produced."""
-    import json
-
-    from training.scorer_metrics import main
-
-    main(["--embedding", str(tiny_scorer_dirs[0]), "--quality", str(tiny_scorer_dirs[1]), "--candidates", "20",
-          "--retrieval-pieces", "50", "--pairs", "40", "--heldout", "60", "--prompts", "2", "--distractors", "3",
-          "--out", str(tmp_path / "m.json")])
+    training.scorer_metrics.main(["--embedding", str(tiny_scorer_dirs[0]), "--quality", str(tiny_scorer_dirs[1]),
+                                  "--candidates", "20", "--retrieval-pieces", "50", "--pairs", "40", "--heldout", "60",
+                                  "--prompts", "2", "--distractors", "3", "--out", str(tmp_path / "m.json")])
     m = json.loads((tmp_path / "m.json").read_text())
     r = m["retrieval_top1"]
     assert sorted(r) == ["20", "40", "50"] and [r[k]["groups"] for k in ("20", "40", "50")] == [2, 1, 1]
@@ -65,16 +63,11 @@ def test_scorer_metrics_runs(tmp_path, tiny_scorer_dirs):
 def test_grad_snr_runs_and_separates_the_terms(tmp_path, tiny_scorer_dirs):
     """training.grad_snr on nano with a tiny E: both terms' gradients, cosines in [-1, 1]; a batch with itself
     would give cosine 1, independent batches give less."""
-    import json
-
-    import torch
-
-    from training.grad_snr import main, mean_pairwise_cosine
-
     g = torch.randn(100)
-    assert mean_pairwise_cosine([g, g.clone()]) > 0.999 and abs(mean_pairwise_cosine([g, -g])) > 0.999
-    r = main(["--embedding", str(tiny_scorer_dirs[0]), "--prompts", "2", "--samples", "3", "--seconds", "0.3",
-              "--batches", "2", "--out", str(tmp_path / "snr.json")])
+    cosine = training.grad_snr.mean_pairwise_cosine
+    assert cosine([g, g.clone()]) > 0.999 and abs(cosine([g, -g])) > 0.999
+    r = training.grad_snr.main(["--embedding", str(tiny_scorer_dirs[0]), "--prompts", "2", "--samples", "3",
+                                "--seconds", "0.3", "--batches", "2", "--out", str(tmp_path / "snr.json")])
     assert json.loads((tmp_path / "snr.json").read_text()) == r
     for term in ("kl", "reinforce"):
         assert r[term]["norm"] > 0 and -1 <= r[term]["cosine"] <= 1
@@ -82,17 +75,12 @@ def test_grad_snr_runs_and_separates_the_terms(tmp_path, tiny_scorer_dirs):
 
 def test_matmul_bench_kernels_agree():
     """bench.matmul's kernels compute the same product (its timings are not asserted)."""
-    import torch
-
-    from bench.matmul import blocks_of_4
-    from engine.decoder import _onednn_linear, linear
-
     g = torch.Generator().manual_seed(0)
     w = torch.randn(64, 32, generator=g)
     for rows in (1, 3, 8, 16, 40, 64):
         x = torch.randn(rows, 32, generator=g)
         ref = torch.nn.functional.linear(x, w)
-        torch.testing.assert_close(blocks_of_4(x, w)[:, :rows].T, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(bench.matmul.blocks_of_4(x, w)[:, :rows].T, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(linear(x, w, 4), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(linear(x, w, 0, True), ref, rtol=1e-5, atol=1e-5)
         if _onednn_linear() is not None:
@@ -100,18 +88,14 @@ def test_matmul_bench_kernels_agree():
 
 
 def test_decode_kernel_ab_runs_and_restores_the_decoder(capsys):
-    import torch
-
-    import engine.decoder
-    from bench.decode_kernels import blocks_of_4, main
-
     shipped = engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear
     g = torch.Generator().manual_seed(0)
     w = torch.randn(40, 24, generator=g)
     for rows in (1, 5, 16, 17):
         x = torch.randn(rows, 1, 24, generator=g)
-        torch.testing.assert_close(blocks_of_4(x, w, 4), torch.nn.functional.linear(x, w), rtol=1e-5, atol=1e-5)
-    main(["--sizes", "nano", "--repeats", "1", "--nano-frames", "2"])
+        torch.testing.assert_close(bench.decode_kernels.blocks_of_4(x, w, 4), torch.nn.functional.linear(x, w),
+                                   rtol=1e-5, atol=1e-5)
+    bench.decode_kernels.main(["--sizes", "nano", "--repeats", "1", "--nano-frames", "2"])
     out = capsys.readouterr().out
     assert (engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear) == shipped
     assert all(name in out for name in ("4-row blocks", "torch SDPA", "torch matmuls"))

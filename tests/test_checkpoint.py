@@ -3,9 +3,9 @@ import pickle
 
 import pytest
 import torch
+from conftest import perturbed_state
 from safetensors.torch import save_file
 
-from conftest import perturbed_state
 from engine.checkpoint import CheckpointError, load_state, save_state
 from engine.merge import WeightMixer
 

@@ -1,7 +1,7 @@
 """The procedural corpus: deterministic, consistent captions and attributes, a degraded slice, a held-out split."""
 import numpy as np
 
-from engine.score_codec import FIRST_EVENT, NOISE, DISTORT, parse_token
+from engine.score_codec import DISTORT, FIRST_EVENT, NOISE, parse_token
 from training.corpus import BAD_CAPTIONS, GENRES, MOODS, generate_corpus, generate_piece, possible_captions, split_of
 
 FRAMES = 160

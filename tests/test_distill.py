@@ -1,9 +1,16 @@
 """One step of diversity-rewarded CFG distillation on the tiny random model."""
+import csv
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from engine.checkpoint import read_safetensors
 from engine.model import build_debug_model
 from engine.score_codec import ScoreCodec
+from training import distill, eval_snapshots, export
 from training.distill import DistillConfig, Distiller
 
 PROMPTS = ["rock song", "calm piano"]
@@ -88,11 +95,6 @@ def tiny_args(tiny_scorers, *extra):
 
 
 def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
-    import csv
-
-    from engine.checkpoint import read_safetensors
-    from training import distill, eval_snapshots, export
-
     tiny = tiny_args(tiny_scorers, "--beta", "5")
     distill.main(tiny + ["--out", str(tmp_path / "a"), "--steps", "3"])
     distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "2"])
@@ -122,11 +124,6 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
 
 
 def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
-    import csv
-
-    from engine.checkpoint import read_safetensors
-    from training import distill, eval_snapshots, export
-
     tiny = tiny_args(tiny_scorers)
     distill.main(tiny + ["--out", str(tmp_path / "q"), "--steps", "2", "--eval-every", "0"])
     export.main(["distill", str(tmp_path / "q"), str(tmp_path / "theta_q")])
@@ -150,10 +147,6 @@ def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
 
 
 def test_cli_accumulates_micro_batches_and_resumes_exactly(tmp_path, tiny_scorers):
-    import csv
-
-    from training import distill
-
     tiny = tiny_args(tiny_scorers, "--beta", "5", "--accumulate", "2", "--eval-every", "0")
     distill.main(tiny + ["--out", str(tmp_path / "a"), "--steps", "2"])
     distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "1"])
@@ -163,7 +156,8 @@ def test_cli_accumulates_micro_batches_and_resumes_exactly(tmp_path, tiny_scorer
     rows = [list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("a", "b")]
     assert len(rows[0]) == 2 and [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]  # the stray row is gone
     # one optimizer step = 2 micro-batches: not the same draw as a single-batch step
-    distill.main(tiny_args(tiny_scorers, "--beta", "5", "--eval-every", "0") + ["--out", str(tmp_path / "c"), "--steps", "1"])
+    distill.main(tiny_args(tiny_scorers, "--beta", "5", "--eval-every", "0") +
+                 ["--out", str(tmp_path / "c"), "--steps", "1"])
     single = list(csv.DictReader(open(tmp_path / "c" / "log.csv")))
     assert single[0]["loss"] != rows[0][0]["loss"]
     with pytest.raises(SystemExit, match="accumulate must be ≥ 1"):
@@ -171,16 +165,11 @@ def test_cli_accumulates_micro_batches_and_resumes_exactly(tmp_path, tiny_scorer
 
 
 def test_cli_refuses_beta_without_embedding(tmp_path):
-    from training import distill
-
     with pytest.raises(SystemExit, match="needs --embedding"):
         distill.main(["--base", "debug", "--embedding", "", "--quality", "", "--beta", "5", "--out", str(tmp_path)])
 
 
 def test_cli_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_scorers, monkeypatch):
-    from engine.checkpoint import read_safetensors
-    from training import distill, eval_snapshots, export
-
     args = tiny_args(tiny_scorers) + ["--out", str(tmp_path / "run")]
     distill.main(args + ["--steps", "1"])
     good = read_safetensors(tmp_path / "run" / "decoder.safetensors")
@@ -202,12 +191,8 @@ def test_cli_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_scor
     (["--multi_gpu", "--num_processes", "2"], 2),  # torchrun: two real processes, gloo on a CPU-only machine
 ])
 def test_smoke_run_under_accelerate_launch(tmp_path, tiny_scorers, launch, processes):
-    import csv
-    import os
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_machines", "1",
+           "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "training.distill", *tiny_args(tiny_scorers, "--beta", "5"), "--steps", "2",
            "--out", str(tmp_path / "run")]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -51,7 +51,7 @@ def server(tmp_path_factory):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_browser_generate_compare_and_rate(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect, sync_playwright  # noqa: PLC0415 (optional: the browser test skips without it)
 
     artifacts = Path(os.environ.get("E2E_ARTIFACTS", ROOT / "artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def test_browser_generate_compare_and_rate(server):
 
 
 def test_two_api_clients_at_different_lambdas(server):
-    from gradio_client import Client
+    from gradio_client import Client  # noqa: PLC0415 (optional client, imported where the test starts a server)
 
     def call(lam, seed):
         client = Client(server, verbose=False)

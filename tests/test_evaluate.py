@@ -1,14 +1,19 @@
 """The evaluation command end to end in --quick mode on the nano weights, with tiny scorers, and its cache."""
 import csv
 import json
+from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 
 from engine.checkpoint import save_state
 from engine.model import load_model
+from engine.scorers import Scorers
 from training import evaluate
-from training.heldout import HeldoutResult
+from training.corpus import heldout_prompts
+from training.distill import DistillConfig, Distiller, eval_rows
+from training.heldout import HeldoutResult, HeldoutSettings
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,8 @@ def setup(tmp_path_factory, tiny_scorer_dirs):
 
 def run(setup, out):
     evaluate.main(["--quick", "--theta-q", str(setup / "q"), "--theta-d", str(setup / "d"), "--embedding",
-                   str(setup / "E"), "--quality", str(setup / "Q"), "--out", str(out), "--prompts", "3", "--clips", "2"])
+                   str(setup / "E"), "--quality", str(setup / "Q"), "--out", str(out),
+                   "--prompts", "3", "--clips", "2"])
 
 
 def test_quick_mode_end_to_end_and_cache(setup, tmp_path, capsys):
@@ -50,7 +56,6 @@ def test_quick_mode_end_to_end_and_cache(setup, tmp_path, capsys):
 
 def _measured(family, x, quality, diversity, blend=(("base", 1.0),), n=40, seed=0):
     """A point with per-prompt values scattered (±0.01) around the given means; same scatter for every point."""
-    import numpy as np
 
     noise = np.random.default_rng(seed).normal(0, 0.01, n)
     return evaluate.Measured(evaluate.Point(family, x, blend),
@@ -59,8 +64,6 @@ def _measured(family, x, quality, diversity, blend=(("base", 1.0),), n=40, seed=
 
 
 def _results(d_quality, d_diversity, with_b5=False, bump=0.0):
-    from argparse import Namespace
-
     lerp = [_measured(evaluate.LERP_QD, lam, 3.0 + lam * (d_quality - 3.0) + (bump if lam == 0.5 else 0.0),
                       0.60 + lam * (d_diversity - 0.60)) for lam in (0.0, 0.5, 1.0)]
     results = {evaluate.CFG_NEG: [_measured(evaluate.CFG_NEG, g, 2.0 + g * 0.1, 0.8 - g * 0.05) for g in (1.0, 3.0)],
@@ -96,10 +99,6 @@ def test_claims_on_synthetic_points_with_known_answers():
 def test_the_trainer_and_the_evaluation_measure_a_point_alike(setup, tmp_path):
     """The trainer's eval rows and the evaluation's points come from one routine (training.heldout): the base without
     and with CFG give the same numbers in both."""
-    from engine.scorers import Scorers
-    from training.corpus import heldout_prompts
-    from training.distill import DistillConfig, Distiller, eval_rows
-    from training.heldout import HeldoutSettings
 
     settings = evaluate.EvalSettings(embedding=str(setup / "E"), quality=str(setup / "Q"), prompts=3, clips=2,
                                      seconds=1.0, out=str(tmp_path))

@@ -4,9 +4,12 @@ import threading
 import pytest
 import torch
 
+import engine.decoder
+import engine.generate
 import engine.kernels
+from engine.decoder import linear
 from engine.generate import GenerationCancelled, SamplingParams, generate_codes
-from engine.model import TextCondition
+from engine.model import TextCondition, debug_composite, from_composite
 from engine.sampling import apply_delay, cfg_logits
 
 GREEDY = SamplingParams(temperature=0)
@@ -45,7 +48,8 @@ def test_cached_steps_and_chunks_match_full_forward(model):
     stepwise = torch.cat([model.decoder.forward(delayed[:, :, i:i + 1], i, state) for i in range(L)], dim=2)
     torch.testing.assert_close(stepwise, full, rtol=1e-5, atol=1e-5)
     state = model.decoder.new_state(h, m, max_len=L)  # prefix of 5, then a chunk of the rest
-    chunks = torch.cat([model.decoder.forward(delayed[:, :, :5], 0, state), model.decoder.forward(delayed[:, :, 5:], 5, state)], 2)
+    chunks = torch.cat([model.decoder.forward(delayed[:, :, :5], 0, state),
+                        model.decoder.forward(delayed[:, :, 5:], 5, state)], 2)
     torch.testing.assert_close(chunks, full, rtol=1e-5, atol=1e-5)
 
 
@@ -95,7 +99,6 @@ def test_cfg_with_gamma_one_equals_no_cfg(model):
 
 def _sampled_logits(monkeypatch, *args, **kwargs):
     """Run generate_codes and return the logits handed to the sampler at each step, (steps, N*K, V)."""
-    import engine.generate
 
     seen = []
     real = engine.generate.sample_next_token
@@ -134,7 +137,8 @@ def test_negative_prompt_is_used(model, monkeypatch):
 
 def test_seeded_sampling_is_reproducible(model):
     cond = model.encode_text(["bossa nova"])
-    run = lambda seed: generate_codes(model.decoder, cond, 4, 20, SamplingParams(), torch.Generator().manual_seed(seed)).codes
+    run = lambda seed: generate_codes(model.decoder, cond, 4, 20, SamplingParams(),
+                                      torch.Generator().manual_seed(seed)).codes
     a, b, c = run(7), run(7), run(8)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a[0], a[1])  # the clips of one request differ from each other
@@ -142,7 +146,8 @@ def test_seeded_sampling_is_reproducible(model):
 
 def test_step_count_and_progress(model):
     calls = []
-    out = generate_codes(model.decoder, model.encode_text(["x"]), 1, 10, SamplingParams(), torch.Generator().manual_seed(0),
+    out = generate_codes(model.decoder, model.encode_text(["x"]), 1, 10, SamplingParams(),
+                         torch.Generator().manual_seed(0),
                          progress=lambda i, n: calls.append((i, n)))
     K = model.decoder.num_codebooks
     assert out.codes.shape == (1, K, 10)
@@ -169,8 +174,6 @@ def test_unconditional_rows_ignore_text(model):
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13, 16, 17, 40])
 def test_blocked_linear_equals_f_linear(rows, monkeypatch):
     """One padded block up to 4 rows, oneDNN in chunks of 8 beyond, F.linear where oneDNN is missing: all equal."""
-    import engine.decoder
-    from engine.decoder import linear
 
     g = torch.Generator().manual_seed(rows)
     x, w = torch.randn(rows, 1, 48, generator=g), torch.randn(96, 48, generator=g)
@@ -192,7 +195,6 @@ def test_blocked_linear_equals_f_linear(rows, monkeypatch):
 @pytest.fixture(scope="module")
 def bf16_pair():
     """The debug model twice: bf16 weights, and fp32 weights equal to those bf16 values."""
-    from engine.model import debug_composite, from_composite
 
     comp, tokenizer = debug_composite(seed=0)
     low = from_composite(comp, tokenizer, "bf16", dtype=torch.bfloat16)

@@ -132,12 +132,12 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
 
 @avx512
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 15, 16, 33, 48])
-@pytest.mark.parametrize("O,I", [(8, 16), (40, 48), (768, 256), (256, 1024)])
-def test_few_row_linear_matches_f_linear(rows, O, I):
+@pytest.mark.parametrize("n_out, n_in", [(8, 16), (40, 48), (768, 256), (256, 1024)])
+def test_few_row_linear_matches_f_linear(rows, n_out, n_in):
     g = torch.Generator().manual_seed(rows)
-    w = torch.randn(O, I, generator=g)
-    big = torch.randn(rows, I + 16, generator=g)
-    x = big[:, 8:8 + I]  # rows at a stride larger than I
+    w = torch.randn(n_out, n_in, generator=g)
+    big = torch.randn(rows, n_in + 16, generator=g)
+    x = big[:, 8:8 + n_in]  # rows at a stride larger than n_in
     for threads in (1, 2):
         old = torch.get_num_threads()
         torch.set_num_threads(threads)

@@ -3,10 +3,9 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from engine.sampling import cfg_logits
 from engine.diversity import pairwise_diversity
-from training.losses import (baselines, cfg_distillation_kl, per_sample_rewards,
-                             reinforce_surrogate)
+from engine.sampling import cfg_logits
+from training.losses import baselines, cfg_distillation_kl, per_sample_rewards, reinforce_surrogate
 
 
 def _logits(seed, shape=(2, 4, 6, 11)):

@@ -1,8 +1,8 @@
 """Merging endpoints into the serving weights."""
 import pytest
 import torch
-
 from conftest import perturbed_state
+
 from engine.merge import Blend
 
 
@@ -27,7 +27,8 @@ def test_half_is_the_elementwise_mean_and_independent_of_history(service):
     first = _merge(service, Blend.lerp("q", "d", 0.5))
     torch.testing.assert_close(first, {n: (q[n] + d[n]) / 2 for n in q}, rtol=0, atol=1e-7)
     for lam in (0.9, 0.1, 0.37):
-        torch.testing.assert_close(_merge(service, Blend.lerp("q", "d", lam)), {n: torch.lerp(q[n], d[n], lam) for n in q})
+        torch.testing.assert_close(_merge(service, Blend.lerp("q", "d", lam)),
+                                   {n: torch.lerp(q[n], d[n], lam) for n in q})
     again = _merge(service, Blend.lerp("q", "d", 0.5))  # recomputed from the endpoints: bit-identical
     assert all(torch.equal(again[n], first[n]) for n in q)
 

@@ -1,8 +1,8 @@
 """Loading a MusicGen checkpoint folder saved by transformers, and a service from sources."""
 import pytest
 import torch
-
 from conftest import perturbed_state
+
 from engine.checkpoint import CheckpointError, save_state
 from engine.merge import Blend
 from engine.model import load_model
@@ -38,7 +38,8 @@ def test_unknown_sources_fail_clearly(tmp_path):
 def test_service_from_sources(tmp_path, saved_composite, model):
     save_state(perturbed_state(model, 1), tmp_path / "q" / "decoder.safetensors")
     save_state(perturbed_state(model, 2), tmp_path / "d.safetensors")
-    service, notices = MusicService.from_sources(str(saved_composite), str(tmp_path / "q"), str(tmp_path / "d.safetensors"))
+    service, notices = MusicService.from_sources(str(saved_composite), str(tmp_path / "q"),
+                                                 str(tmp_path / "d.safetensors"))
     assert not notices and service.checkpoints == ["base", "d", "q"]
     gen = service.generate_merged(Request("x", num_clips=1, duration_s=0.2, seed=0), 1.0)
     assert gen.model == "1·d"

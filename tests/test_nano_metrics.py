@@ -2,9 +2,9 @@
 import numpy as np
 from PIL import Image
 
-from engine.score_codec import NOISE
+from engine.score_codec import HOLD, NOISE
 from training.corpus import generate_piece
-from training.nano_metrics import claims, describe, edit_distance
+from training.nano_metrics import claims, describe, edit_distance, event_distance
 from training.plot import plot, read_columns
 
 
@@ -47,9 +47,6 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_event_distance_ignores_shared_sustain():
-    from engine.score_codec import HOLD
-    from training.nano_metrics import event_distance
-
     a = np.full((4, 100), HOLD)
     b = a.copy()
     a[0, 0], b[0, 0] = 10, 11  # one differing onset among 400 positions

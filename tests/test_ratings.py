@@ -34,7 +34,8 @@ def test_ratings_survive_reopening_and_export(tmp_path):
 def test_confidence_intervals():
     even = PairResult("a", "b", "quality", 50, 50, 0)
     lo, hi = even.ci95
-    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.25 * 100 / 99 / 100) ** 0.5)  # sample variance of the scores / n
+    # the interval's width: 2 · 1.96 · √(sample variance of the scores / n)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.96 * (0.25 * 100 / 99 / 100) ** 0.5)
     sure = PairResult("a", "b", "quality", 3, 0, 0)
     lo, hi = sure.ci95
     assert hi == 1 and 0.3 < lo < 0.6  # Wilson: 3 of 3 is not certainty
@@ -61,7 +62,8 @@ def test_corrupt_database_is_named(tmp_path):
 
 def test_concurrent_writers(tmp_path):
     store = RatingStore(tmp_path / "r.sqlite")
-    threads = [threading.Thread(target=lambda: [store.add("p", i, "a", "b", "A", "B") for i in range(20)]) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: [store.add("p", i, "a", "b", "A", "B") for i in range(20)])
+               for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

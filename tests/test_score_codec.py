@@ -2,8 +2,24 @@
 import pytest
 import torch
 
-from engine.score_codec import (CHORD_INSTRUMENTS, DISTORT, DRUM_KITS, FRAME_RATE, HOLD, HOP, LEAD_INSTRUMENTS, NOISE,
-                                QUALITY_NAMES, REST, VOCAB, ScoreCodec, chord_token, drum_token, note_token, parse_token)
+from engine.score_codec import (
+    CHORD_INSTRUMENTS,
+    DISTORT,
+    DRUM_KITS,
+    FRAME_RATE,
+    HOLD,
+    HOP,
+    LEAD_INSTRUMENTS,
+    NOISE,
+    QUALITY_NAMES,
+    REST,
+    VOCAB,
+    ScoreCodec,
+    chord_token,
+    drum_token,
+    note_token,
+    parse_token,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,20 @@
 """Quality scorers, one-call scoring, the CLAP path (tiny random ClapModel) and the scorer trainer's smoke run."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_tower
+from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
 from engine.checkpoint import CheckpointError
-from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
-from engine.scorers import (ClapAdherence, QualityConfig, QualityScorer, Scorers, SentenceEncoder,
-                            load_quality_scorer)
-from conftest import make_tiny_tower
+from engine.embedding import AudioEmbedder, load_embedder
+from engine.scorers import ClapAdherence, QualityConfig, QualityScorer, Scorers, SentenceEncoder, load_quality_scorer
+from training.corpus import BAD_CAPTIONS, generate_piece
 from training.export import main as export_main
-from training.train_scorers import main, roc_auc, soft_clip_loss
+from training.train_embedding import main as train_e
+from training.train_scorers import adherence_ceiling, caption_top1, main, roc_auc, soft_clip_loss, true_captions
 
 TINY = make_tiny_tower()
 
@@ -105,14 +109,13 @@ def test_soft_clip_loss_with_captions_true_of_other_clips():
     assert soft_clip_loss(audio, between, only_own, ten) > soft_clip_loss(audio, on_clip_1, only_own, ten)
     # weighted positives: weight 0 for the other true caption is same-text positives, weight 1 is all true alike
     weighted = lambda w: torch.tensor([[1.0, w], [0.0, 1.0]])  # noqa: E731
-    assert torch.isclose(soft_clip_loss(audio, between, weighted(0.0), ten), soft_clip_loss(audio, between, only_own, ten))
-    assert torch.isclose(soft_clip_loss(audio, between, weighted(1.0), ten), soft_clip_loss(audio, between, true_of, ten))
+    assert torch.isclose(soft_clip_loss(audio, between, weighted(0.0), ten),
+                         soft_clip_loss(audio, between, only_own, ten))
+    assert torch.isclose(soft_clip_loss(audio, between, weighted(1.0), ten),
+                         soft_clip_loss(audio, between, true_of, ten))
 
 
 def test_true_captions_of_a_piece():
-    from training.corpus import BAD_CAPTIONS, generate_piece
-    from training.train_scorers import true_captions
-
     pieces = [generate_piece(0, i, 64) for i in range(40)]
     for pc in pieces:
         t = true_captions(pc)
@@ -134,8 +137,6 @@ def test_trainer_smoke_exports_a_loadable_scorer(tmp_path):
 
 
 def test_clap_adherence_on_a_tiny_random_clap(sentences):
-    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
-
     tok = sentences.tokenizer  # any offline tokenizer: ids only need to fit the tiny vocabulary
     text = ClapTextConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                           intermediate_size=32, projection_dim=8, max_position_embeddings=64)
@@ -151,12 +152,11 @@ def test_clap_adherence_on_a_tiny_random_clap(sentences):
 
 
 def test_trainer_can_start_the_audio_tower_from_e(tmp_path):
-    from training.train_embedding import main as train_e
-
-    train_e(["--out", str(tmp_path / "E"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1", "--dim", "32",
-             "--n-mels", "48", "--eval-candidates", "4", "--eval-every", "1"])
-    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--true-positives", "--other-true-weight", "0.5", "--pool", "12", "--heldout", "24",
-          "--batch", "6", "--steps", "1", "--distractors", "3", "--eval-every", "1", "--lr", "1e-12"])
+    train_e(["--out", str(tmp_path / "E"), "--pool", "8", "--batch", "4", "--steps", "1", "--layers", "1",
+             "--dim", "32", "--n-mels", "48", "--eval-candidates", "4", "--eval-every", "1"])
+    main(["--out", str(tmp_path / "run"), "--init-audio", str(tmp_path / "E"), "--true-positives",
+          "--other-true-weight", "0.5", "--pool", "12", "--heldout", "24", "--batch", "6", "--steps", "1",
+          "--distractors", "3", "--eval-every", "1", "--lr", "1e-12"])
     q = load_quality_scorer(tmp_path / "run")
     e = load_embedder(tmp_path / "E")
     assert q.config.audio == e.config and q.config.audio.n_mels == 48
@@ -167,9 +167,6 @@ def test_trainer_can_start_the_audio_tower_from_e(tmp_path):
 def test_adherence_against_false_distractors_skips_captions_true_of_the_clip():
     """Clip 0's own caption loses to clip 1's generic caption, which is also true of clip 0: a miss against any
     other caption, a hit once only captions false for clip 0 may be distractors."""
-    from types import SimpleNamespace
-
-    from training.train_scorers import caption_top1
 
     text = F.normalize(torch.tensor([[0.9, 0.1], [1.0, 0.0], [0.0, 1.0]]), dim=-1)  # "own", "generic", "other"
     audio = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0]]), dim=-1)
@@ -180,7 +177,6 @@ def test_adherence_against_false_distractors_skips_captions_true_of_the_clip():
     fair = caption_top1(model, audio, captions, text, 2, 0, truths)
     assert plain == pytest.approx(2 / 3) and fair == 1.0
     # a scorer that only tells true captions from false ones: clip 0 ties with "generic" (1/2), the others win
-    from training.train_scorers import adherence_ceiling
 
     assert adherence_ceiling(captions, 2, 0, truths) == pytest.approx((1 / 2 + 1 + 1) / 3)
     assert adherence_ceiling(captions, 2, 0, [{c} for c in captions]) == 1.0

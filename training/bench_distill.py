@@ -8,9 +8,9 @@ teacher-forced forwards + backward + optimizer step. Reported with the number of
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,21 +19,22 @@ from engine.embedding import load_embedder
 from engine.model import load_model
 from training.corpus import training_prompts
 from training.distill import DistillConfig, Distiller
+from training.settings import parse, setting
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    base: str = setting("weights/nano", "base model")
+    embedding: str = setting("weights/embedding", "E for the diversity reward")
+    steps: int = setting(5, "timed steps (after one warm-up step)")
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default="weights/nano")
-    p.add_argument("--embedding", default="weights/embedding")
-    p.add_argument("--beta", type=float, default=15.0)
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--steps", type=int, default=5)
-    args = p.parse_args(argv)
+    # the trainer's objective settings; β > 0 by default here, so that every phase of a step runs and is timed
+    cfg, args = parse([DistillConfig, BenchSettings], argv, description=__doc__,
+                      defaults=dict(beta=15.0, beta_warmup=0))
     base = load_model(args.base)
     embedder = load_embedder(args.embedding)
-    cfg = DistillConfig(beta=args.beta, beta_warmup=0, prompts=args.prompts, samples=args.samples, seconds=args.seconds)
     distiller = Distiller(base, cfg, embedder.embed)
     optimizer = torch.optim.AdamW(distiller.student_model.parameters(), lr=cfg.lr)
     prompts = training_prompts(0, 256)
@@ -52,13 +53,15 @@ def main(argv=None) -> dict:
         timings = distiller.take_timings()
         decode, embed = timings["decode_s"], timings["embed_s"]
         if step:  # step 0 warms up
-            rows.append(dict(sample=t1 - t0, decode=decode, embed=embed, fwd_bwd=t2 - t1 - decode - embed, total=t2 - t0))
+            rows.append(dict(sample=t1 - t0, decode=decode, embed=embed,
+                             fwd_bwd=t2 - t1 - decode - embed, total=t2 - t0))
     mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
     result = dict(step_s=mean["total"], steps_per_s=1 / mean["total"], threads=torch.get_num_threads(),
                   batch=f"{cfg.prompts} prompts x {cfg.samples} samples x {cfg.seconds:g} s",
                   share={k: mean[k] / mean["total"] for k in ("sample", "decode", "embed", "fwd_bwd")},
                   seconds={k: mean[k] for k in ("sample", "decode", "embed", "fwd_bwd")})
-    print(f"{result['batch']}, {result['threads']} threads: {mean['total']:.2f} s/step ({result['steps_per_s']:.3f} steps/s)")
+    print(f"{result['batch']}, {result['threads']} threads: {mean['total']:.2f} s/step "
+          f"({result['steps_per_s']:.3f} steps/s)")
     for k in ("sample", "decode", "embed", "fwd_bwd"):
         print(f"  {k:8s} {mean[k]:6.2f} s  {100 * mean[k] / mean['total']:5.1f} %")
     print(json.dumps(result))

@@ -17,9 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import torch
 
-from engine.score_codec import (DISTORT, FRAME_RATE, HOLD, NOISE, REST, TEMPOS, chord_token, drum_token,
-                                note_token)
+from engine.score_codec import (
+    DISTORT,
+    FRAME_RATE,
+    HOLD,
+    NOISE,
+    REST,
+    TEMPOS,
+    ScoreCodec,
+    chord_token,
+    drum_token,
+    note_token,
+)
 
 DEGRADED_FRACTION = 0.12
 HELD_OUT_EVERY = 20  # index % 20 == 0 -> held out (5 %)
@@ -73,28 +85,32 @@ GENRES = {g.name: g for g in [
       bass=("synth bass",), harmony=("pad",), kits=("electronic",), bass_style="offbeat", chord_rhythm="bar",
       groove={"kick": "x...x...x...x...", "open hat": "..x...x...x...x.", "clap": "....x.......x..."},
       melody_density=0.25, words=("techno", "techno track", "driving techno", "electronic dance music")),
-    G(name="ambient", tempos=(8, 7), modes=("major", "dorian"), progressions=("drone", "modal"), lead=("bells", "flute"),
-      bass=("sub bass",), harmony=("pad", "strings"), kits=(), bass_style="sustained", chord_rhythm="bar",
-      groove={}, melody_density=0.12, words=("ambient", "ambient soundscape", "ambient piece", "atmospheric music")),
+    G(name="ambient", tempos=(8, 7), modes=("major", "dorian"), progressions=("drone", "modal"),
+      lead=("bells", "flute"), bass=("sub bass",), harmony=("pad", "strings"), kits=(), bass_style="sustained",
+      chord_rhythm="bar", groove={}, melody_density=0.12,
+      words=("ambient", "ambient soundscape", "ambient piece", "atmospheric music")),
     G(name="bossa nova", tempos=(5, 6), modes=("major",), progressions=("jazz",), lead=("flute", "guitar"),
       bass=("upright bass",), harmony=("guitar",), kits=("acoustic",), bass_style="fifths", chord_rhythm="stabs",
       groove={"rim": "..x..x....x..x..", "closed hat": "x.x.x.x.x.x.x.x.", "kick": "x..x....x..x...."},
       melody_density=0.3, words=("bossa nova", "bossa nova song", "brazilian bossa nova")),
     G(name="hip hop", tempos=(5, 6), modes=("minor", "dorian"), progressions=("sad", "modal"), lead=("piano", "bells"),
       bass=("sub bass", "synth bass"), harmony=("piano", "pad"), kits=("lofi", "electronic"), bass_style="root",
-      chord_rhythm="bar", groove={"kick": "x.....x...x.....", "snare": "....x.......x...", "closed hat": "x.x.x.x.x.x.x.x."},
+      chord_rhythm="bar",
+      groove={"kick": "x.....x...x.....", "snare": "....x.......x...", "closed hat": "x.x.x.x.x.x.x.x."},
       melody_density=0.25, words=("hip hop", "hip hop beat", "boom bap beat", "rap instrumental")),
     G(name="classical", tempos=(5, 6, 4), modes=("major", "minor"), progressions=("classical", "sad"),
       lead=("piano", "strings", "flute"), bass=("upright bass",), harmony=("strings", "piano"), kits=(),
       bass_style="root", chord_rhythm="half", groove={}, melody_density=0.5,
       words=("classical", "classical piece", "orchestral piece", "chamber music")),
     G(name="reggae", tempos=(6, 5), modes=("major", "minor"), progressions=("pop", "modal"), lead=("organ", "guitar"),
-      bass=("electric bass",), harmony=("organ", "guitar"), kits=("acoustic",), bass_style="root", chord_rhythm="offbeat",
+      bass=("electric bass",), harmony=("organ", "guitar"), kits=("acoustic",), bass_style="root",
+      chord_rhythm="offbeat",
       groove={"kick": "........x.......", "rim": "........x.......", "closed hat": "x.x.x.x.x.x.x.x."},
       melody_density=0.2, words=("reggae", "reggae song", "roots reggae", "one drop reggae")),
-    G(name="funk", tempos=(4, 5), modes=("dorian", "minor"), progressions=("blues", "modal"), lead=("square lead", "organ"),
-      bass=("electric bass", "synth bass"), harmony=("guitar", "organ"), kits=("acoustic",), bass_style="octave",
-      chord_rhythm="stabs", groove={"kick": "x..x..x...x..x..", "snare": "....x..x.x..x...", "closed hat": "xxxxxxxxxxxxxxxx"},
+    G(name="funk", tempos=(4, 5), modes=("dorian", "minor"), progressions=("blues", "modal"),
+      lead=("square lead", "organ"), bass=("electric bass", "synth bass"), harmony=("guitar", "organ"),
+      kits=("acoustic",), bass_style="octave", chord_rhythm="stabs",
+      groove={"kick": "x..x..x...x..x..", "snare": "....x..x.x..x...", "closed hat": "xxxxxxxxxxxxxxxx"},
       melody_density=0.4, words=("funk", "funky groove", "funk jam", "slap funk")),
     G(name="folk", tempos=(5, 4, 6), modes=("major",), progressions=("pop", "rock"), lead=("flute", "guitar"),
       bass=("upright bass",), harmony=("guitar",), kits=("acoustic", ""), bass_style="fifths", chord_rhythm="half",
@@ -110,7 +126,8 @@ MOODS = {
     "dreamy": dict(modes=("major", "dorian"), density=0.7, words=("dreamy", "ethereal", "hazy", "floating")),
 }
 BAD_CAPTIONS = ("Bad audio quality.", "low quality, noisy recording", "distorted, badly played", "poor quality audio",
-                "noisy and glitchy recording", "bad recording with wrong notes", "lo-fi mess, distorted and out of time")
+                "noisy and glitchy recording", "bad recording with wrong notes",
+                "lo-fi mess, distorted and out of time")
 
 
 @dataclass
@@ -133,10 +150,25 @@ def _pattern(s: str) -> np.ndarray:
     return np.array([c == "x" for c in s])
 
 
-def generate_piece(seed: int, index: int, frames: int) -> Piece:
-    """One piece of `frames` frames, fully determined by (seed, index)."""
-    rng = np.random.default_rng([seed, index])
-    degraded = rng.random() < DEGRADED_FRACTION
+@dataclass
+class _Style:
+    """What a piece's random draws chose before its notes: genre, mood, mode, tempo, key, instruments, chords."""
+
+    genre: Genre
+    mood_name: str
+    mode_name: str
+    mode: tuple[int, ...]
+    d: int  # frames per 16th
+    key: int
+    lead: str
+    bass: str
+    chords: str
+    kit: str | None
+    prog: list[tuple[int, str]]
+    density: float  # melody onsets
+
+
+def _choose_style(rng: np.random.Generator) -> _Style:
     genre = GENRES[rng.choice(sorted(GENRES))]
     mood_name = str(rng.choice(sorted(MOODS)))
     mood = MOODS[mood_name]
@@ -148,79 +180,105 @@ def generate_piece(seed: int, index: int, frames: int) -> Piece:
         tempos = sorted(tempos)[:1] + tempos
     elif mood_name in ("calm", "sad", "dreamy"):
         tempos = sorted(tempos)[-1:] + tempos
-    d = int(rng.choice(tempos))  # frames per 16th
+    d = int(rng.choice(tempos))
     key = int(rng.integers(12))
-    lead_inst, bass_inst, chord_inst = (str(rng.choice(x)) for x in (genre.lead, genre.bass, genre.harmony))
-    kit = str(rng.choice(genre.kits)) if genre.kits else ""
-    kit = kit or None
+    lead, bass, chords = (str(rng.choice(x)) for x in (genre.lead, genre.bass, genre.harmony))
+    kit = (str(rng.choice(genre.kits)) if genre.kits else "") or None
     prog = [_fix_quality(mode, deg, q) for deg, q in PROGRESSIONS[str(rng.choice(genre.progressions))]]
     if rng.random() < 0.3:  # variation: rotate the progression
         prog = prog[1:] + prog[:1]
     density = genre.melody_density * mood["density"] * rng.uniform(0.8, 1.2)
-    steps = -(-frames // d)  # 16th steps covering the clip
-    codes = np.full((4, steps * d), HOLD, dtype=np.int16)
+    return _Style(genre, mood_name, mode_name, mode, d, key, lead, bass, chords, kit, prog, density)
+
+
+def _harmony(codes: np.ndarray, st: _Style, f: int, beat_pos: int, root_pc: int, quality: str, rng) -> None:
+    rhythm = st.genre.chord_rhythm
+    chord_on = {
+        "bar": beat_pos == 0,
+        "half": beat_pos in (0, 8),
+        "offbeat": beat_pos in (4, 12),
+        "stabs": beat_pos in (0, 6, 10) and rng.random() < 0.8,
+    }[rhythm]
+    if chord_on:
+        codes[2, f] = chord_token(st.chords, root_pc, quality)
+        if rhythm in ("offbeat", "stabs"):
+            codes[2, min(f + 2 * st.d, codes.shape[1] - 1)] = REST  # short, skank-like chords
+
+
+def _bass(codes: np.ndarray, st: _Style, f: int, beat_pos: int, root_pc: int, rng) -> None:
+    base = 28 + (root_pc - 4) % 12  # lowest octave E1..D#2
+    style, mode = st.genre.bass_style, st.mode
+    bass_on, bass_pitch = False, base
+    if style == "root":
+        bass_on = beat_pos in (0, 6, 8) or (beat_pos == 14 and rng.random() < 0.4)
+    elif style == "octave":
+        bass_on, bass_pitch = beat_pos % 2 == 0, base + 12 * (beat_pos % 4 == 2)
+    elif style == "walking":
+        bass_on = beat_pos % 4 == 0
+        bass_pitch = base + (0, mode[2] - mode[0], 7, mode[4] % 12 + 2)[beat_pos // 4 % 4] % 12
+    elif style == "fifths":
+        bass_on, bass_pitch = beat_pos in (0, 8), base + 7 * (beat_pos == 8)
+    elif style == "offbeat":
+        bass_on = beat_pos % 4 == 2
+    elif style == "sustained":
+        bass_on = beat_pos == 0
+    if bass_on:
+        codes[1, f] = note_token("bass", st.bass, int(np.clip(bass_pitch, 24, 59)))
+
+
+def _drums(codes: np.ndarray, st: _Style, f: int, beat_pos: int, bar: int, rng) -> None:
+    if st.kit is None:
+        return
+    hits = [v for v, pat in st.genre.groove.items() if pat[beat_pos] == "x" and rng.random() < 0.95]
+    if st.mood_name == "energetic" and beat_pos % 2 == 1 and rng.random() < 0.3:
+        hits.append("closed hat")
+    if bar % 4 == 3 and beat_pos >= 12 and rng.random() < 0.5:  # fill
+        hits.append("snare")
+    if bar % 4 == 0 and beat_pos == 0 and rng.random() < 0.3:
+        hits.append("crash")
+    if hits:
+        codes[3, f] = drum_token(st.kit, sorted(set(hits)))
+
+
+def _melody(codes: np.ndarray, st: _Style, f: int, beat_pos: int, root_pc: int, quality: str, pitch: int, rng) -> int:
+    """A random walk on the scale, onsets by density, rests sometimes; returns the melody's current pitch."""
+    if not rng.random() < st.density * (1.5 if beat_pos % 4 == 0 else 0.8):
+        return pitch
+    if rng.random() < 0.12:
+        codes[0, f] = REST
+        return pitch
+    scale_pitches = [p for p in range(48, 96) if (p - st.key) % 12 in st.mode]
+    i = int(np.argmin([abs(p - pitch) for p in scale_pitches]))
+    i = int(np.clip(i + rng.choice([-2, -1, -1, 0, 1, 1, 2]), 0, len(scale_pitches) - 1))
+    if beat_pos == 0 and rng.random() < 0.5:  # land on a chord tone
+        chord_pcs = [(root_pc + iv) % 12 for iv in (0, 4 if quality in ("maj", "7", "maj7") else 3, 7)]
+        cands = [p for p in scale_pitches if p % 12 in chord_pcs]
+        i = scale_pitches.index(min(cands, key=lambda p: abs(p - scale_pitches[i])))
+    codes[0, f] = note_token("lead", st.lead, scale_pitches[i])
+    return scale_pitches[i]
+
+
+def generate_piece(seed: int, index: int, frames: int) -> Piece:
+    """One piece of `frames` frames, fully determined by (seed, index)."""
+    rng = np.random.default_rng([seed, index])
+    degraded = rng.random() < DEGRADED_FRACTION
+    st = _choose_style(rng)
+    steps = -(-frames // st.d)  # 16th steps covering the clip
+    codes = np.full((4, steps * st.d), HOLD, dtype=np.int16)
     codes[:, 0] = REST
     lead_off = int(rng.integers(0, 2)) * 12  # register
-    melody_pitch = 60 + lead_off + key + mode[int(rng.integers(0, 5))]
-
+    melody_pitch = 60 + lead_off + st.key + st.mode[int(rng.integers(0, 5))]
     for step in range(steps):
-        f, beat_pos, bar = step * d, step % 16, step // 16
-        root, quality = prog[bar % len(prog)]
-        root_pc = (key + root) % 12
-        # harmony
-        chord_on = {"bar": beat_pos == 0, "half": beat_pos in (0, 8), "offbeat": beat_pos in (4, 12),
-                    "stabs": beat_pos in (0, 6, 10) and rng.random() < 0.8}[genre.chord_rhythm]
-        if chord_on:
-            codes[2, f] = chord_token(chord_inst, root_pc, quality)
-            if genre.chord_rhythm in ("offbeat", "stabs"):
-                codes[2, min(f + 2 * d, codes.shape[1] - 1)] = REST  # short, skank-like chords
-        # bass
-        base = 28 + (root_pc - 4) % 12  # lowest octave E1..D#2
-        bass_on, bass_pitch = False, base
-        if genre.bass_style == "root":
-            bass_on = beat_pos in (0, 6, 8) or (beat_pos == 14 and rng.random() < 0.4)
-        elif genre.bass_style == "octave":
-            bass_on, bass_pitch = beat_pos % 2 == 0, base + 12 * (beat_pos % 4 == 2)
-        elif genre.bass_style == "walking":
-            bass_on = beat_pos % 4 == 0
-            bass_pitch = base + (0, mode[2] - mode[0], 7, mode[4] % 12 + 2)[beat_pos // 4 % 4] % 12
-        elif genre.bass_style == "fifths":
-            bass_on, bass_pitch = beat_pos in (0, 8), base + 7 * (beat_pos == 8)
-        elif genre.bass_style == "offbeat":
-            bass_on = beat_pos % 4 == 2
-        elif genre.bass_style == "sustained":
-            bass_on = beat_pos == 0
-        if bass_on:
-            codes[1, f] = note_token("bass", bass_inst, int(np.clip(bass_pitch, 24, 59)))
-        # drums
-        if kit is not None:
-            hits = [v for v, pat in genre.groove.items() if pat[beat_pos] == "x" and rng.random() < 0.95]
-            if mood_name == "energetic" and beat_pos % 2 == 1 and rng.random() < 0.3:
-                hits.append("closed hat")
-            if bar % 4 == 3 and beat_pos >= 12 and rng.random() < 0.5:  # fill
-                hits.append("snare")
-            if bar % 4 == 0 and beat_pos == 0 and rng.random() < 0.3:
-                hits.append("crash")
-            if hits:
-                codes[3, f] = drum_token(kit, sorted(set(hits)))
-        # melody: a random walk on the scale, onsets by density, rests sometimes
-        if bar >= 0 and rng.random() < density * (1.5 if beat_pos % 4 == 0 else 0.8):
-            if rng.random() < 0.12:
-                codes[0, f] = REST
-            else:
-                scale_pitches = [p for p in range(48, 96) if (p - key) % 12 in mode]
-                i = int(np.argmin([abs(p - melody_pitch) for p in scale_pitches]))
-                i = int(np.clip(i + rng.choice([-2, -1, -1, 0, 1, 1, 2]), 0, len(scale_pitches) - 1))
-                if beat_pos == 0 and rng.random() < 0.5:  # land on a chord tone
-                    chord_pcs = [(root_pc + iv) % 12 for iv in (0, 4 if quality in ("maj", "7", "maj7") else 3, 7)]
-                    cands = [p for p in scale_pitches if p % 12 in chord_pcs]
-                    i = scale_pitches.index(min(cands, key=lambda p: abs(p - scale_pitches[i])))
-                melody_pitch = scale_pitches[i]
-                codes[0, f] = note_token("lead", lead_inst, melody_pitch)
-
-    attributes = dict(genre=genre.name, mood=mood_name, mode=mode_name, key=KEYS[key], tempo_bpm=round(TEMPOS[d], 1),
-                      sixteenth_frames=d, lead=lead_inst, bass=bass_inst, harmony=chord_inst, drums=kit,
-                      degraded=bool(degraded))
+        f, beat_pos, bar = step * st.d, step % 16, step // 16
+        root, quality = st.prog[bar % len(st.prog)]
+        root_pc = (st.key + root) % 12
+        _harmony(codes, st, f, beat_pos, root_pc, quality, rng)
+        _bass(codes, st, f, beat_pos, root_pc, rng)
+        _drums(codes, st, f, beat_pos, bar, rng)
+        melody_pitch = _melody(codes, st, f, beat_pos, root_pc, quality, melody_pitch, rng)
+    attributes = dict(genre=st.genre.name, mood=st.mood_name, mode=st.mode_name, key=KEYS[st.key],
+                      tempo_bpm=round(TEMPOS[st.d], 1), sixteenth_frames=st.d, lead=st.lead, bass=st.bass,
+                      harmony=st.chords, drums=st.kit, degraded=bool(degraded))
     if degraded:
         codes = _degrade(codes, rng)
     codes = codes[:, :frames]
@@ -231,12 +289,14 @@ def generate_piece(seed: int, index: int, frames: int) -> Piece:
 def _degrade(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Wrong notes, erratic timing, noise bursts, distortion: each with some probability, at least one."""
     codes = codes.copy()
-    kinds = [k for k in ("wrong", "timing", "noise", "distort") if rng.random() < 0.5] or [str(rng.choice(["noise", "distort"]))]
+    kinds = ([k for k in ("wrong", "timing", "noise", "distort") if rng.random() < 0.5]
+             or [str(rng.choice(["noise", "distort"]))])
     T = codes.shape[1]
     for k in range(3 if "wrong" in kinds else 0):  # wrong notes: shift pitched events by a semitone or a tritone
         on = np.flatnonzero(codes[k] >= 4)
         for f in rng.choice(on, size=len(on) // 3, replace=False) if len(on) else []:
-            codes[k, f] = max(4, int(codes[k, f]) + int(rng.choice([-1, 1, 6])))  # neighbours in the same instrument block
+            # neighbours in the same instrument block
+            codes[k, f] = max(4, int(codes[k, f]) + int(rng.choice([-1, 1, 6])))
     if "timing" in kinds:  # erratic timing: move events by a few frames
         for k in range(4):
             for f in np.flatnonzero(codes[k] >= 4):
@@ -305,7 +365,6 @@ def _caption_forms(a: dict, g: str, mood: str, inst: list[str]) -> list:
 
 def render(pieces: list[Piece], codec, batch: int = 32):
     """Audio (len(pieces), samples) of equally long pieces through the score codec (a torch tensor)."""
-    import torch
 
     out = []
     for j in range(0, len(pieces), batch):
@@ -360,13 +419,9 @@ def main(argv=None) -> None:
     np.save(out / "codes.npy", np.stack([pc.codes for pc in pieces]))
     with open(out / "meta.jsonl", "w") as f:
         for pc in pieces:
-            f.write(json.dumps(dict(index=pc.index, split=split_of(pc.index), caption=pc.caption, **pc.attributes)) + "\n")
+            f.write(json.dumps(dict(index=pc.index, split=split_of(pc.index), caption=pc.caption,
+                                    **pc.attributes)) + "\n")
     if args.render:
-        import soundfile as sf
-        import torch
-
-        from engine.score_codec import ScoreCodec
-
         codec = ScoreCodec()
         for pc in pieces[:args.render]:
             audio = codec.decode(torch.as_tensor(pc.codes[None].astype(np.int64)))[0].numpy()

@@ -44,8 +44,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from engine.checkpoint import (CheckpointError, load_state, optimizer_tensors, read_safetensors, restore_optimizer,
-                               save_csv, save_json, save_state)
+from engine.checkpoint import (
+    CheckpointError,
+    load_state,
+    optimizer_tensors,
+    read_safetensors,
+    restore_optimizer,
+    save_csv,
+    save_json,
+    save_state,
+)
 from engine.decoder import FastDecoder
 from engine.embedding import load_embedder
 from engine.generate import SamplingParams, generate_codes

@@ -37,8 +37,18 @@ from engine.merge import Blend
 from engine.model import load_model
 from engine.scorers import OMEGA, Scorers
 from engine.service import MusicService, Request
-from training.claims import (CFG_NEG, CFG_UNCOND, LERP_QB, LERP_QD, PAPER_GAMMA, TEMP_BASE, TEMP_Q, Measured, Point,
-                             claims)
+from training.claims import (
+    CFG_NEG,
+    CFG_UNCOND,
+    LERP_QB,
+    LERP_QD,
+    PAPER_GAMMA,
+    TEMP_BASE,
+    TEMP_Q,
+    Measured,
+    Point,
+    claims,
+)
 from training.corpus import heldout_prompts
 from training.heldout import HeldoutResult, HeldoutSettings, is_exact, measure
 from training.settings import parse, setting
@@ -116,7 +126,8 @@ class Evaluator:
 
     def key(self, p: Point) -> str:
         used = {n: self.fingerprints[n] for n, _ in p.blend}
-        blob = json.dumps(dict(point=asdict(p), settings=self.cache_key_settings, weights=used, E=self.fingerprints["E"],
+        blob = json.dumps(dict(point=asdict(p), settings=self.cache_key_settings, weights=used,
+                               E=self.fingerprints["E"],
                                Q=self.fingerprints["Q"]), sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()
 
@@ -236,7 +247,8 @@ def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[s
     lines += ["", "![fronts](fronts.png)", ""]
     lines += ["![lambda](lambda.png)", ""] if figures["lambda_plot"] else []
     lines += ["![training](training.png)", ""] if figures["training"] else []
-    lines += ["## Points", "", "| family | x | quality | diversity | Vendi | event diversity | drums | noise | s/clip |",
+    lines += ["## Points", "",
+              "| family | x | quality | diversity | Vendi | event diversity | drums | noise | s/clip |",
               "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['family']} | {r['x']:g} | {r['quality']:.3f} ± {r['quality_sem']:.3f} | {r['diversity']:.3f} ± "
               f"{r['diversity_sem']:.3f} | {r['vendi']:.2f} | {r['event_diversity']:.3f} | {r['drums']:.2f} | "

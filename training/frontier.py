@@ -43,7 +43,8 @@ def overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) 
     return max(min(p[0] for p in a), min(p[0] for p in b)), min(max(p[0] for p in a), max(p[0] for p in b))
 
 
-def area_difference(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]], y_ref: float | None = None) -> dict:
+def area_difference(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]],
+                    y_ref: float | None = None) -> dict:
     """Dominated area of front a minus front b over their diversity overlap (positive: a dominates more)."""
     lo, hi = overlap(a, b)
     if y_ref is None:

@@ -12,18 +12,20 @@ samples the diversity RL needs before it moves the policy (the KL term is far le
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from engine.checkpoint import save_json
 from engine.embedding import load_embedder
 from engine.model import load_model
 from training.corpus import training_prompts
 from training.distill import DistillConfig, Distiller
+from training.settings import parse, setting
 
 
 def mean_pairwise_cosine(grads: list[torch.Tensor]) -> float:
@@ -31,27 +33,30 @@ def mean_pairwise_cosine(grads: list[torch.Tensor]) -> float:
                           for a, b in itertools.combinations(grads, 2)]))
 
 
+@dataclass(frozen=True)
+class SnrSettings:
+    base: str = setting("weights/nano", "base model")
+    init: str | None = setting(None, "student weights (default: the base)")
+    embedding: str = setting("weights/embedding", "E for the diversity reward")
+    batches: int = setting(4, "independent batches (the cosine is between batches)")
+    seed: int = setting(0, "seed of prompts and samples")
+    out: str | None = setting(None, "write the result as JSON here")
+
+    def __post_init__(self):
+        if self.batches < 2:
+            raise ValueError(f"--batches must be ≥ 2 (the cosine is between batches), got {self.batches}")
+
+
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", default="weights/nano")
-    p.add_argument("--init", default=None, help="student weights (default: the base)")
-    p.add_argument("--embedding", default="weights/embedding")
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--samples", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--batches", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the result as JSON here")
-    args = p.parse_args(argv)
-    if args.batches < 2:
-        raise SystemExit("--batches must be ≥ 2 (the cosine is between batches)")
+    # the objective's settings (prompts, samples, seconds, ...) are the trainer's; β = 1 scales the REINFORCE term
+    objective, args = parse([DistillConfig, SnrSettings], argv, description=__doc__)
+    cfg = dataclasses.replace(objective, beta=1.0, beta_warmup=0)
     base = load_model(args.base)
-    cfg = DistillConfig(beta=1.0, beta_warmup=0, prompts=args.prompts, samples=args.samples, seconds=args.seconds)
     distiller = Distiller(base, cfg, load_embedder(args.embedding).embed)
     params = dict(distiller.student_model.named_parameters())
     if args.init:
         distiller.load_student(args.init)
-    prompts = training_prompts(args.seed, args.batches * args.prompts)
+    prompts = training_prompts(args.seed, args.batches * cfg.prompts)
 
     def gradient(beta: float, batch: list[str], codes: torch.Tensor) -> torch.Tensor:
         distiller.config = dataclasses.replace(cfg, beta=beta)
@@ -61,13 +66,14 @@ def main(argv=None) -> dict:
 
     kl_grads, rl_grads = [], []
     for k in range(args.batches):
-        batch = prompts[k * args.prompts:(k + 1) * args.prompts]
+        batch = prompts[k * cfg.prompts:(k + 1) * cfg.prompts]
         codes = distiller.sample(batch, torch.Generator().manual_seed(args.seed * 1000 + k))
         g_kl = gradient(0.0, batch, codes)
         rl_grads.append(gradient(1.0, batch, codes) - g_kl)  # the REINFORCE term alone, at β = 1
         kl_grads.append(g_kl)
         print(f"batch {k + 1}/{args.batches}", flush=True)
-    result = dict(init=args.init or args.base, batch=f"{args.prompts} prompts x {args.samples} samples x {args.seconds:g} s")
+    result = dict(init=args.init or args.base,
+                  batch=f"{cfg.prompts} prompts x {cfg.samples} samples x {cfg.seconds:g} s")
     for name, grads in (("kl", kl_grads), ("reinforce", rl_grads)):
         c = mean_pairwise_cosine(grads)
         result[name] = dict(norm=float(np.mean([g.norm().item() for g in grads])), cosine=c,
@@ -75,7 +81,6 @@ def main(argv=None) -> dict:
         print(f"{name:9s} gradient norm {result[name]['norm']:8.2f}   mean cosine between batches {c:+.3f}   "
               f"batches to average for signal = noise: {result[name]['batches_for_snr_1']:.1f}")
     if args.out:
-        from engine.checkpoint import save_json
         save_json(result, args.out)
     print(json.dumps(result))
     return result

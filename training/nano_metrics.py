@@ -55,7 +55,8 @@ def describe(codes: np.ndarray) -> dict:
                   for prof, name in ((MAJOR_PROFILE, "major"), (MINOR_PROFILE, "minor"))]
         mode = max(scores)[1]
     degraded = bool(((codes == NOISE) | (codes == DISTORT)).any())
-    return dict(instruments=instruments, kits=kits, drums=bool(events["drums"]), tempo=tempo, mode=mode, degraded=degraded)
+    return dict(instruments=instruments, kits=kits, drums=bool(events["drums"]), tempo=tempo,
+                mode=mode, degraded=degraded)
 
 
 def claims(caption: str) -> dict:
@@ -74,7 +75,8 @@ def claims(caption: str) -> dict:
         out["instrument"] = lambda d: all(n in d["instruments"] for n in named)
     m = re.search(r"(\d+(?:\.\d)?) bpm", c)
     if m:
-        out["tempo"] = lambda d, bpm=float(m.group(1)): d["tempo"] is not None and abs(d["tempo"] - bpm) < 1
+        bpm = float(m.group(1))
+        out["tempo"] = lambda d: d["tempo"] is not None and abs(d["tempo"] - bpm) < 1
     elif re.search(r"\bfast\b", c):
         out["tempo"] = lambda d: d["tempo"] is not None and d["tempo"] >= 120
     elif re.search(r"\bslow\b", c):
@@ -144,7 +146,8 @@ def main(argv=None) -> None:
             if pc.attributes["genre"] == "rock" and not pc.attributes["degraded"]][:8]
     ref = [event_distance(rock[a], rock[b]) for a in range(len(rock)) for b in range(a + 1, len(rock))]
     results["seed diversity"] = dict(mean_token_distance=float(np.mean(dists)), min=float(np.min(dists)),
-                                     mean_event_distance=float(np.mean(events)), min_event_distance=float(np.min(events)),
+                                     mean_event_distance=float(np.mean(events)),
+                                     min_event_distance=float(np.min(events)),
                                      corpus_rock_event_distance=float(np.mean(ref)),
                                      same_seed_distance=edit_distance(gen[0], same[0]))
     # speed: 4 clips x 8 s, text -> waveform
@@ -166,9 +169,11 @@ def main(argv=None) -> None:
     print(f"{'':24s}" + "".join(f"{k:>22s}" for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
     names = sorted({n for k in ("no CFG", "CFG γ=3") for n in results[k]["adherence"]})
     for n in names:
-        row = [results[k]["adherence"].get(n, (float("nan"), 0)) for k in ("no CFG", "CFG γ=3", "corpus (parser check)")]
+        row = [results[k]["adherence"].get(n, (float("nan"), 0))
+               for k in ("no CFG", "CFG γ=3", "corpus (parser check)")]
         print(f"{n:24s}" + "".join(f"{v:>15.3f} (n={c:3d})" for v, c in row))
-    print(f"{'degradation rate':24s}" + "".join(f"{results[k]['degradation_rate']:>22.3f}" for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
+    print(f"{'degradation rate':24s}" + "".join(f"{results[k]['degradation_rate']:>22.3f}"
+                                                for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
     print(json.dumps({k: results[k] for k in ("seed diversity", "speed", "codec")}))
     if args.out:
         save_json(dict(results, model=args.model, prompts=args.prompts, clips=args.clips), args.out)

@@ -40,7 +40,8 @@ def main(argv=None) -> None:
     p.add_argument("--title", default="")
     p.add_argument("--log-y", action="store_true")
     args = p.parse_args(argv)
-    plot(read_columns(args.csv, args.x, args.columns), args.out, args.title or Path(args.csv).parent.name, args.x, args.log_y)
+    plot(read_columns(args.csv, args.x, args.columns), args.out,
+         args.title or Path(args.csv).parent.name, args.x, args.log_y)
 
 
 if __name__ == "__main__":

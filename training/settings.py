@@ -83,9 +83,12 @@ def parser_for(classes: Sequence[type], description: str | None = None) -> argpa
     return p
 
 
-def parse(classes: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None) -> tuple:
-    """Parse `argv` into one instance of each dataclass in `classes` (flags must not repeat across them)."""
+def parse(classes: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None,
+          defaults: dict | None = None) -> tuple:
+    """Parse `argv` into one instance of each dataclass in `classes` (flags must not repeat across them).
+    `defaults` overrides fields' defaults for this entry point (e.g. a benchmark that needs β > 0)."""
     p = parser_for(classes, description)
+    p.set_defaults(**(defaults or {}))
     ns = vars(p.parse_args(argv))
     out = []
     for cls in classes:

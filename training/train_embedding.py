@@ -121,7 +121,8 @@ def semi_hard_triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, margin:
 
 
 def info_nce_loss(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP/NT-Xent style) for unit anchors (B, D) and positives (B, D): row i's positive is row i."""
+    """Symmetric InfoNCE (CLIP/NT-Xent style) for unit anchors (B, D) and positives (B, D): row i's positive is
+    row i."""
     logits = anchor @ positive.T / temperature
     target = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

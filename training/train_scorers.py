@@ -35,7 +35,6 @@ from training.corpus import BAD_CAPTIONS, HELD_OUT_EVERY, generate_piece, possib
 from training.settings import parse, setting
 from training.train_embedding import TowerSettings, cosine_schedule, tower
 
-
 LOGGED = ("adherence_top1", "adherence_top1_false_distractors", "quality_auc")
 
 
@@ -49,7 +48,8 @@ def roc_auc(scores, labels) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, positives: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, positives: torch.Tensor,
+                   scale: torch.Tensor) -> torch.Tensor:
     """Symmetric contrastive loss, unit audio (B, D) vs unit text (B, D). positives (B, B), bool or weights ≥ 0:
     caption j is true of clip i (the diagonal at least); each clip's target spreads over its true captions, each
     caption's over its clips, in proportion to the weights."""
@@ -61,7 +61,8 @@ def soft_clip_loss(audio: torch.Tensor, text: torch.Tensor, positives: torch.Ten
 def true_captions(piece) -> set[str]:
     """Every caption the corpus could give this piece: its own, every wording of its attributes, or, if degraded,
     every bad-audio caption."""
-    return {piece.caption} | (set(BAD_CAPTIONS) if piece.attributes["degraded"] else possible_captions(piece.attributes))
+    return {piece.caption} | (set(BAD_CAPTIONS) if piece.attributes["degraded"]
+                              else possible_captions(piece.attributes))
 
 
 @torch.no_grad()
