@@ -6,10 +6,13 @@ tests drive without a browser; `build_ui` wires them to components. Each browser
 travel with its own requests, so users never share a λ, and the engine's blend gate makes every generation use
 exactly the weights its own λ asks for.
 """
+# (no `from __future__ import annotations` here: Gradio finds the gr.Request parameter of a callback by its evaluated
+# annotation, and a string annotation hands it the gr.Progress instead)
 import argparse
 import collections
 import dataclasses
 import functools
+import json
 import os
 import re
 import secrets
@@ -24,13 +27,14 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from engine import decoder, kernels
+from engine import decoder, exact, kernels
 from engine.checkpoint import CheckpointError
 from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
 from engine.generate import GenerationCancelled
 from engine.merge import Blend
 from engine.model import is_nano_folder
 from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
+from engine.score_codec import ScoreCodec
 from engine.scorers import Scorers, SetScores
 from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request
 from engine.service import check_number as _number
@@ -69,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="diversity embedding E (default: weights/embedding)")
     p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
     p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
+    p.add_argument("--teacher", default=env("MUSIC_TEACHER"),
+                   help="the CFG setting the comparison starts from (teacher.json of training.teacher_sweep; default "
+                        "with the shipped nano: the chosen teacher; otherwise the paper's γ = 3)")
     p.add_argument("--fronts", default=env("MUSIC_FRONTS", str(WEIGHTS / "eval" / "fronts.json")),
                    help="precomputed quality–diversity fronts (from training.evaluate)")
     p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
@@ -95,23 +102,78 @@ class Result:
     merged: Generation
     base: Generation | None = None
     scores: dict[str, SetScores] = field(default_factory=dict)
+    exact: dict[str, "ExactScores"] = field(default_factory=dict)  # nano only: read from the clips' tokens
     files: list[str] = field(default_factory=list)
     label: str = ""
     base_label: str = ""
 
 
 @dataclass(frozen=True)
+class CfgSetting:
+    """A CFG setting: γ, negative prompt ("" = unconditional) and plausibility mask α (0 = the paper's CFG)."""
+
+    guidance: float = 3.0
+    negative: str = DEFAULT_NEGATIVE_PROMPT
+    plausibility: float = 0.0
+
+    @property
+    def label(self) -> str:
+        mask = f" α={self.plausibility:g}" if self.plausibility else ""
+        return f"base + CFG γ={self.guidance:g}{mask}{'' if self.negative else ' unconditional'}"
+
+
+PAPER_CFG = CfgSetting()
+
+
+def load_teacher(path: str | Path | None) -> CfgSetting:
+    """The CFG teacher chosen by measurement (`training.teacher_sweep`'s teacher.json); the paper's CFG without one."""
+    if not path or not Path(path).exists():
+        return PAPER_CFG
+    try:
+        t = json.loads(Path(path).read_text())
+        return CfgSetting(float(t["guidance"]), str(t["negative_prompt"]), float(t["plausibility"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a teacher file ({e})") from None
+
+
+@dataclass(frozen=True)
+class ExactScores:
+    """Exact metrics of one set of nano clips for its prompt (`engine.exact`)."""
+
+    quality: list[float | None]  # per clip: 5 · adherence + clean, None if the prompt has no checkable request
+    adherence: list[float | None]
+    clean: list[float]
+    diversity: float  # mean pairwise event distance
+    requests: list[str]  # what the prompt asks for that the tokens can check
+    unchecked: list[str]  # words the tokens cannot check (moods, a mode without a key)
+
+    @property
+    def mean_quality(self) -> float | None:
+        return None if self.quality[0] is None else float(np.mean(self.quality))
+
+    @classmethod
+    def of(cls, codes: np.ndarray, prompt: str) -> "ExactScores":
+        scores = [exact.score_clip(c, prompt) for c in codes]
+        return cls([s.quality for s in scores], [s.adherence for s in scores], [s.clean for s in scores],
+                   exact.event_diversity(codes), list(scores[0].met), exact.unchecked(prompt))
+
+
+@dataclass(frozen=True)
 class System:
-    """A way of generating that the blind A/B compares: the base's weights (blend None) or a blend, with CFG γ."""
+    """A way of generating that the blind A/B compares: the base's weights (blend None) or a blend, with CFG."""
 
     label: str  # display only
     blend: Blend | None = None
     guidance: float = 1.0
+    negative: str = DEFAULT_NEGATIVE_PROMPT
+    plausibility: float = 0.0
 
 
-def ab_systems(with_soup: bool, soup: list[str]) -> list[System]:
+def ab_systems(with_soup: bool, soup: list[str], teacher: CfgSetting = PAPER_CFG) -> list[System]:
     out = [System(f"merged λ={x:g}", Blend.lerp("q", "d", x)) for x in (0, 0.5, 1)]
-    out += [System("base"), System("base + CFG γ=3", guidance=3.0)]
+    out += [System("base")]
+    for cfg in dict.fromkeys((teacher, PAPER_CFG)):  # the chosen teacher first
+        out.append(System(cfg.label, guidance=cfg.guidance, negative=cfg.negative, plausibility=cfg.plausibility))
     return out + ([System(SOUP, Blend.soup(soup))] if with_soup else [])
 
 
@@ -124,15 +186,17 @@ class Studio:
 
     def __init__(self, service: MusicService, scorers: Scorers | None = None, ratings: RatingStore | None = None,
                  fronts: dict | None = None, banner: list[str] | None = None, out_dir: str | Path | None = None,
-                 soup: list[str] | None = None):
+                 soup: list[str] | None = None, fronts_exact: dict | None = None, teacher: CfgSetting = PAPER_CFG):
         self.service, self.scorers, self.ratings = service, scorers or Scorers(), ratings
-        self.fronts, self.banner = fronts or {}, banner or []
+        self.fronts, self.fronts_exact, self.banner = fronts or {}, fronts_exact or {}, banner or []
+        self.teacher = teacher
+        self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
         self.soup = ["q", "d", *(soup or [])]
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="cfg-distill-"))
         self._cancels: dict[str, threading.Event] = {}
         self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._systems = {sys.label: sys for sys in ab_systems(len(self.soup) >= 3, self.soup)}
+        self._systems = {sys.label: sys for sys in ab_systems(len(self.soup) >= 3, self.soup, teacher)}
 
     # ------------------------------------------------------------------ generation
     @property
@@ -163,14 +227,15 @@ class Studio:
         return "Stopping…"
 
     def generate(self, prompt: str, num_clips, duration, seed, temperature, mode: str, lam, compare: bool, guidance,
-                 negative: str, session: str = "", progress=None) -> Result:
+                 negative: str, plausibility=0.0, session: str = "", progress=None) -> Result:
         seed = _seed(seed)
         req = Request(prompt or "", int(_number("clips", num_clips)), float(_number("duration", duration)), seed,
                       float(_number("temperature", temperature)))
         cfg_req = None
         if compare:  # validated before any work: the same prompt and seed, with CFG
             cfg_req = Request(req.prompt, req.num_clips, req.duration_s, seed, req.temperature,
-                              guidance=float(_number("γ", guidance)), negative_prompt=negative or "")
+                              guidance=float(_number("γ", guidance)), negative_prompt=negative or "",
+                              plausibility=float(_number("α", plausibility)))
         blend = self.blend(mode, lam)
         cancel = self.cancel_event(session)
         cancel.clear()
@@ -179,10 +244,12 @@ class Studio:
         result = Result(merged, label=f"{mode} λ={float(lam):.2f}" if mode != SOUP else SOUP)
         if cfg_req is not None:
             result.base = self.service.generate_base(cfg_req, progress=hook("base + CFG"), cancel=cancel)
-            result.base_label = f"base + CFG γ={cfg_req.guidance:g}"
+            result.base_label = CfgSetting(cfg_req.guidance, cfg_req.negative_prompt, cfg_req.plausibility).label
         for key, gen in (("merged", result.merged), ("base", result.base)):
             if gen is not None and (self.scorers.has_diversity or self.scorers.has_quality or self.scorers.clap):
                 result.scores[key] = self.scorers.score(gen.audio, gen.sample_rate, req.prompt)
+            if gen is not None and self.readable:
+                result.exact[key] = ExactScores.of(gen.codes.numpy(), req.prompt)
         result.files = self._write_wavs(result, mode, lam)
         return result
 
@@ -203,7 +270,8 @@ class Studio:
         return self._systems[label]
 
     def _generate_system(self, system: System, req: Request) -> Generation:
-        req = dataclasses.replace(req, guidance=system.guidance)
+        req = dataclasses.replace(req, guidance=system.guidance, negative_prompt=system.negative,
+                                  plausibility=system.plausibility)
         if system.blend is None:
             return self.service.generate_base(req)
         return self.service.generate_merged(req, system.blend)
@@ -318,9 +386,29 @@ def summary_markdown(result: Result) -> str:
     return "\n".join(lines)
 
 
-def scores_markdown(result: Result) -> str:
-    """Per set: mean diversity and Vendi, mean quality, and a per-clip table."""
+def exact_markdown(result: Result) -> list[str]:
+    """nano's exact metrics per set: what the prompt asks that the tokens can check, and how the clips meet it."""
     lines = []
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        e = result.exact.get(key)
+        if e is None:
+            continue
+        quality = (f"exact quality {e.mean_quality:.2f} of 6" if e.mean_quality is not None
+                   else "no exact quality: the prompt asks nothing the tokens can check")
+        lines.append(f"**{title}** (read from the notes) · {quality} · clean clips {np.mean(e.clean):.0%} · "
+                     f"exact diversity {e.diversity:.3f}")
+    if lines:
+        asked = result.exact["merged"]
+        lines.append(f"checked in the notes: {', '.join(asked.requests) or 'nothing'}"
+                     + (f"; not checkable: {', '.join(asked.unchecked)}" if asked.unchecked else ""))
+        lines += ["exact quality = 5 · share of the checkable requests met + clean (no noise, on the 16th grid, in one "
+                  "key); exact diversity = mean share of differing note events between two clips", ""]
+    return lines
+
+
+def scores_markdown(result: Result) -> str:
+    """Per set: exact metrics (nano), mean diversity and Vendi, mean quality, and a per-clip table."""
+    lines = exact_markdown(result)
     for key, title in (("merged", result.label), ("base", result.base_label)):
         s = result.scores.get(key)
         if s is None:
@@ -340,6 +428,8 @@ def scores_markdown(result: Result) -> str:
         lines.append("")
     if not lines:
         return "_No scorers loaded: diversity and quality are not shown._"
+    if not result.scores:
+        return "\n".join(lines)
     omega = next(iter(result.scores.values())).omega
     return "\n".join(lines) + f"\nquality = {omega:g}·adherence + audio quality"
 
@@ -354,17 +444,22 @@ def heatmaps(result: Result) -> list:
     return out
 
 
-def qd_figure(fronts: dict, result: Result | None = None):
-    """The precomputed fronts and this result's sets on the quality–diversity plane (None if nothing to show)."""
-    points = {}
+def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | None = None):
+    """The precomputed fronts and this result's sets on the quality–diversity plane (None if nothing to show): on
+    nano's exact axes when the fronts and the clips have them, else on the learned scores'."""
+    points, exact_axes = {}, bool(fronts_exact) and (result is None or bool(result.exact))
     if result is not None:
         for key, title in (("merged", result.label), ("base", result.base_label)):
-            s = result.scores.get(key)
-            if s is not None and s.mean_diversity is not None and s.quality is not None:
+            s, e = result.scores.get(key), result.exact.get(key)
+            if exact_axes and e is not None and e.mean_quality is not None:
+                points[f"{title} (now)"] = (e.diversity, e.mean_quality)
+            elif not exact_axes and s is not None and s.mean_diversity is not None and s.quality is not None:
                 points[f"{title} (now)"] = (s.mean_diversity, s.mean_quality)
-    if not fronts and not points:
+    shown = fronts_exact if exact_axes else fronts
+    if not shown and not points:
         return None
-    return quality_diversity_plot(fronts, points)
+    title = "exact quality (0-6) vs exact diversity" if exact_axes else "quality vs diversity"
+    return quality_diversity_plot(shown, points, title=title)
 
 
 def _seed(value) -> int:
@@ -411,16 +506,18 @@ def build_ui(studio: Studio):
 
     @readable
     def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
-                 request: gr.Request,
+                 plausibility, request: gr.Request,
                  progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
         session = request.session_hash if request is not None else ""
         r = studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
-                            session, progress)
+                            plausibility, session, progress)
         n = r.merged.audio.shape[0]
         merged_files, base_files = r.files[:n], r.files[n:]
         heat_m, heat_b = heatmaps(r)
         return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
-                + [summary_markdown(r), scores_markdown(r), heat_m, heat_b, qd_figure(studio.fronts, r), r.files,
+                + [summary_markdown(r), scores_markdown(r), heat_m, heat_b,
+                   qd_figure(studio.fronts, r, studio.fronts_exact),
+                   r.files,
                    str(r.merged.seed)])
 
     @readable
@@ -475,8 +572,14 @@ def build_ui(studio: Studio):
             merge_info = gr.Markdown(elem_id="merge-info")
             with gr.Row():
                 compare = gr.Checkbox(label="Compare with the base model + CFG", value=False, elem_id="compare")
-                guidance = gr.Slider(1.0, 10.0, value=3.0, step=0.5, label="CFG γ")
-                negative = gr.Textbox(label="Negative prompt (blank = unconditional)", value=DEFAULT_NEGATIVE_PROMPT)
+                teacher = studio.teacher
+                guidance = gr.Slider(1.0, 10.0, value=teacher.guidance, step=0.25, label="CFG γ")
+                negative = gr.Textbox(label="Negative prompt (blank = unconditional)", value=teacher.negative)
+                plausibility = gr.Slider(0.0, 0.5, value=teacher.plausibility, step=0.01,
+                                         label="Plausibility mask α (0 = the paper's CFG)",
+                                         info="Our addition: CFG may only choose among notes the model itself finds "
+                                              "at least α times as likely as its favourite, so guidance cannot "
+                                              "push notes off the beat. Defaults: the teacher chosen by measurement.")
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -494,7 +597,8 @@ def build_ui(studio: Studio):
                 heat_merged = gr.Image(label="Pairwise diversity, merged", type="pil", show_label=True)
                 heat_base = gr.Image(label="Pairwise diversity, base + CFG", type="pil")
             scores = gr.Markdown(elem_id="scores")
-            qd = gr.Image(label="Quality vs diversity", type="pil", value=qd_figure(studio.fronts))
+            qd = gr.Image(label="Quality vs diversity", type="pil",
+                          value=qd_figure(studio.fronts, None, studio.fronts_exact))
             files = gr.File(label="Download WAVs (prompt, seed, λ or γ in the names)", file_count="multiple")
         with gr.Tab("Blind A/B"):
             gr.Markdown("Two sets of clips for one prompt from two systems, in a hidden random order. "
@@ -502,7 +606,7 @@ def build_ui(studio: Studio):
             systems = studio.systems()
             with gr.Row():
                 pair_prompt = gr.Textbox(label="Prompt", value="Rock song.", elem_id="pair-prompt")
-                system_1 = gr.Dropdown(systems, value="base + CFG γ=3", label="System 1")
+                system_1 = gr.Dropdown(systems, value=studio.teacher.label, label="System 1")
                 system_2 = gr.Dropdown(systems, value="merged λ=0.5", label="System 2")
                 pair_clips = gr.Slider(1, MAX_PAIR_CLIPS, value=2, step=1, label="Clips per set")
                 pair_duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
@@ -529,7 +633,7 @@ def build_ui(studio: Studio):
                 export_btn = gr.Button("Export CSV")
             export_file = gr.File(label="ratings.csv")
 
-        inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative]
+        inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative, plausibility]
         outputs = merged_audio + base_audio + [info, scores, heat_merged, heat_base, qd, files, seed]
         gen_event = go.click(generate, inputs=inputs, outputs=outputs, api_name="generate")
         stop_btn.click(stop, None, merge_info, cancels=[gen_event], api_name="stop")
@@ -598,7 +702,9 @@ def make_studio(args: argparse.Namespace) -> Studio:
         banner.append("No diversity embedding E loaded: diversity is not shown.")
     ratings = RatingStore(args.ratings_db)
     fronts = load_fronts(args.fronts) if args.fronts else {}
-    return Studio(service, scorers, ratings, fronts, banner, soup=soup)
+    fronts_exact = load_fronts(args.fronts, "fronts_exact") if args.fronts else {}
+    teacher = load_teacher(args.teacher or (_shipped("eval/teacher_sweep/teacher.json") if shipped_nano else None))
+    return Studio(service, scorers, ratings, fronts, banner, soup=soup, fronts_exact=fronts_exact, teacher=teacher)
 
 
 def main(argv=None) -> None:

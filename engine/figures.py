@@ -96,14 +96,15 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
     return img
 
 
-def load_fronts(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """Precomputed fronts from the evaluation (`training.evaluate`): {"fronts": {name: [[diversity, quality], ...]}}.
-    A missing file gives no fronts; a malformed one is an error naming the file."""
+def load_fronts(path: str | Path, key: str = "fronts") -> dict[str, list[tuple[float, float]]]:
+    """Precomputed fronts from the evaluation (`training.evaluate`): {"fronts": {name: [[diversity, quality], ...]}},
+    the learned scores' axes, and "fronts_exact", nano's exact axes (`key`). A missing file or key gives no fronts;
+    a malformed file is an error naming the file."""
     path = Path(path)
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())["fronts"]
+        data = json.loads(path.read_text()).get(key, {})
         return {str(k): [(float(x), float(y)) for x, y in v] for k, v in data.items()}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a fronts file ({e})") from None

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from engine.decoder import FastDecoder
 from engine.model import TextCondition
-from engine.sampling import cfg_logits, delay_valid_mask, revert_delay, sample_next_token
+from engine.sampling import cfg_logits, delay_valid_mask, plausible, revert_delay, sample_next_token
 
 
 class GenerationCancelled(RuntimeError):
@@ -52,13 +52,15 @@ def _rows(cond: TextCondition, n: int, width: int) -> tuple[Tensor, Tensor]:
 def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, num_frames: int,
                    sampling: SamplingParams, generator: torch.Generator | None,
                    neg: TextCondition | None = None, guidance: float | None = None,
-                   progress: Callable[[int, int], None] | None = None,
+                   progress: Callable[[int, int], None] | None = None, plausibility: float = 0.0,
                    cancel: threading.Event | None = None) -> CodesOutput:
     """Sample `num_samples` clips of `num_frames` frames for one prompt.
 
     `guidance` None: plain sampling. A float: CFG with the negative condition `neg`, as one doubled
     batch (rows 0..N-1 conditional, N..2N-1 negative) per step. γ = 1 goes through the CFG path too
-    (and equals plain sampling); the service skips it for speed."""
+    (and equals plain sampling); the service skips it for speed. `plausibility` α > 0 masks the tokens the
+    conditional branch finds implausible before sampling (`engine.sampling.cfg_logits`); without CFG the same mask
+    applies to the plain logits (a min-p truncation), so that the mask's effect can be told from guidance's."""
     use_cfg = guidance is not None
     if use_cfg and neg is None:
         raise ValueError("CFG needs a negative condition (the empty prompt for unconditional)")
@@ -93,7 +95,9 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
             raise GenerationCancelled("generation cancelled")
         z = logits[:, :, -1]  # (B, K, V)
         if use_cfg:
-            z = cfg_logits(z[:N], z[N:], guidance)  # (N, K, V)
+            z = cfg_logits(z[:N], z[N:], guidance, plausibility)  # (N, K, V)
+        elif plausibility > 0:  # the mask alone (min-p truncation): what CFG's mask does without guidance
+            z = z.masked_fill(~plausible(z, plausibility), float("-inf"))
         nxt = sample_next_token(z.reshape(N * K, -1), generator, sampling.temperature, sampling.top_k, sampling.top_p)
         tokens[:, :, c] = torch.where(valid[:, c], nxt.view(N, K), pad_id)
         if progress is not None:

@@ -1,16 +1,33 @@
 """Pure sampling functions and MusicGen's delay pattern. No model state here: explicit RNG, shapes in comments."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 
-def cfg_logits(cond: Tensor, neg: Tensor, guidance: float) -> Tensor:
+def cfg_logits(cond: Tensor, neg: Tensor, guidance: float, plausibility: float = 0.0) -> Tensor:
     """Classifier-free guidance, Eq. 1 of the paper: z = γ·z_cond + (1−γ)·z_neg.
 
     Written as z_neg + γ·(z_cond − z_neg), the same quantity in fewer operations (and the form
-    transformers and audiocraft use). `neg` holds the negative-prompt or unconditional logits."""
-    return neg + guidance * (cond - neg)
+    transformers and audiocraft use). `neg` holds the negative-prompt or unconditional logits.
+
+    `plausibility` α > 0 (our addition, not the paper's): the adaptive plausibility constraint of contrastive
+    decoding (Li et al., 2023). Tokens the conditional model itself finds implausible, p_cond < α · max p_cond, get
+    logit −inf before sampling, so that guidance can only reorder tokens the model would play anyway. α = 0 is the
+    paper's CFG, computed exactly as without the option."""
+    z = neg + guidance * (cond - neg)
+    if plausibility > 0:
+        z = z.masked_fill(~plausible(cond, plausibility), float("-inf"))
+    return z
+
+
+def plausible(cond: Tensor, plausibility: float) -> Tensor:
+    """Bool mask of the tokens with p_cond ≥ α · max p_cond, from the conditional logits (…, V); the most likely
+    token always stays. In logits: z_cond ≥ max z_cond + log α (the softmax normaliser cancels)."""
+    cond = cond.float()
+    return cond >= cond.max(dim=-1, keepdim=True).values + math.log(plausibility)
 
 
 def sample_next_token(logits: Tensor, generator: torch.Generator | None, temperature: float = 1.0,

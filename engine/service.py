@@ -56,6 +56,7 @@ class Request:
     top_p: float = 0.0  # 0 = off
     guidance: float = 1.0  # CFG γ; 1 = no CFG (half the cost)
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # "" = the unconditional branch
+    plausibility: float = 0.0  # plausibility mask α (our addition; 0 = the paper's CFG): engine.sampling
 
     def __post_init__(self):
         for name in ("prompt", "negative_prompt"):
@@ -87,6 +88,9 @@ class Request:
         check_number("guidance", self.guidance)
         if self.guidance < 1:
             raise ValueError(f"guidance γ must be ≥ 1 (1 = no CFG), got {self.guidance}")
+        check_number("plausibility", self.plausibility)
+        if not 0 <= self.plausibility < 1:
+            raise ValueError(f"plausibility α must be in [0, 1) (0 = off), got {self.plausibility}")
 
 
 @dataclass
@@ -252,7 +256,8 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
     with weights if weights is not None else contextlib.nullcontext() as merge_s:
         out = generate_codes(decoder, cond, req.num_clips, model.num_frames(req.duration_s),
                              SamplingParams(req.temperature, req.top_k, req.top_p), generator,
-                             neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel)
+                             neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel,
+                             plausibility=req.plausibility)
     t = time.perf_counter()
     audio = model.codec.decode(out.codes).clamp(-1, 1).numpy()
     t_codec = time.perf_counter() - t

@@ -224,3 +224,29 @@ def test_cpu_flags_are_read():
     info = first_cpu()
     assert cpu_has_bf16() == (" avx512_bf16" in info or " amx_bf16" in info)
     assert cpu_row_block("cpu") == (4 if "AuthenticAMD" in info else 0) and cpu_row_block("meta") == 0
+
+
+def test_nano_clips_get_exact_scores_and_the_plot_uses_the_exact_axes(studio):
+    r = run(studio, prompt="fast rock with guitar and drums", compare=True, guidance=2.0, plausibility=0.1)
+    e = r.exact["merged"]
+    assert set(e.requests) == {"instrument guitar", "drums", "fast", "genre rock"} and len(e.quality) == 3
+    assert all(0 <= q <= 6 for q in e.quality) and 0 <= e.diversity <= 1
+    assert r.base_label == "base + CFG γ=2 α=0.1" and r.base.request.plausibility == 0.1
+    assert "exact quality" in app.scores_markdown(r) and "checked in the notes" in app.scores_markdown(r)
+    fronts_exact = {"CFG": [(0.5, 3.0), (0.4, 4.0)]}
+    assert app.qd_figure({}, r, fronts_exact) is not None
+    mood_only = run(studio, prompt="a dreamy piece")
+    assert mood_only.exact["merged"].mean_quality is None and "dreamy" in app.scores_markdown(mood_only)
+
+
+def test_teacher_file_sets_the_cfg_default_and_the_ab_systems(tmp_path):
+    path = tmp_path / "teacher.json"
+    path.write_text('{"guidance": 2.5, "negative_prompt": "", "plausibility": 0.1}')
+    teacher = app.load_teacher(path)
+    assert teacher == app.CfgSetting(2.5, "", 0.1) and teacher.label == "base + CFG γ=2.5 α=0.1 unconditional"
+    assert app.load_teacher(tmp_path / "missing.json") == app.PAPER_CFG
+    labels = [s.label for s in app.ab_systems(False, [], teacher)]
+    assert labels.index(teacher.label) < labels.index("base + CFG γ=3")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a teacher file"):
+        app.load_teacher(tmp_path / "bad.json")

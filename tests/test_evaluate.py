@@ -43,7 +43,8 @@ def test_quick_mode_end_to_end_and_cache(setup, tmp_path, capsys):
     assert {evaluate.CFG_NEG, evaluate.CFG_UNCOND, evaluate.TEMP_BASE, evaluate.TEMP_Q, evaluate.LERP_QD} <= families
     assert all(float(r["quality_sem"]) >= 0 and 0 <= float(r["drums"]) <= 1 for r in rows)
     report = (out / "report.md").read_text()
-    assert "| claim | holds? | measured |" in report and "Reward hacking" in report
+    assert "| claim | exact axes | learned scores |" in report and "Reward hacking" in report
+    assert "Spearman rank correlation" in report and all(float(r["exact_quality"]) <= 6 for r in rows)
     fronts = json.loads((out / "fronts.json").read_text())["fronts"]
     assert len(fronts[evaluate.LERP_QD]) == 3 and (out / "fronts.png").exists() and (out / "lambda.png").exists()
     n_cached = len((out / "cache.jsonl").read_text().splitlines())

@@ -4,8 +4,15 @@ import torch
 from torch.distributions import Categorical, kl_divergence
 
 from engine.diversity import pairwise_diversity
-from engine.sampling import cfg_logits
-from training.losses import baselines, cfg_distillation_kl, per_sample_rewards, reinforce_surrogate
+from engine.sampling import cfg_logits, plausible
+from training.losses import (
+    MASKED_TEACHER_FLOOR,
+    baselines,
+    cfg_distillation_kl,
+    per_sample_rewards,
+    reinforce_surrogate,
+    teacher_log_probs,
+)
 
 
 def _logits(seed, shape=(2, 4, 6, 11)):
@@ -84,3 +91,25 @@ def test_reinforce_matches_the_exact_gradient_in_expectation(kind):
     adv = rewards - baselines(e, rewards, kind)
     estimate = torch.autograd.grad(reinforce_surrogate(log_probs, adv), theta)[0]
     torch.testing.assert_close(estimate, exact / 2, atol=0.01, rtol=0.1)
+
+
+def test_kl_against_a_masked_teacher_is_finite_and_pushes_mass_off_masked_tokens():
+    s, c, n = _logits(0), _logits(1), _logits(2)
+    mask = torch.ones(s.shape[:-1], dtype=torch.bool)
+    # α = 0: exactly the unmasked teacher
+    assert torch.equal(cfg_distillation_kl(s, c, n, 3.0, mask, 1.0, 0.0), cfg_distillation_kl(s, c, n, 3.0, mask))
+    keep = plausible(c, 0.3)
+    assert (~keep).any() and keep.any(-1).all()
+    student = s.clone().requires_grad_(True)
+    kl = cfg_distillation_kl(student, c, n, 3.0, mask, 1.0, 0.3)
+    assert torch.isfinite(kl).all() and (kl >= 0).all()
+    kl.sum().backward()
+    # a gradient step lowers the student's total probability on masked tokens at every position
+    masked_mass = lambda logits: (torch.softmax(logits, -1) * ~keep).sum(-1)
+    some = (~keep).any(-1)
+    assert (masked_mass(student.detach() - 0.1 * student.grad)[some] < masked_mass(student.detach())[some]).all()
+    # the student that equals the floored masked teacher has KL 0
+    teacher = teacher_log_probs(c, n, 3.0, 1.0, 0.3)
+    assert cfg_distillation_kl(teacher, c, n, 3.0, mask, 1.0, 0.3).abs().max() < 1e-3
+    assert torch.allclose(teacher.exp().sum(-1), torch.ones(()))
+    assert (teacher.exp()[~keep] <= MASKED_TEACHER_FLOOR).all()

@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
-from engine.sampling import apply_delay, cfg_logits, delay_valid_mask, revert_delay, sample_next_token
+from engine.sampling import apply_delay, cfg_logits, delay_valid_mask, plausible, revert_delay, sample_next_token
 
 
 def test_greedy_is_argmax():
@@ -76,3 +76,23 @@ def test_sampling_follows_the_distribution():
     top2 = sample_next_token(logits.expand(n, -1), torch.Generator().manual_seed(1), temperature=1.0, top_k=2)
     freq2 = torch.bincount(top2, minlength=5).float() / n
     assert torch.allclose(freq2[:2], logits[0, :2].softmax(-1), atol=0.02) and freq2[2:].sum() == 0
+
+
+def test_plausibility_off_is_the_papers_cfg_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    cond, neg = torch.randn(3, 4, 64, generator=g), torch.randn(3, 4, 64, generator=g)
+    assert torch.equal(cfg_logits(cond, neg, 3.0, 0.0), neg + 3.0 * (cond - neg))
+    assert torch.equal(cfg_logits(cond, neg, 3.0), cfg_logits(cond, neg, 3.0, plausibility=0.0))
+
+
+def test_plausibility_mask_keeps_exactly_the_plausible_tokens_and_they_alone_are_sampled():
+    # p_cond ∝ (8, 4, 1, 0.5, 0.05): with α = 0.1 the tokens with p ≥ 0.8 stay, i.e. the first three
+    cond = torch.tensor([[8.0, 4.0, 1.0, 0.5, 0.05]]).log()
+    neg = torch.tensor([[8.0, 8.0, 8.0, 0.001, 0.0001]]).log()  # CFG alone would boost tokens 3 and 4 the most
+    assert plausible(cond, 0.1).tolist() == [[True, True, True, False, False]]
+    z = cfg_logits(cond, neg, 3.0, 0.1)
+    assert torch.isinf(z[0, 3:]).all() and torch.isfinite(z[0, :3]).all()
+    assert cfg_logits(cond, neg, 3.0).argmax().item() >= 3  # without the mask CFG picks an implausible token
+    tokens = sample_next_token(z.expand(5000, -1), torch.Generator().manual_seed(0), temperature=1.5)
+    assert set(tokens.tolist()) == {0, 1, 2}
+    assert plausible(cond, 0.999).tolist() == [[True, False, False, False, False]]  # the most likely token stays

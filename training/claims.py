@@ -1,7 +1,9 @@
 """The paper's claims, tested on measured points of `training.evaluate`: one function per claim.
 
-Each takes the measured families (`Families`) and returns a row {claim, holds (True/False/None = not testable),
-detail}. Intervals are 95 % prompt bootstraps of paired differences (the same prompts and seeds for every point).
+Each takes the measured families on one pair of axes (`Families`: quality and diversity names) and returns a row
+{claim, holds (True/False/None = not testable), detail}. `claims` tests every claim on each pair of `AXES`: the
+exact metrics read from nano's tokens (`engine.exact`) and the learned scorers (the stand-ins for MuLan/CLAP).
+Intervals are 95 % prompt bootstraps of paired differences (the same prompts and seeds for every point).
 """
 
 from __future__ import annotations
@@ -20,11 +22,38 @@ LERP_QD, LERP_QB = "LERP(θ_q, θ_d)", "LERP(θ_q, base)"
 TEMP_BASE, TEMP_Q = "temperature (base)", "temperature (θ_q)"
 INTERMEDIATE_BETAS = ("β model 5", "β model 10")
 
+AXES = {"exact": ("exact_quality", "event_diversity"), "learned": ("quality", "diversity")}  # (quality, diversity)
+
 # thresholds of the claims, with reasons
 PAPER_GAMMA = 3.0  # the CFG γ the paper distils and compares against
 QUALITY_MATCH_SEMS = 1.0  # "θ_q matches CFG quality": at most one standard error below it
 HACK_NOISE_RISE = 0.05  # θ_d games E if its share of clips with noise/distortion tokens rises by more than this …
 HACK_DRUMS_RISE = 0.15  # … or its share of clips with drums rises by more than this (drums move E the most)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The CFG setting θ_q is distilled from (chosen by `training.teacher_sweep`; default: the paper's)."""
+
+    guidance: float = PAPER_GAMMA
+    negative: str = DEFAULT_NEGATIVE_PROMPT
+    plausibility: float = 0.0
+
+    @property
+    def family(self) -> str:
+        """The γ-front this teacher lies on: the paper's CFG, or CFG with the teacher's mask and negative."""
+        if self.plausibility == 0:
+            return CFG_NEG if self.negative else CFG_UNCOND
+        return f"CFG γ ({'negative prompt' if self.negative else 'unconditional'}, α={self.plausibility:g})"
+
+    @property
+    def uncond_family(self) -> str:
+        return CFG_UNCOND if self.plausibility == 0 else f"CFG γ (unconditional, α={self.plausibility:g})"
+
+    @property
+    def label(self) -> str:
+        mask = f", α = {self.plausibility:g}" if self.plausibility else ""
+        return f"γ = {self.guidance:g}{mask}, {'negative prompt' if self.negative else 'unconditional'}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +64,7 @@ class Point:
     guidance: float = 1.0
     negative: str = DEFAULT_NEGATIVE_PROMPT
     temperature: float = 1.0
+    plausibility: float = 0.0  # CFG's plausibility mask α (0 = the paper's CFG)
 
     @property
     def label(self) -> str:
@@ -63,6 +93,8 @@ class Families:
     results: dict[str, list[Measured]]
     prompts: int
     reps: int
+    q: str = "quality"  # the quality axis: a per-prompt field of HeldoutResult
+    d: str = "diversity"  # the diversity axis
     by_x: dict = field(init=False)
 
     def __post_init__(self):
@@ -79,9 +111,13 @@ class Families:
         return a.mean(name) - b.mean(name), bootstrap(lambda idx: a.mean(name, idx) - b.mean(name, idx),
                                                       self.prompts, reps=self.reps)
 
+    def xy(self, m: Measured, idx=None) -> tuple[float, float]:
+        return m.mean(self.d, idx), m.mean(self.q, idx)
+
     def front_difference(self, a: list[Measured], b: list[Measured]) -> dict:
-        d = area_difference([m.xy() for m in a], [m.xy() for m in b])
-        ci = bootstrap(lambda idx: area_difference([m.xy(idx) for m in a], [m.xy(idx) for m in b])["difference"],
+        d = area_difference([self.xy(m) for m in a], [self.xy(m) for m in b])
+        ci = bootstrap(lambda idx: area_difference([self.xy(m, idx) for m in a],
+                                                   [self.xy(m, idx) for m in b])["difference"],
                        self.prompts, reps=self.reps)
         return dict(d, ci=ci)
 
@@ -90,52 +126,55 @@ def with_ci(d: tuple[float, tuple[float, float]]) -> str:
     return f"{d[0]:+.3f} (95 % CI {d[1][0]:+.3f} … {d[1][1]:+.3f})"
 
 
-def claim_cfg(f: Families) -> dict | None:
-    cfg = f(CFG_NEG)
+def claim_cfg(f: Families, family: str = CFG_NEG, uncond: str = CFG_UNCOND, name: str = "CFG") -> dict | None:
+    cfg = f(family)
     if len(cfg) < 2:
         return None
-    rq = spearman([m.point.x for m in cfg], [m.mean("quality") for m in cfg])
-    rd = spearman([m.point.x for m in cfg], [m.mean("diversity") for m in cfg])
+    rq = spearman([m.point.x for m in cfg], [m.mean(f.q) for m in cfg])
+    rd = spearman([m.point.x for m in cfg], [m.mean(f.d) for m in cfg])
     detail = f"Spearman(γ, quality) = {rq:+.2f}, Spearman(γ, diversity) = {rd:+.2f}"
     holds = rq > 0 and rd < 0
-    g, u = f.at(CFG_NEG, PAPER_GAMMA), f.at(CFG_UNCOND, PAPER_GAMMA)
+    g, u = f.at(family, PAPER_GAMMA), f.at(uncond, PAPER_GAMMA)
     if g is not None and u is not None:
-        diff = g.mean("quality") - u.mean("quality")
-        se = np.hypot(g.sem("quality"), u.sem("quality"))
+        diff = g.mean(f.q) - u.mean(f.q)
+        se = np.hypot(g.sem(f.q), u.sem(f.q))
         detail += f"; at γ = 3, quality with the negative prompt − unconditional = {diff:+.3f} ± {se:.3f}"
         holds = holds and diff > 0
-    return dict(claim="1. CFG raises quality and lowers diversity as γ grows; negative prompting beats "
+    return dict(claim=f"1. {name} raises quality and lowers diversity as γ grows; negative prompting beats "
                       "unconditional", holds=holds, detail=detail)
 
 
-def claim_distilled(f: Families, speed: dict | None) -> dict:
-    q0, g3 = f(LERP_QD)[0], f.at(CFG_NEG, PAPER_GAMMA)
-    diff = q0.mean("quality") - g3.mean("quality")
-    ratio = (speed["CFG γ=3"] / speed["θ_q"] if speed
-             else g3.result.sample_s_per_clip / q0.result.sample_s_per_clip)
-    timing = f": {speed['CFG γ=3'] * 1000:.0f} vs {speed['θ_q'] * 1000:.0f} ms)" if speed else ")"
-    return dict(claim="2. θ_q matches CFG(γ=3) quality without CFG, at about half the inference cost",
-                holds=diff >= -QUALITY_MATCH_SEMS * g3.sem("quality"),
-                detail=f"quality θ_q {q0.mean('quality'):.3f} ± {q0.sem('quality'):.3f} vs CFG γ=3 "
-                       f"{g3.mean('quality'):.3f} ± {g3.sem('quality'):.3f} (difference {diff:+.3f}); "
-                       f"sampling time per clip CFG / θ_q = {ratio:.2f}× (measured together in this run" + timing)
+def claim_distilled(f: Families, speed: dict | None, teacher: Teacher) -> dict | None:
+    q0, g = f(LERP_QD)[0], f.at(teacher.family, teacher.guidance)
+    if g is None:
+        return None
+    diff = q0.mean(f.q) - g.mean(f.q)
+    ratio = (speed["teacher"] / speed["θ_q"] if speed
+             else g.result.sample_s_per_clip / q0.result.sample_s_per_clip)
+    timing = f": {speed['teacher'] * 1000:.0f} vs {speed['θ_q'] * 1000:.0f} ms)" if speed else ")"
+    return dict(claim=f"2. θ_q matches its CFG teacher's quality ({teacher.label}) without CFG, at about half the "
+                      f"inference cost",
+                holds=diff >= -QUALITY_MATCH_SEMS * g.sem(f.q),
+                detail=f"quality θ_q {q0.mean(f.q):.3f} ± {q0.sem(f.q):.3f} vs the teacher "
+                       f"{g.mean(f.q):.3f} ± {g.sem(f.q):.3f} (difference {diff:+.3f}); "
+                       f"sampling time per clip teacher / θ_q = {ratio:.2f}× (measured together in this run" + timing)
 
 
 def claim_diversity(f: Families) -> dict:
     base, q0, d1 = f.at(CFG_NEG, 1.0), f(LERP_QD)[0], f(LERP_QD)[-1]
-    q_vs_base, qd_div = f.paired(q0, base, "diversity"), f.paired(d1, q0, "diversity")
-    qd_qual = f.paired(d1, q0, "quality")
+    q_vs_base, qd_div = f.paired(q0, base, f.d), f.paired(d1, q0, f.d)
+    qd_qual = f.paired(d1, q0, f.q)
     return dict(claim="3. CFG distillation alone (β = 0) lowers diversity; β > 0 raises it, with a quality cost",
                 holds=q_vs_base[1][1] < 0 and qd_div[1][0] > 0 and qd_qual[0] < 0,
-                detail=f"diversity base {base.mean('diversity'):.3f}, θ_q {q0.mean('diversity'):.3f}, "
-                       f"θ_d {d1.mean('diversity'):.3f}; quality θ_q {q0.mean('quality'):.3f}, "
-                       f"θ_d {d1.mean('quality'):.3f}. Paired over prompts: diversity θ_q − base {with_ci(q_vs_base)}, "
+                detail=f"diversity base {base.mean(f.d):.3f}, θ_q {q0.mean(f.d):.3f}, "
+                       f"θ_d {d1.mean(f.d):.3f}; quality θ_q {q0.mean(f.q):.3f}, "
+                       f"θ_d {d1.mean(f.q):.3f}. Paired over prompts: diversity θ_q − base {with_ci(q_vs_base)}, "
                        f"θ_d − θ_q {with_ci(qd_div)}; quality θ_d − θ_q {with_ci(qd_qual)}")
 
 
-def claim_pareto(f: Families) -> dict:
+def claim_pareto(f: Families, teacher: Teacher) -> dict:
     lerp, parts, holds, compared = f(LERP_QD), [], True, 0
-    for other in (CFG_NEG, TEMP_BASE, TEMP_Q):
+    for other in dict.fromkeys((CFG_NEG, teacher.family, TEMP_BASE, TEMP_Q)):
         if len(f(other)) < 2 or len(lerp) < 2:
             continue
         fd = f.front_difference(lerp, f(other))
@@ -146,21 +185,21 @@ def claim_pareto(f: Families) -> dict:
         holds = holds and fd["ci"][0] > 0
         parts.append(f"vs {other}: area difference {fd['difference']:+.4f} (95 % CI {fd['ci'][0]:+.4f} … "
                      f"{fd['ci'][1]:+.4f}) over diversity {fd['x_lo']:.3f}–{fd['x_hi']:.3f}")
-    return dict(claim="4. The LERP front Pareto-dominates the CFG γ-front and temperature sampling over their overlap",
+    return dict(claim="4. The LERP front Pareto-dominates the CFG γ-fronts and temperature sampling over their overlap",
                 holds=holds and compared > 0, detail="; ".join(parts))
 
 
-def _diagonal(lerp: list[Measured]) -> tuple[str, bool | None]:
+def _diagonal(f: Families, lerp: list[Measured]) -> tuple[str, bool | None]:
     """Where quality along λ lies relative to the straight line between θ_q and θ_d (None: no trade-off to test)."""
-    q_0, q_1 = lerp[0].mean("quality"), lerp[-1].mean("quality")
-    d_0, d_1 = lerp[0].mean("diversity"), lerp[-1].mean("diversity")
+    q_0, q_1 = lerp[0].mean(f.q), lerp[-1].mean(f.q)
+    d_0, d_1 = lerp[0].mean(f.d), lerp[-1].mean(f.d)
     inner = lerp[1:-1]
-    q_excess = [((m.mean("quality") - q_1) / (q_0 - q_1) - (1 - m.point.x)) if q_0 != q_1 else np.nan for m in inner]
-    d_excess = [((m.mean("diversity") - d_0) / (d_1 - d_0) - m.point.x) if d_1 != d_0 else np.nan for m in inner]
-    if d_1 - d_0 <= lerp[-1].sem("diversity"):
+    q_excess = [((m.mean(f.q) - q_1) / (q_0 - q_1) - (1 - m.point.x)) if q_0 != q_1 else np.nan for m in inner]
+    d_excess = [((m.mean(f.d) - d_0) / (d_1 - d_0) - m.point.x) if d_1 != d_0 else np.nan for m in inner]
+    if d_1 - d_0 <= lerp[-1].sem(f.d):
         return (f"diagonal not testable: θ_d is not more diverse than θ_q (diversity {d_0:.3f} → {d_1:.3f}), "
                 f"so there is no trade-off to lie above the diagonal of"), None
-    if q_0 - q_1 <= lerp[0].sem("quality"):
+    if q_0 - q_1 <= lerp[0].sem(f.q):
         return (f"diagonal not testable: θ_d costs no quality (θ_q {q_0:.3f}, θ_d {q_1:.3f}), so there is no "
                 f"trade-off along λ (normalised diversity above the diagonal by {np.nanmean(d_excess):+.3f})"), None
     return (f"normalised quality above the diagonal by {np.nanmean(q_excess):+.3f} on average "
@@ -171,14 +210,14 @@ def claim_lambda(f: Families) -> dict | None:
     lerp = f(LERP_QD)
     if len(lerp) < 3:
         return None
-    detail, diagonal = _diagonal(lerp)
+    detail, diagonal = _diagonal(f, lerp)
     verdicts = [] if diagonal is None else [diagonal]
     half = f.at(LERP_QD, 0.5)
     if not any(f(n) for n in INTERMEDIATE_BETAS):
         detail += "; no intermediate-β models to compare λ = 0.5 with"
     for name in INTERMEDIATE_BETAS:
         if f(name) and half is not None:
-            dq, dd = f.paired(half, f(name)[0], "quality"), f.paired(half, f(name)[0], "diversity")
+            dq, dd = f.paired(half, f(name)[0], f.q), f.paired(half, f(name)[0], f.d)
             # "at least as good": λ = 0.5 is not significantly worse than the β model on either axis
             verdicts.append(dq[1][1] >= 0 and dd[1][1] >= 0)
             detail += f"; λ = 0.5 − {name}: quality {with_ci(dq)}, diversity {with_ci(dd)} (paired over prompts)"
@@ -199,10 +238,29 @@ def claim_no_hacking(f: Families) -> dict:
                 holds=not gamed, detail=detail + (" — signs of gaming" if gamed else " — no sign of gaming"))
 
 
-def claims(results: dict[str, list[Measured]], settings, speed: dict | None = None) -> list[dict]:
-    """Every claim that the measured families can test (`settings`: prompts and bootstrap repetitions)."""
-    f = Families(results, settings.prompts, settings.bootstrap)
-    out = [claim_cfg(f)]
+def claims_on(f: Families, speed: dict | None, teacher: Teacher) -> list[dict]:
+    """Every claim the measured families can test, on the axes of `f`."""
+    out = [claim_cfg(f, name="CFG (the paper's)")]
+    if teacher.family != CFG_NEG:
+        out.append(claim_cfg(f, teacher.family, teacher.uncond_family, f"CFG with the teacher's mask (α = "
+                                                                          f"{teacher.plausibility:g})"))
     if f(LERP_QD) and f(CFG_NEG):
-        out += [claim_distilled(f, speed), claim_diversity(f), claim_pareto(f), claim_lambda(f), claim_no_hacking(f)]
+        out += [claim_distilled(f, speed, teacher), claim_diversity(f), claim_pareto(f, teacher), claim_lambda(f)]
     return [c for c in out if c is not None]
+
+
+def claims(results: dict[str, list[Measured]], settings, speed: dict | None = None,
+           teacher: Teacher | None = None) -> list[dict]:
+    """The claims on every pair of axes the points measured (`settings`: prompts and bootstrap repetitions), each
+    row with its `axis`; then the reward-hacking check (axis-free)."""
+    teacher = teacher or Teacher()
+    some = next(m for ms in results.values() for m in ms)
+    out = []
+    for axis, (q, d) in AXES.items():
+        if getattr(some.result, q) and getattr(some.result, d):
+            f = Families(results, settings.prompts, settings.bootstrap, q, d)
+            out += [dict(c, axis=axis) for c in claims_on(f, speed, teacher)]
+    f = Families(results, settings.prompts, settings.bootstrap)
+    if f(LERP_QD):
+        out.append(dict(claim_no_hacking(f), axis="tokens and E"))
+    return out

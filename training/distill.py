@@ -62,7 +62,7 @@ from engine.sampling import apply_delay, delay_valid_mask
 from engine.scorers import Scorers, load_quality_scorer
 from engine.service import DEFAULT_NEGATIVE_PROMPT, Generation, Request, generate
 from training.corpus import heldout_prompts, training_prompts
-from training.heldout import HeldoutSettings, is_exact, measure
+from training.heldout import HeldoutSettings, is_readable, measure
 from training.losses import baselines, cfg_distillation_kl, per_sample_rewards, reinforce_surrogate
 from training.settings import parse, setting
 
@@ -78,6 +78,8 @@ class DistillConfig:
     beta_warmup: int = setting(100, "steps of linear warm-up of β (paper: 1000 of its run)")
     guidance: float = setting(3.0, "the teacher's CFG γ")
     negative_prompt: str = setting(DEFAULT_NEGATIVE_PROMPT, "the teacher's negative prompt ('' = unconditional)")
+    plausibility: float = setting(0.0, "the teacher's plausibility mask α (our addition; 0 = the paper's CFG): "
+                                       "tokens with p_cond < α · max p_cond are masked before CFG")
     temperature: float = setting(0.99, "on-policy sampling temperature, also the policies' temperature in the KL")
     prompts: int = setting(8, "P prompts per step (over all processes on the command line; per process here)")
     samples: int = setting(4, "N samples per prompt")
@@ -92,6 +94,8 @@ class DistillConfig:
             raise ValueError(f"beta_warmup must be ≥ 0, got {self.beta_warmup}")
         if not self.guidance >= 1:
             raise ValueError(f"guidance must be ≥ 1, got {self.guidance}")
+        if not 0 <= self.plausibility < 1:
+            raise ValueError(f"plausibility must be in [0, 1) (0 = off), got {self.plausibility}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.prompts < 1 or self.samples < 1:
@@ -240,7 +244,7 @@ class Distiller:
         with torch.no_grad():
             teacher_logits = self._teacher_logits(inputs, cond)
         kl = cfg_distillation_kl(student_logits, teacher_logits[:B], teacher_logits[B:], cfg.guidance, mask,
-                                 cfg.temperature)
+                                 cfg.temperature, cfg.plausibility)
         loss = kl.mean()
         metrics = dict(kl=kl.mean().item(), kl_std=kl.std().item() if B > 1 else 0.0, beta=cfg.beta_at(step))
         if cfg.beta > 0:
@@ -277,13 +281,16 @@ class Distiller:
 # ---------------------------------------------------------------- held-out evaluation
 LOG_FIELDS = ["step", "loss", "kl", "kl_std", "beta", "entropy", "reward_mean", "reward_std", "advantage_std",
               "log_prob", "lr", "grad_norm", "sample_s", "decode_s", "embed_s", "fwd_bwd_s", "step_s"]
-EVAL_FIELDS = ["step", "model", "heldout_kl", "quality", "quality_sem", "adherence", "adherence_sem", "audio_quality",
-               "audio_quality_sem", "diversity", "diversity_sem", "vendi", "vendi_sem", "event_diversity",
-               "event_diversity_sem", "sample_s_per_clip"]
+EVAL_FIELDS = ["step", "model", "heldout_kl", "exact_quality", "exact_quality_sem", "exact_adherence", "clean",
+               "quality", "quality_sem", "adherence", "adherence_sem", "audio_quality", "audio_quality_sem",
+               "diversity", "diversity_sem", "vendi", "vendi_sem",
+               "event_diversity", "event_diversity_sem", "sample_s_per_clip"]
 
 
 def teacher_name(config: DistillConfig) -> str:
-    return f"base+CFG γ={config.guidance:g}"
+    mask = f" α={config.plausibility:g}" if config.plausibility else ""
+    neg = "" if config.negative_prompt else " unconditional"
+    return f"base+CFG γ={config.guidance:g}{mask}{neg}"
 
 
 @torch.no_grad()
@@ -300,8 +307,9 @@ def eval_rows(distiller: Distiller, step: int, prompts: list[str], settings: Hel
         models += [] if started_from_base else [("student", distiller.student, 1.0)]
     rows = []
     for name, decoder, gamma in models:
-        result = measure(distiller.sampler(decoder, name), prompts, settings, scorers, is_exact(distiller.base.codec),
-                         guidance=gamma, negative=cfg.negative_prompt)
+        result = measure(distiller.sampler(decoder, name), prompts, settings, scorers,
+                         is_readable(distiller.base.codec), guidance=gamma, negative=cfg.negative_prompt,
+                         plausibility=cfg.plausibility)
         row = dict(step=step, model=name, **result.summary())
         # the held-out KL is the student's: it is the base's only while the student is still the base
         if name == "student" or (name == "base" and started_from_base):

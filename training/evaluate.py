@@ -38,25 +38,28 @@ from engine.model import load_model
 from engine.scorers import OMEGA, Scorers
 from engine.service import MusicService, Request
 from training.claims import (
+    AXES,
     CFG_NEG,
     CFG_UNCOND,
     LERP_QB,
     LERP_QD,
-    PAPER_GAMMA,
     TEMP_BASE,
     TEMP_Q,
     Measured,
     Point,
+    Teacher,
     claims,
 )
-from training.corpus import heldout_prompts
-from training.heldout import HeldoutResult, HeldoutSettings, is_exact, measure
+from training.corpus import heldout_prompts, validation_prompts
+from training.frontier import bootstrap, spearman
+from training.heldout import HeldoutResult, HeldoutSettings, is_readable, measure
 from training.settings import parse, setting
 
 GAMMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
 TEMPERATURES = [0.7, 0.85, 1.0, 1.15, 1.3]
 CACHED = ("quality", "diversity", "vendi", "event_diversity", "drums", "degraded", "sample_s_per_clip", "adherence",
-          "audio_quality")
+          "audio_quality", "exact_quality", "exact_adherence", "clean", "requests")
+METRICS_VERSION = "exact-1"  # part of every cache key: bump when what a point measures changes
 __all__ = ["CFG_NEG", "CFG_UNCOND", "LERP_QB", "LERP_QD", "TEMP_BASE", "TEMP_Q", "Measured", "Point", "claims"]
 
 
@@ -76,6 +79,8 @@ class EvalSettings:
     bootstrap: int = setting(500, "bootstrap repetitions of the intervals")
     lambda_step: float = setting(0.05, "λ grid of the LERP fronts")
     temperatures: list[float] = setting(TEMPERATURES, "temperatures of the temperature-sampling baselines")
+    teacher: str = setting("weights/eval/teacher_sweep/teacher.json",
+                           "the chosen CFG teacher (training.teacher_sweep); missing: the paper's γ = 3")
     quick: bool = setting(False, "few prompts, few points: a smoke test in minutes")
     out: str = setting("weights/eval", "output folder (and its cache)")
 
@@ -94,6 +99,13 @@ class EvalSettings:
     def heldout(self) -> HeldoutSettings:
         return HeldoutSettings(self.prompts, self.clips, self.seconds, self.seed)
 
+    def load_teacher(self) -> Teacher:
+        path = Path(self.teacher)
+        if not path.exists():
+            return Teacher()
+        t = json.loads(path.read_text())
+        return Teacher(float(t["guidance"]), t["negative_prompt"], float(t["plausibility"]))
+
 
 def file_hash(path: Path) -> str:
     h = hashlib.sha256()
@@ -103,16 +115,18 @@ def file_hash(path: Path) -> str:
 
 
 class Evaluator:
-    """Measures points with `training.heldout.measure` through one `MusicService`, cached per point."""
+    """Measures points with `training.heldout.measure` through one `MusicService`, cached per point. `split`:
+    "test" (the held-out test prompts) or "validation" (held-out prompts disjoint from them, for choices)."""
 
-    def __init__(self, s: EvalSettings):
+    def __init__(self, s: EvalSettings, split: str = "test"):
         self.settings = s
         self.service = MusicService(load_model(s.base))
         self.scorers = Scorers.from_folders(s.embedding, s.quality)
-        self.prompts = heldout_prompts(s.seed, s.prompts)
+        self.prompts = {"test": heldout_prompts, "validation": validation_prompts}[split](s.seed, s.prompts)
         self.fingerprints = {"base": file_hash(Path(s.base)), "E": file_hash(Path(s.embedding)),
                              "Q": file_hash(Path(s.quality))}
-        self.cache_key_settings = dict(prompts=s.prompts, clips=s.clips, seconds=s.seconds, seed=s.seed, omega=OMEGA)
+        self.cache_key_settings = dict(prompts=s.prompts, clips=s.clips, seconds=s.seconds, seed=s.seed, omega=OMEGA,
+                                       split=split, metrics=METRICS_VERSION)
         self.cache_path = Path(s.out) / "cache.jsonl"
         self.cache = {}
         if self.cache_path.exists():
@@ -143,44 +157,52 @@ class Evaluator:
             rec = self.cache[key]
             return Measured(p, HeldoutResult(**{k: rec[k] for k in CACHED if k in rec}))
         result = measure(self.sampler(p), self.prompts, self.settings.heldout(), self.scorers,
-                         exact=is_exact(self.service.model.codec),
-                         temperature=p.temperature, guidance=p.guidance, negative=p.negative)
+                         readable=is_readable(self.service.model.codec),
+                         temperature=p.temperature, guidance=p.guidance, negative=p.negative,
+                         plausibility=p.plausibility)
         rec = dict(key=key, point=asdict(p), **{k: getattr(result, k) for k in CACHED})
         self.cache[key] = rec
         with open(self.cache_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         return Measured(p, result)
 
-    def sampling_time(self, name: str, repeat: int) -> float:
-        """Sampling seconds per clip of θ_q (no CFG) or of the base with CFG γ = 3 on four prompts."""
+    def sampling_time(self, name: str, repeat: int, teacher: Teacher) -> float:
+        """Sampling seconds per clip of θ_q (no CFG) or of the base with the teacher's CFG on four prompts."""
         s, total = self.settings, 0.0
         for i, prompt in enumerate(self.prompts[:4]):
-            req = Request(prompt, s.clips, s.seconds, seed=repeat * 1000 + i,
-                          guidance=PAPER_GAMMA if name == "CFG γ=3" else 1.0)
-            gen = (self.service.generate_base(req) if name == "CFG γ=3"
+            req = Request(prompt, s.clips, s.seconds, seed=repeat * 1000 + i, negative_prompt=teacher.negative,
+                          guidance=teacher.guidance if name == "teacher" else 1.0,
+                          plausibility=teacher.plausibility if name == "teacher" else 0.0)
+            gen = (self.service.generate_base(req) if name == "teacher"
                    else self.service.generate_merged(req, Blend.lerp("q", "d", 0.0)))
             total += gen.timings["sampling"]
         return total / (4 * s.clips)
 
 
-def compare_speed(ev: Evaluator, repeats: int = 3) -> dict:
-    """Sampling seconds per clip of θ_q (no CFG) and of the base with CFG γ = 3, measured now, interleaved, on
-    the same prompts (cached points may have been measured under other load)."""
-    times = {"θ_q": [], "CFG γ=3": []}
+def compare_speed(ev: Evaluator, teacher: Teacher, repeats: int = 3) -> dict:
+    """Sampling seconds per clip of θ_q (no CFG) and of the base with the teacher's CFG, measured now, interleaved,
+    on the same prompts (cached points may have been measured under other load)."""
+    times = {"θ_q": [], "teacher": []}
     for r in range(repeats):
         for name in times:
-            times[name].append(ev.sampling_time(name, r))
+            times[name].append(ev.sampling_time(name, r, teacher))
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple[int, Path]]]) -> list[Point]:
-    gammas = (1.0, 3.0) if s.quick else GAMMAS
+def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple[int, Path]]],
+         teacher: Teacher) -> list[Point]:
+    gammas = tuple(dict.fromkeys((1.0, 3.0, teacher.guidance))) if s.quick else GAMMAS
     temps = (1.0,) if s.quick else tuple(s.temperatures)
     steps = int(round(1 / s.lambda_step))
     lams = (0.0, 0.5, 1.0) if s.quick else tuple(round(x, 3) for x in np.linspace(0, 1, steps + 1))
     lerp = lambda a, b, lam: tuple((n, w) for n, w in ((a, 1 - lam), (b, lam)) if w > 0)
     pts = [Point(CFG_NEG, g, guidance=g) for g in gammas]
     pts += [Point(CFG_UNCOND, g, guidance=g, negative="") for g in gammas if g > 1]
+    if teacher.plausibility > 0:  # the teacher's γ-front: CFG with its mask, and unconditional with the same mask
+        a = teacher.plausibility
+        pts += [Point(teacher.family, g, guidance=g, negative=teacher.negative, plausibility=a) for g in gammas]
+        if teacher.negative:
+            pts += [Point(teacher.uncond_family, g, guidance=g, negative="", plausibility=a) for g in gammas if g > 1]
     pts += [Point(TEMP_BASE, t, temperature=t) for t in temps]
     if have["q"]:
         pts += [Point(TEMP_Q, t, blend=(("q", 1.0),), temperature=t) for t in temps]
@@ -199,60 +221,103 @@ def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple
 
 
 # ---------------------------------------------------------------- outputs
+POINT_COLUMNS = ("exact_quality", "exact_adherence", "clean", "event_diversity", "quality", "diversity", "vendi")
+
+
 def point_rows(results: dict[str, list[Measured]]) -> list[dict]:
     rows = []
     for family, ms in results.items():
         for m in sorted(ms, key=lambda m: m.point.x):
             p, r = m.point, m.result
-            rows.append(dict(family=family, x=p.x, blend=" + ".join(f"{w:g}·{n}" for n, w in p.blend),
-                             guidance=p.guidance, negative=p.negative, temperature=p.temperature,
-                             quality=m.mean("quality"), quality_sem=m.sem("quality"), diversity=m.mean("diversity"),
-                             diversity_sem=m.sem("diversity"), vendi=m.mean("vendi"), vendi_sem=m.sem("vendi"),
-                             event_diversity=m.mean("event_diversity"), drums=r.drums, degraded=r.degraded,
-                             sample_s_per_clip=r.sample_s_per_clip))
+            row = dict(family=family, x=p.x, blend=" + ".join(f"{w:g}·{n}" for n, w in p.blend), guidance=p.guidance,
+                       negative=p.negative, plausibility=p.plausibility, temperature=p.temperature)
+            for name in POINT_COLUMNS:
+                row[name], row[name + "_sem"] = m.mean(name), m.sem(name)
+            rows.append(dict(row, drums=r.drums, degraded=r.degraded, sample_s_per_clip=r.sample_s_per_clip))
     return rows
 
 
+def agreement(results: dict[str, list[Measured]], n_prompts: int, reps: int) -> dict[str, dict]:
+    """Spearman rank correlation, across all evaluated points, between each learned score and its exact
+    counterpart, with a 95 % prompt-bootstrap interval (every point re-averaged on the same resampled prompts)."""
+    ms = [m for family in results.values() for m in family]
+    out = {}
+    for axis, (learned, exact) in (("quality", ("quality", "exact_quality")),
+                                   ("diversity", ("diversity", "event_diversity"))):
+        stat = lambda idx, a=learned, b=exact: spearman([m.mean(a, idx) for m in ms], [m.mean(b, idx) for m in ms])
+        out[axis] = dict(rho=stat(None), ci=bootstrap(stat, n_prompts, reps=reps), points=len(ms))
+    return out
+
+
 def write_figures(results: dict[str, list[Measured]], s: EvalSettings, out: Path) -> dict[str, bool]:
-    """fronts.json (for the app), fronts.png, lambda.png and training.png; returns which optional figures exist."""
-    xy = lambda ms: [m.xy() for m in sorted(ms, key=lambda m: m.point.x)]
-    main_fams = [f for f in (CFG_NEG, CFG_UNCOND, TEMP_BASE, TEMP_Q, LERP_QD, LERP_QB) if f in results]
-    fronts = {f: xy(results[f]) for f in main_fams}
-    save_json(dict(fronts=fronts, settings=dict(prompts=s.prompts, clips=s.clips, seconds=s.seconds)),
-              out / "fronts.json")
-    others = {f: ms[0].xy() for f, ms in results.items() if f not in main_fams and len(ms) == 1}
-    quality_diversity_plot(fronts, others, size=(900, 560), title="nano: quality vs diversity").save(out / "fronts.png")
+    """fronts.json (both axes, for the app), fronts.png and fronts_exact.png, lambda.png and training.png; returns
+    which optional figures exist."""
+    main_fams = [f for f in results if f in (CFG_NEG, CFG_UNCOND, TEMP_BASE, TEMP_Q, LERP_QD, LERP_QB)
+                 or f.startswith("CFG γ (")]
+    fronts = {}
+    for axis, (q, d) in AXES.items():
+        xy = lambda ms, q=q, d=d: [(m.mean(d), m.mean(q)) for m in sorted(ms, key=lambda m: m.point.x)]
+        fronts[axis] = {f: xy(results[f]) for f in main_fams}
+        others = {f: xy(ms)[0] for f, ms in results.items() if f not in main_fams and len(ms) == 1}
+        title = "nano: exact quality vs exact (event) diversity" if axis == "exact" else "nano: learned scores"
+        quality_diversity_plot(fronts[axis], others, size=(900, 560), title=title).save(
+            out / ("fronts_exact.png" if axis == "exact" else "fronts.png"))
+    save_json(dict(fronts=fronts["learned"], fronts_exact=fronts["exact"],
+                   settings=dict(prompts=s.prompts, clips=s.clips, seconds=s.seconds)), out / "fronts.json")
     lerp = sorted(results.get(LERP_QD, []), key=lambda m: m.point.x)
     if len(lerp) >= 3:
-        lambda_plot([m.point.x for m in lerp], [m.mean("quality") for m in lerp],
-                    [m.mean("diversity") for m in lerp]).save(out / "lambda.png")
-    training = {f: xy(ms) for f, ms in results.items() if f.startswith("training ")}
+        lambda_plot([m.point.x for m in lerp], [m.mean("exact_quality") for m in lerp],
+                    [m.mean("event_diversity") for m in lerp]).save(out / "lambda.png")
+    training = {f: [(m.mean("event_diversity"), m.mean("exact_quality")) for m in sorted(ms, key=lambda m: m.point.x)]
+                for f, ms in results.items() if f.startswith("training ")}
     if training:
-        quality_diversity_plot(training, {}, size=(900, 560), title="along training (snapshots)").save(
+        quality_diversity_plot(training, {}, size=(900, 560), title="along training (snapshots), exact axes").save(
             out / "training.png")
     return dict(lambda_plot=len(lerp) >= 3, training=bool(training))
 
 
+def claims_table(table: list[dict]) -> list[str]:
+    verdict = {True: "yes", False: "**no**", None: "not testable"}
+    by_claim: dict[str, dict] = {}
+    for c in table:
+        by_claim.setdefault(c["claim"], {})[c["axis"]] = c
+    lines = ["| claim | exact axes | learned scores | measured (exact axes) | measured (learned scores) |",
+             "|---|---|---|---|---|"]
+    for claim, axes in by_claim.items():
+        cells = [verdict[axes[a]["holds"]] if a in axes else "–" for a in ("exact", "learned")]
+        details = [axes[a]["detail"] if a in axes else "" for a in ("exact", "learned")]
+        if "tokens and E" in axes:
+            cells, details = [verdict[axes["tokens and E"]["holds"]]] * 2, [axes["tokens and E"]["detail"], ""]
+        lines.append(f"| {claim} | {cells[0]} | {cells[1]} | {details[0]} | {details[1]} |")
+    return lines
+
+
 def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[str, bool], command: list[str],
-           cached: int, elapsed: float) -> str:
+           cached: int, elapsed: float, agree: dict, teacher: Teacher) -> str:
     lines = ["# Quality–diversity evaluation of MusicGen-nano", "",
              f"Command: `python -m training.evaluate {' '.join(command)}`  ",
              f"Wall time of this run: {elapsed / 60:.1f} min on {torch.get_num_threads()} CPU thread(s), {cached} of "
-             f"{len(rows)} points from the cache (each point takes about 5 s on a quiet machine). {s.prompts} held-out "
-             f"prompts × {s.clips} clips × {s.seconds:g} s per point; quality = {OMEGA:g}·adherence + audio quality; "
-             f"diversity = mean pairwise r_D with E. ± are standard errors over prompts; intervals are 95 % prompt "
-             f"bootstraps.", "", "## Claims", "", "| claim | holds? | measured |", "|---|---|---|"]
-    verdict = {True: "yes", False: "**no**", None: "not testable"}
-    lines += [f"| {c['claim']} | {verdict[c['holds']]} | {c['detail']} |" for c in table]
-    lines += ["", "![fronts](fronts.png)", ""]
+             f"{len(rows)} points from the cache. {s.prompts} held-out test prompts × {s.clips} clips × {s.seconds:g} "
+             f"s per point. Two pairs of axes: **exact** (read from nano's tokens, `engine.exact`: exact quality = 5 · "
+             f"adherence to the caption's checkable requests + clean, 0 … 6; exact diversity = mean pairwise event "
+             f"distance) and **learned** (quality = {OMEGA:g}·adherence + audio quality of the learned scorers; "
+             f"diversity = mean pairwise r_D with E). The CFG teacher ({teacher.label}) was chosen by "
+             f"`training.teacher_sweep` on validation prompts disjoint from these. ± are standard errors over "
+             f"prompts; intervals are 95 % prompt bootstraps.", "", "## Claims", ""]
+    lines += claims_table(table)
+    lines += ["", "## Do the learned scorers agree with the exact metrics?", "",
+              "Spearman rank correlation across all evaluated points (95 % prompt-bootstrap interval):", ""]
+    lines += [f"- {axis}: ρ = {a['rho']:+.2f} ({a['ci'][0]:+.2f} … {a['ci'][1]:+.2f}) over {a['points']} points"
+              for axis, a in agree.items()]
+    lines += ["", "![fronts, exact axes](fronts_exact.png)", "", "![fronts, learned scores](fronts.png)", ""]
     lines += ["![lambda](lambda.png)", ""] if figures["lambda_plot"] else []
     lines += ["![training](training.png)", ""] if figures["training"] else []
-    lines += ["## Points", "",
-              "| family | x | quality | diversity | Vendi | event diversity | drums | noise | s/clip |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['family']} | {r['x']:g} | {r['quality']:.3f} ± {r['quality_sem']:.3f} | {r['diversity']:.3f} ± "
-              f"{r['diversity_sem']:.3f} | {r['vendi']:.2f} | {r['event_diversity']:.3f} | {r['drums']:.2f} | "
-              f"{r['degraded']:.2f} | {r['sample_s_per_clip']:.3f} |" for r in rows]
+    lines += ["## Points", "", "| family | x | exact quality | clean | event diversity | learned quality | E diversity "
+              "| Vendi | drums | noise | s/clip |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['family']} | {r['x']:g} | {r['exact_quality']:.3f} ± {r['exact_quality_sem']:.3f} | "
+              f"{r['clean']:.3f} | {r['event_diversity']:.3f} ± {r['event_diversity_sem']:.3f} | {r['quality']:.3f} ± "
+              f"{r['quality_sem']:.3f} | {r['diversity']:.3f} ± {r['diversity_sem']:.3f} | {r['vendi']:.2f} | "
+              f"{r['drums']:.2f} | {r['degraded']:.2f} | {r['sample_s_per_clip']:.3f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -284,7 +349,8 @@ def main(argv=None) -> None:
     t0 = time.time()
     ev = Evaluator(s)
     have, snapshots = load_points(ev, s)
-    points = plan(s, have, snapshots)
+    teacher = s.load_teacher()
+    points = plan(s, have, snapshots, teacher)
     cached = sum(ev.key(pt) in ev.cache for pt in points)
     results: dict[str, list[Measured]] = {}
     for i, pt in enumerate(points):
@@ -293,14 +359,19 @@ def main(argv=None) -> None:
         results.setdefault(pt.family, []).append(m)
         print(f"[{i + 1}/{len(points)}] {pt.label:40s} quality {m.mean('quality'):.3f} ± {m.sem('quality'):.3f}  "
               f"diversity {m.mean('diversity'):.3f} ± {m.sem('diversity'):.3f}  ({time.time() - t:.1f} s)", flush=True)
-    speed = compare_speed(ev, repeats=1 if s.quick else 3) if have["q"] else None
-    table = claims(results, s, speed)
+    speed = compare_speed(ev, teacher, repeats=1 if s.quick else 3) if have["q"] else None
+    table = claims(results, s, speed, teacher)
+    agree = agreement(results, s.prompts, s.bootstrap)
     rows = point_rows(results)
     save_csv(rows, list(rows[0]), out / "points.csv")
     figures = write_figures(results, s, out)
-    save_bytes(report(table, rows, s, figures, command, cached, time.time() - t0).encode(), out / "report.md")
+    text = report(table, rows, s, figures, command, cached, time.time() - t0, agree, teacher)
+    save_bytes(text.encode(), out / "report.md")
     for c in table:
-        print(f"{ {True: 'HOLDS', False: 'FAILS', None: 'N/A  '}[c['holds']]}  {c['claim']}\n       {c['detail']}")
+        verdict = {True: "HOLDS", False: "FAILS", None: "N/A  "}[c["holds"]]
+        print(f"{verdict}  [{c['axis']}] {c['claim']}\n       {c['detail']}")
+    for axis, a in agree.items():
+        print(f"learned vs exact {axis}: Spearman {a['rho']:+.2f} ({a['ci'][0]:+.2f} … {a['ci'][1]:+.2f})")
     print(f"wrote {out}/report.md in {(time.time() - t0) / 60:.1f} min")
 
 

@@ -3,8 +3,10 @@
 For each held-out prompt i (`training.corpus.heldout_prompts`): `clips` clips of `seconds`, sampled with the seed
 `prompt_seed(i)` (the same for every model, so that two models are compared on the same draws), scored with the
 shipped scorers. Per prompt: quality = mean over clips of ω·adherence + audio quality (and both parts), diversity =
-mean pairwise r_D with E over the prompt's clips, its Vendi score, and, on nano's score codec, the mean pairwise
-event distance of the clips' tokens. Averages are over prompts, standard errors over prompts.
+mean pairwise r_D with E over the prompt's clips, its Vendi score, and, on nano's score codec, the exact metrics
+read from the tokens (`engine.exact`): exact quality = ω·adherence to the caption's checkable requests + clean,
+both parts, and exact diversity = the mean pairwise event distance of the clips. Averages are over prompts (a
+prompt with no checkable request has no exact quality: NaN, left out of its means), standard errors over prompts.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from typing import Callable
 
 import numpy as np
 
+from engine import exact
 from engine.score_codec import ScoreCodec
 from engine.scorers import Scorers
 from engine.service import DEFAULT_NEGATIVE_PROMPT, Generation, Request
 from training.frontier import standard_error
-from training.nano_metrics import describe, event_distance
 
 PROMPT_SEED_STRIDE = 100_003  # a prime: prompt seeds of different base seeds do not collide for < 100k prompts
-PER_PROMPT = ("quality", "adherence", "audio_quality", "diversity", "vendi", "event_diversity")
+PER_PROMPT = ("quality", "adherence", "audio_quality", "diversity", "vendi", "event_diversity", "exact_quality",
+              "exact_adherence", "clean")
 
 Sampler = Callable[[Request], Generation]  # a request -> its clips, from some weights
 
@@ -54,13 +57,19 @@ class HeldoutResult:
     sample_s_per_clip: float = 0.0
     adherence: list[float] = field(default_factory=list)
     audio_quality: list[float] = field(default_factory=list)
+    exact_quality: list[float] = field(default_factory=list)  # ω · exact adherence + clean (NaN: nothing checkable)
+    exact_adherence: list[float] = field(default_factory=list)  # share of the caption's checkable requests met
+    clean: list[float] = field(default_factory=list)  # share of clips without degradation, on grid, in key
+    requests: int = 0  # checkable requests over all prompts (each checked on every clip)
 
     def mean(self, name: str, idx=None) -> float:
         v = np.asarray(getattr(self, name), dtype=float)
-        return float((v if idx is None else v[idx]).mean())
+        v = v if idx is None else v[idx]
+        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
 
     def sem(self, name: str) -> float:
-        return standard_error(getattr(self, name))
+        v = np.asarray(getattr(self, name), dtype=float)
+        return standard_error(v[np.isfinite(v)])
 
     def summary(self) -> dict[str, float]:
         """Mean and standard error of every per-prompt value that was measured, and the sampling time."""
@@ -82,35 +91,39 @@ def _score(result: HeldoutResult, scorers: Scorers, gen: Generation, prompt: str
         result.vendi.append(s.vendi)
 
 
-def _read_tokens(result: HeldoutResult, codes: np.ndarray, described: list[dict]) -> None:
-    n = len(codes)
-    result.event_diversity.append(float(np.mean([event_distance(codes[a], codes[b]) for a in range(n)
-                                                 for b in range(a + 1, n)])) if n > 1 else 0.0)
-    described += [describe(c) for c in codes]
+def _read_tokens(result: HeldoutResult, codes: np.ndarray, prompt: str, readings: list[exact.Reading]) -> None:
+    result.event_diversity.append(exact.event_diversity(codes))
+    scores = [exact.score_clip(c, prompt) for c in codes]
+    checkable = scores[0].adherence is not None
+    result.exact_adherence.append(float(np.mean([s.adherence for s in scores])) if checkable else float("nan"))
+    result.exact_quality.append(float(np.mean([s.quality for s in scores])) if checkable else float("nan"))
+    result.clean.append(float(np.mean([s.clean for s in scores])))
+    result.requests += len(scores[0].met)
+    readings += [exact.read(c) for c in codes]
 
 
 def measure(sample: Sampler, prompts: list[str], settings: HeldoutSettings, scorers: Scorers | None,
-            exact: bool, temperature: float = 1.0, guidance: float = 1.0,
-            negative: str = DEFAULT_NEGATIVE_PROMPT) -> HeldoutResult:
+            readable: bool, temperature: float = 1.0, guidance: float = 1.0,
+            negative: str = DEFAULT_NEGATIVE_PROMPT, plausibility: float = 0.0) -> HeldoutResult:
     """Evaluate one way of sampling (`sample` with these temperature/CFG settings) on `prompts`.
-    `exact`: the clips are nano score-codec tokens, so event diversity, drums and noise are read from them."""
-    result, described, sample_s = HeldoutResult(), [], 0.0
+    `readable`: the clips are nano score-codec tokens, so the exact metrics, drums and noise are read from them."""
+    result, readings, sample_s = HeldoutResult(), [], 0.0
     for i, prompt in enumerate(prompts):
         req = Request(prompt, settings.clips, settings.seconds, seed=settings.prompt_seed(i), temperature=temperature,
-                      guidance=guidance, negative_prompt=negative)
+                      guidance=guidance, negative_prompt=negative, plausibility=plausibility)
         gen = sample(req)
         sample_s += gen.timings["sampling"]
         if scorers is not None:
             _score(result, scorers, gen, prompt)
-        if exact:
-            _read_tokens(result, gen.codes.numpy(), described)
-    if described:
-        result.drums = float(np.mean([x["drums"] for x in described]))
-        result.degraded = float(np.mean([x["degraded"] for x in described]))
+        if readable:
+            _read_tokens(result, gen.codes.numpy(), prompt, readings)
+    if readings:
+        result.drums = float(np.mean([r.drums for r in readings]))
+        result.degraded = float(np.mean([r.noise_events > 0 for r in readings]))
     result.sample_s_per_clip = sample_s / (len(prompts) * settings.clips)
     return result
 
 
-def is_exact(codec) -> bool:
+def is_readable(codec) -> bool:
     """Whether clips of this codec can be read token by token (nano's score codec)."""
     return isinstance(codec, ScoreCodec)

@@ -15,23 +15,43 @@ giving zero advantage. The baselines here:
 """
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from engine.diversity import pairwise_diversity
 from engine.sampling import cfg_logits
 
+MASKED_TEACHER_FLOOR = 1e-4  # teacher mass spread uniformly over the vocabulary when the plausibility mask is on
+
 
 def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tensor, guidance: float, mask: Tensor,
-                        temperature: float = 1.0) -> Tensor:
+                        temperature: float = 1.0, plausibility: float = 0.0) -> Tensor:
     """Per-sequence KL(student ‖ CFG teacher), summed over real positions and codebooks: (B,).
 
-    Logits are (B, K, L, V); mask (B, K, L) is True at real (non delay-padding) positions."""
-    teacher = cfg_logits(teacher_cond, teacher_neg, guidance)
+    Logits are (B, K, L, V); mask (B, K, L) is True at real (non delay-padding) positions.
+    With the plausibility mask (α > 0) the teacher gives the tokens it masks probability 0, and KL(student ‖ teacher)
+    is infinite as soon as the student puts any mass there. The teacher used here is therefore the masked CFG
+    distribution mixed with a uniform floor, q' = (1 − ε)·q_masked + ε/V (ε = MASKED_TEACHER_FLOOR): a proper
+    distribution, finite everywhere, whose KL charges each unit of student mass on a masked token about
+    log(V/ε) ≈ 15 nats (V = 512), so the gradient drives that mass away without exploding."""
     log_p = F.log_softmax(student.float() / temperature, dim=-1)
-    log_q = F.log_softmax(teacher.float() / temperature, dim=-1)
+    log_q = teacher_log_probs(teacher_cond, teacher_neg, guidance, temperature, plausibility)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, K, L)
     return (kl * mask).sum(dim=(1, 2))
+
+
+def teacher_log_probs(cond: Tensor, neg: Tensor, guidance: float, temperature: float = 1.0,
+                      plausibility: float = 0.0) -> Tensor:
+    """log q of the CFG teacher at `temperature` (…, V); with α > 0 the floored masked teacher (see above)."""
+    log_q = F.log_softmax(cfg_logits(cond, neg, guidance, plausibility).float() / temperature, dim=-1)
+    if plausibility > 0:
+        vocab = log_q.shape[-1]
+        log_q = torch.logaddexp(log_q + math.log1p(-MASKED_TEACHER_FLOOR),
+                                torch.full_like(log_q, math.log(MASKED_TEACHER_FLOOR / vocab)))
+    return log_q
 
 
 def per_sample_rewards(embeddings: Tensor) -> Tensor:

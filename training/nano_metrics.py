@@ -1,91 +1,46 @@
-"""Measure a MusicGen-nano model from its generated tokens (the score codec makes attributes readable).
+"""Measure a MusicGen-nano model from its generated tokens (the score codec makes every clip readable).
 
-For held-out captions that name an attribute (instrument, drums / no drums / kit, tempo, mode), the fraction of
-generated clips that have it, without CFG and with CFG (γ = 3, negative prompt "Bad audio quality."). Each
-parser is also run on the true held-out pieces, to show how reliable it is. Plus: the rate of degradation
-tokens, seed diversity for one prompt, and text-to-waveform speed.
+1. The parsers of `engine.exact` on true held-out corpus pieces: per kind of request (instrument, drums, kit, tempo,
+   key, genre), how often a piece meets its own caption's requests (they should all be met: the parser's accuracy)
+   and another piece's caption's (chance level: how much a check discriminates), how many requests were checkable,
+   and how often the clean flag holds on clean and on degraded pieces.
+2. Generations for held-out captions, without CFG, with the paper's CFG (γ = 3, "Bad audio quality.") and with
+   `--guidance/--plausibility/--negative-prompt` (e.g. the chosen teacher): per kind, the share of requests met;
+   the share of clean clips and of each clean part; exact quality.
+3. Seed diversity for one prompt, text-to-waveform speed, codec speed.
 
     python -m training.nano_metrics --model weights/nano --out weights/nano/metrics.json
 """
+
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from engine import exact
 from engine.checkpoint import save_json
 from engine.model import load_model
-from engine.score_codec import DISTORT, FIRST_EVENT, HOLD, NOISE, STREAMS, TEMPOS, ScoreCodec, parse_token
-from engine.service import MusicService, Request
+from engine.service import DEFAULT_NEGATIVE_PROMPT, MusicService, Request
 from training.corpus import HELD_OUT_EVERY, generate_piece
-
-KIT_WORDS = {"drum machine": "electronic", "dusty drums": "lofi"}
-INSTRUMENT_WORDS = ("piano", "guitar", "organ", "saw lead", "square lead", "bells", "flute", "strings", "pad",
-                    "electric bass", "synth bass", "upright bass", "sub bass")
-# Krumhansl–Kessler key profiles
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+from training.settings import parse, setting
 
 
-def describe(codes: np.ndarray) -> dict:
-    """Attributes read back from one clip's tokens (4, T)."""
-    events = {name: [(f, parse_token(name, t)) for f, t in enumerate(codes[k]) if t >= FIRST_EVENT]
-              for k, name in enumerate(STREAMS)}
-    events = {k: [(f, e) for f, e in v if e is not None] for k, v in events.items()}
-    instruments = {e.instrument for k in ("lead", "bass", "harmony") for _, e in events[k]}
-    kits = {e.instrument for _, e in events["drums"]}
-    onsets = sorted({f for v in events.values() for f, _ in v})
-    tempo = None
-    if len(onsets) >= 8:  # the coarsest 16th grid that (almost) all onsets sit on
-        aligned = {d: np.mean([f % d == 0 for f in onsets]) for d in TEMPOS}
-        tempo = TEMPOS[max(d for d, a in aligned.items() if a >= 0.95)] if max(aligned.values()) >= 0.95 else None
-    hist = np.zeros(12)  # pitch classes weighted by how long they sound
-    for k, name in enumerate(STREAMS[:3]):
-        for start, end, token in ScoreCodec._notes(codes[k]):
-            e = parse_token(name, token)
-            for p in e.pitches if e is not None else ():
-                hist[p % 12] += end - start
-    mode = None
-    if hist.sum() >= 8:
-        scores = [(np.corrcoef(np.roll(prof, key), hist)[0, 1], name) for key in range(12)
-                  for prof, name in ((MAJOR_PROFILE, "major"), (MINOR_PROFILE, "minor"))]
-        mode = max(scores)[1]
-    degraded = bool(((codes == NOISE) | (codes == DISTORT)).any())
-    return dict(instruments=instruments, kits=kits, drums=bool(events["drums"]), tempo=tempo,
-                mode=mode, degraded=degraded)
-
-
-def claims(caption: str) -> dict:
-    """Attributes a caption asks for, as checks on `describe` output."""
-    c = caption.lower()
-    out = {}
-    for word, kit in KIT_WORDS.items():
-        if word in c:
-            out["drum kit"] = lambda d, kit=kit: kit in d["kits"]
-    if "no drums" in c:
-        out["no drums"] = lambda d: not d["drums"]
-    elif re.search(r"\bdrums\b", c) and "drum kit" not in out:
-        out["drums"] = lambda d: d["drums"]
-    named = tuple(w for w in INSTRUMENT_WORDS if re.search(rf"\b{w}\b", c))
-    if named:
-        out["instrument"] = lambda d: all(n in d["instruments"] for n in named)
-    m = re.search(r"(\d+(?:\.\d)?) bpm", c)
-    if m:
-        bpm = float(m.group(1))
-        out["tempo"] = lambda d: d["tempo"] is not None and abs(d["tempo"] - bpm) < 1
-    elif re.search(r"\bfast\b", c):
-        out["tempo"] = lambda d: d["tempo"] is not None and d["tempo"] >= 120
-    elif re.search(r"\bslow\b", c):
-        out["tempo"] = lambda d: d["tempo"] is not None and d["tempo"] <= 80
-    if " major" in c:
-        out["mode"] = lambda d: d["mode"] == "major"
-    elif " minor" in c or " dorian" in c:
-        out["mode"] = lambda d: d["mode"] == "minor"
-    return out
+@dataclass(frozen=True)
+class NanoMetricsSettings:
+    model: str = setting("weights/nano", "the nano folder")
+    seed: int = setting(0, "corpus seed of the held-out captions")
+    prompts: int = setting(48, "held-out clean captions to prompt with")
+    clips: int = setting(4, "clips per caption")
+    seconds: float = setting(8.0, "clip length (s)")
+    guidance: float = setting(1.5, "CFG γ of the third generation row (e.g. the chosen teacher)")
+    plausibility: float = setting(0.0, "its plausibility mask α")
+    negative_prompt: str = setting(DEFAULT_NEGATIVE_PROMPT, "its negative prompt ('' = unconditional)")
+    out: str | None = setting(None, "write the metrics JSON here")
 
 
 def edit_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -93,90 +48,116 @@ def edit_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float((a != b).mean())
 
 
-def event_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Hamming distance over the positions where either grid has something other than HOLD (note-ons,
-    rests, drum hits): sustain tokens shared by any two clips do not dilute it."""
-    active = (a != HOLD) | (b != HOLD)
-    return float((a != b)[active].mean()) if active.any() else 0.0
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="weights/nano")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed of the held-out captions")
-    p.add_argument("--prompts", type=int, default=48, help="held-out clean captions to prompt with")
-    p.add_argument("--clips", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=8.0)
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    torch.manual_seed(0)
-    service = MusicService(load_model(args.model))
-    frames = int(args.seconds * service.model.frame_rate)
-
+def heldout_pieces(seed: int, n: int, frames: int, degraded: bool = False) -> list:
     pieces, i = [], 0
-    while len(pieces) < args.prompts:
-        piece = generate_piece(args.seed, i, frames)
-        if not piece.attributes["degraded"]:
+    while len(pieces) < n:
+        piece = generate_piece(seed, i, frames)
+        if piece.attributes["degraded"] == degraded:
             pieces.append(piece)
         i += HELD_OUT_EVERY
-    results = {}
-    for label, guidance in (("no CFG", 1.0), ("CFG γ=3", 3.0), ("corpus (parser check)", None)):
-        hits, degraded, n_clips = {}, 0, 0
-        for j, piece in enumerate(pieces):
-            if guidance is None:
-                clips = [piece.codes]
-            else:
-                req = Request(piece.caption, num_clips=args.clips, duration_s=args.seconds, seed=j, guidance=guidance)
-                clips = service.generate_base(req).codes.numpy()
-            for codes in clips:
-                d = describe(codes)
-                n_clips += 1
-                degraded += d["degraded"]
-                for name, check in claims(piece.caption).items():
-                    hits.setdefault(name, []).append(bool(check(d)))
-        results[label] = dict(adherence={k: (float(np.mean(v)), len(v)) for k, v in sorted(hits.items())},
-                              degradation_rate=degraded / n_clips, clips=n_clips)
+    return pieces
 
-    # diversity sanity: one prompt, different seeds
-    gen = service.generate_base(Request("Rock song.", num_clips=8, duration_s=args.seconds, seed=123)).codes.numpy()
-    dists = [edit_distance(gen[a], gen[b]) for a in range(len(gen)) for b in range(a + 1, len(gen))]
-    same = service.generate_base(Request("Rock song.", num_clips=8, duration_s=args.seconds, seed=123)).codes.numpy()
-    events = [event_distance(gen[a], gen[b]) for a in range(len(gen)) for b in range(a + 1, len(gen))]
-    rock = [pc.codes for pc in (generate_piece(args.seed, i, frames) for i in range(400))
+
+def _shares(hits: dict[str, list[bool]]) -> dict[str, dict]:
+    return {k: dict(share=float(np.mean(v)), n=len(v)) for k, v in sorted(hits.items())}
+
+
+def parser_accuracy(clean: list, degraded: list) -> dict:
+    """Requests met by the true pieces (own captions) and by other pieces' captions; clean flag on both kinds."""
+    own, other = defaultdict(list), defaultdict(list)
+    for j, piece in enumerate(clean):
+        r = exact.read(piece.codes)
+        for name, check in exact.requests(piece.caption).items():
+            own[exact.kind(name)].append(bool(check(r)))
+        for name, check in exact.requests(clean[(j + 7) % len(clean)].caption).items():
+            other[exact.kind(name)].append(bool(check(r)))
+    parts = {label: {k: float(np.mean([exact.clean_parts(exact.read(p.codes))[k] for p in pieces]))
+                     for k in ("no_noise", "on_grid", "in_key")} for label, pieces in (("clean", clean),
+                                                                                        ("degraded", degraded))}
+    flag = {label: float(np.mean([exact.clean(exact.read(p.codes)) for p in pieces]))
+            for label, pieces in (("clean", clean), ("degraded", degraded))}
+    return dict(own_caption=_shares(own), other_caption=_shares(other), clean_parts=parts, clean_flag=flag,
+                no_checkable_request=sum(not exact.requests(p.caption) for p in clean), pieces=len(clean),
+                unchecked_words=sum(len(exact.unchecked(p.caption)) for p in clean))
+
+
+def generation_metrics(service: MusicService, pieces: list, s: NanoMetricsSettings, guidance: float,
+                       plausibility: float = 0.0, negative: str = DEFAULT_NEGATIVE_PROMPT) -> dict:
+    met, parts, quality = defaultdict(list), defaultdict(list), []
+    for j, piece in enumerate(pieces):
+        req = Request(piece.caption, num_clips=s.clips, duration_s=s.seconds, seed=j, guidance=guidance,
+                      plausibility=plausibility, negative_prompt=negative)
+        for codes in service.generate_base(req).codes.numpy():
+            score = exact.score_clip(codes, piece.caption)
+            for name, ok in score.met.items():
+                met[exact.kind(name)].append(ok)
+            for k, ok in exact.clean_parts(exact.read(codes)).items():
+                parts[k].append(ok)
+            quality += [score.quality] if score.quality is not None else []
+    return dict(requests_met=_shares(met), clean_parts={k: float(np.mean(v)) for k, v in parts.items()},
+                clean=float(np.mean([all(x) for x in zip(*parts.values())])), exact_quality=float(np.mean(quality)),
+                clips=len(quality))
+
+
+def seed_diversity(service: MusicService, s: NanoMetricsSettings, frames: int) -> dict:
+    gen = service.generate_base(Request("Rock song.", num_clips=8, duration_s=s.seconds, seed=123)).codes.numpy()
+    same = service.generate_base(Request("Rock song.", num_clips=8, duration_s=s.seconds, seed=123)).codes.numpy()
+    pairs = [(a, b) for a in range(len(gen)) for b in range(a + 1, len(gen))]
+    rock = [pc.codes for pc in (generate_piece(s.seed, i, frames) for i in range(400))
             if pc.attributes["genre"] == "rock" and not pc.attributes["degraded"]][:8]
-    ref = [event_distance(rock[a], rock[b]) for a in range(len(rock)) for b in range(a + 1, len(rock))]
-    results["seed diversity"] = dict(mean_token_distance=float(np.mean(dists)), min=float(np.min(dists)),
-                                     mean_event_distance=float(np.mean(events)),
-                                     min_event_distance=float(np.min(events)),
-                                     corpus_rock_event_distance=float(np.mean(ref)),
-                                     same_seed_distance=edit_distance(gen[0], same[0]))
-    # speed: 4 clips x 8 s, text -> waveform
+    return dict(mean_token_distance=float(np.mean([edit_distance(gen[a], gen[b]) for a, b in pairs])),
+                mean_event_distance=exact.event_diversity(gen), corpus_rock_event_distance=exact.event_diversity(
+                    np.stack(rock)), same_seed_distance=edit_distance(gen[0], same[0]))
+
+
+def speeds(service: MusicService, pieces: list, seconds: float) -> dict:
     times = []
     for s in range(3):
         t = time.perf_counter()
         service.generate_base(Request("calm piano with soft strings", num_clips=4, duration_s=8.0, seed=s))
         times.append(time.perf_counter() - t)
-    results["speed"] = dict(clips=4, seconds=8.0, wall_s_median=float(np.median(times)))
-    # codec: decode speed on one core, on corpus pieces
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     codes = torch.as_tensor(np.stack([pc.codes for pc in pieces[:8]]).astype(np.int64))
     t = time.perf_counter()
     service.model.codec.decode(codes)
-    results["codec"] = dict(real_time_factor_one_core=len(codes) * args.seconds / (time.perf_counter() - t))
+    rtf = len(codes) * seconds / (time.perf_counter() - t)
     torch.set_num_threads(threads)
+    return dict(text_to_waveform_4_clips_8s_s=float(np.median(times)), codec_real_time_factor_one_core=rtf)
 
-    print(f"{'':24s}" + "".join(f"{k:>22s}" for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
-    names = sorted({n for k in ("no CFG", "CFG γ=3") for n in results[k]["adherence"]})
-    for n in names:
-        row = [results[k]["adherence"].get(n, (float("nan"), 0))
-               for k in ("no CFG", "CFG γ=3", "corpus (parser check)")]
-        print(f"{n:24s}" + "".join(f"{v:>15.3f} (n={c:3d})" for v, c in row))
-    print(f"{'degradation rate':24s}" + "".join(f"{results[k]['degradation_rate']:>22.3f}"
-                                                for k in ("no CFG", "CFG γ=3", "corpus (parser check)")))
-    print(json.dumps({k: results[k] for k in ("seed diversity", "speed", "codec")}))
-    if args.out:
-        save_json(dict(results, model=args.model, prompts=args.prompts, clips=args.clips), args.out)
+
+def print_table(results: dict) -> None:
+    parser, rows = results["parsers"], [k for k in results if k.startswith("generation")]
+    print(f"{'request kind':14s}{'parser: own':>16s}{'other caption':>16s}" + "".join(f"{k[11:]:>30s}" for k in rows))
+    for kind, v in parser["own_caption"].items():
+        other = parser["other_caption"].get(kind, dict(share=float("nan")))["share"]
+        gens = "".join(f"{results[k]['requests_met'].get(kind, dict(share=float('nan')))['share']:>30.3f}"
+                       for k in rows)
+        print(f"{kind:14s}{v['share']:>10.3f} (n={v['n']:3d}){other:>16.3f}{gens}")
+    flag = parser["clean_flag"]
+    print(f"{'clean':14s}{flag['clean']:>16.3f}{flag['degraded']:>16.3f}"
+          + "".join(f"{results[k]['clean']:>30.3f}" for k in rows) + "   (parser: on clean / on degraded pieces)")
+    print(f"{'exact quality':46s}" + "".join(f"{results[k]['exact_quality']:>30.3f}" for k in rows))
+    print(json.dumps({k: results[k] for k in ("seed diversity", "speed")}))
+
+
+def main(argv=None) -> dict:
+    (s,) = parse([NanoMetricsSettings], argv, description=__doc__)
+    torch.manual_seed(0)
+    service = MusicService(load_model(s.model))
+    frames = int(s.seconds * service.model.frame_rate)
+    pieces = heldout_pieces(s.seed, s.prompts, frames)
+    results = dict(parsers=parser_accuracy(pieces, heldout_pieces(s.seed, s.prompts, frames, degraded=True)))
+    results["generation no CFG"] = generation_metrics(service, pieces, s, 1.0)
+    results["generation CFG γ=3 (paper)"] = generation_metrics(service, pieces, s, 3.0)
+    label = f"generation CFG γ={s.guidance:g} α={s.plausibility:g}{'' if s.negative_prompt else ' uncond.'}"
+    results[label] = generation_metrics(service, pieces, s, s.guidance, s.plausibility, s.negative_prompt)
+    results["seed diversity"] = seed_diversity(service, s, frames)
+    results["speed"] = speeds(service, pieces, s.seconds)
+    print_table(results)
+    if s.out:
+        save_json(dict(results, model=s.model, prompts=s.prompts, clips=s.clips, seconds=s.seconds), s.out)
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""Exact quality and diversity of nano clips, read from their score-codec tokens (no learned scorer involved).
+
+nano's codec makes every clip readable: which instruments and drum kit play, on which 16th-note grid the onsets
+sit, which notes the melody plays, whether noise or distortion events occur. So, for a clip and its caption:
+
+- the caption's *checkable requests* (`requests`): each named instrument; drums / no drums / a named drum kit;
+  a tempo in BPM, or fast / mid-tempo / slow (the corpus's thresholds); a key ("C major", "A dorian": the melody's
+  notes lie in that scale); a genre (a genre fixes the instruments each stream may use, its drum kits and its
+  tempi: `engine.nano_world.GENRES`). Moods are not checkable from tokens (they only bias tempo, mode and
+  density), nor is a mode named without a key: such words are counted as unchecked, never guessed;
+- *adherence* = the fraction of the checkable requests the clip satisfies (None when there is none);
+- *clean* = 1 if the clip has no noise/distortion events, its onsets sit on a 16th-note grid and its melody fits
+  one diatonic scale (the corpus's degradations: noise bursts, distortion, erratic timing, wrong notes), else 0;
+- *exact quality* = ω · adherence + clean, ω = 5 as in the paper's quality score (range 0 … 6);
+- *exact diversity* = mean pairwise event distance of the clips (`event_distance`).
+`training.nano_metrics` reports how often each check holds on true held-out corpus pieces (and on other pieces'
+captions, for chance level).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from engine.nano_world import GENRES, KEYS, MODES, MOODS
+from engine.score_codec import DISTORT, FIRST_EVENT, HOLD, NOISE, STREAMS, TEMPOS, parse_token
+
+OMEGA = 5.0  # exact quality = OMEGA · adherence + clean, the shape of the paper's quality score
+GRID_SHARE = 0.95  # onsets on one 16th grid for a clip to count as in time (erratic timing moves ~half of them)
+SCALE_SHARE = 0.95  # melody notes in one scale for a clip to count as in key (wrong notes move a third of them)
+MIN_ONSETS = 3  # fewer onsets (or melody notes) say nothing about timing (or key): not held against a clip
+FAST_BPM, SLOW_BPM = 120.0, 80.0  # the corpus's words: fast ≥ 120 BPM, slow ≤ 80, mid-tempo between
+KIT_WORDS = {"drum machine": "electronic", "dusty drums": "lofi"}
+INSTRUMENT_WORDS = ("piano", "guitar", "organ", "saw lead", "square lead", "bells", "flute", "strings", "pad",
+                    "electric bass", "synth bass", "upright bass", "sub bass")
+MOOD_OR_MODE = re.compile(r"\b(" + "|".join(sorted({w for m in MOODS.values() for w in m["words"]} | set(MODES)))
+                          + r")\b")
+KEY_NAME = re.compile(r"\b(" + "|".join(re.escape(k) for k in KEYS) + r") (major|minor|dorian)\b")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one clip's tokens (4, T) say."""
+
+    lead: frozenset[str]  # instruments per stream
+    bass: frozenset[str]
+    harmony: frozenset[str]
+    kits: frozenset[str]
+    sixteenth: int | None  # frames per 16th of the coarsest grid that ≥ GRID_SHARE of the onsets sit on
+    grid_share: float  # share of onsets on the best grid
+    onsets: int
+    melody: tuple[int, ...]  # pitch classes of the lead's notes, in order
+    noise_events: int  # NOISE and DISTORT tokens
+
+    @property
+    def instruments(self) -> frozenset[str]:
+        return self.lead | self.bass | self.harmony
+
+    @property
+    def drums(self) -> bool:
+        return bool(self.kits)
+
+    @property
+    def tempo_bpm(self) -> float | None:
+        return TEMPOS[self.sixteenth] if self.sixteenth is not None else None
+
+
+def read(codes: np.ndarray) -> Reading:
+    """Read a clip's tokens (4, T): instruments per stream, kit, grid, melody, degradation events."""
+    codes = np.asarray(codes)
+    events = {name: [(f, parse_token(name, t)) for f, t in enumerate(codes[k]) if t >= FIRST_EVENT]
+              for k, name in enumerate(STREAMS)}
+    events = {k: [(f, e) for f, e in v if e is not None] for k, v in events.items()}
+    onsets = sorted({f for v in events.values() for f, _ in v})
+    shares = {d: float(np.mean([f % d == 0 for f in onsets])) if onsets else 1.0 for d in TEMPOS}
+    on_grid = [d for d, a in shares.items() if a >= GRID_SHARE]
+    sixteenth = max(on_grid) if on_grid and len(onsets) >= MIN_ONSETS else None
+    return Reading(lead=frozenset(e.instrument for _, e in events["lead"]),
+                   bass=frozenset(e.instrument for _, e in events["bass"]),
+                   harmony=frozenset(e.instrument for _, e in events["harmony"]),
+                   kits=frozenset(e.instrument for _, e in events["drums"]), sixteenth=sixteenth,
+                   grid_share=max(shares.values()), onsets=len(onsets),
+                   melody=tuple(e.pitches[0] % 12 for _, e in events["lead"]),
+                   noise_events=int(((codes == NOISE) | (codes == DISTORT)).sum()))
+
+
+# ---------------------------------------------------------------- clean
+def scale_share(melody: tuple[int, ...], scale: tuple[int, ...] | None = None, tonic: int | None = None) -> float:
+    """Share of melody notes in `scale` on `tonic`, or (both None) in the best-fitting diatonic scale."""
+    if not melody:
+        return 1.0
+    counts = Counter(melody)
+    if scale is None:  # every diatonic collection is a rotation of the major scale
+        return max(sum(counts[(t + i) % 12] for i in MODES["major"]) for t in range(12)) / len(melody)
+    return sum(counts[(tonic + i) % 12] for i in scale) / len(melody)
+
+
+def clean_parts(r: Reading) -> dict[str, bool]:
+    return dict(no_noise=r.noise_events == 0,
+                on_grid=r.onsets < MIN_ONSETS or r.grid_share >= GRID_SHARE,
+                in_key=len(r.melody) < MIN_ONSETS or scale_share(r.melody) >= SCALE_SHARE)
+
+
+def clean(r: Reading) -> float:
+    return float(all(clean_parts(r).values()))
+
+
+# ---------------------------------------------------------------- requests
+Check = Callable[[Reading], bool]
+
+
+def _words(text: str, word: str) -> bool:
+    return re.search(rf"\b{re.escape(word)}\b", text) is not None
+
+
+def genre_fits(r: Reading, name: str) -> bool:
+    """The clip could be of this genre: every stream's instruments, the kit and the tempo are among the genre's."""
+    g = GENRES[name]
+    kits = {k for k in g.kits if k}
+    return (r.lead <= set(g.lead) and r.bass <= set(g.bass) and r.harmony <= set(g.harmony) and r.kits <= kits
+            and r.sixteenth in g.tempos)
+
+
+def _tempo_check(c: str) -> tuple[str, Check] | None:
+    m = re.search(r"(\d+(?:\.\d)?) bpm", c)
+    if m:
+        bpm = float(m.group(1))
+        return f"tempo {bpm:g} BPM", lambda r: r.tempo_bpm is not None and abs(r.tempo_bpm - bpm) < 1
+    if _words(c, "fast"):
+        return "fast", lambda r: r.tempo_bpm is not None and r.tempo_bpm >= FAST_BPM
+    if _words(c, "slow"):
+        return "slow", lambda r: r.tempo_bpm is not None and r.tempo_bpm <= SLOW_BPM
+    if _words(c, "mid-tempo"):
+        return "mid-tempo", lambda r: r.tempo_bpm is not None and SLOW_BPM < r.tempo_bpm < FAST_BPM
+    return None
+
+
+def _drum_checks(c: str) -> dict[str, Check]:
+    out = {f"kit {kit}": (lambda r, kit=kit: kit in r.kits) for word, kit in KIT_WORDS.items() if word in c}
+    if "no drums" in c:
+        out["no drums"] = lambda r: not r.drums
+    elif _words(c, "drums") and not out:
+        out["drums"] = lambda r: r.drums
+    return out
+
+
+def requests(caption: str) -> dict[str, Check]:
+    """The caption's checkable requests, by name (see the module docstring)."""
+    c = caption.lower()
+    out = {f"instrument {w}": (lambda r, w=w: w in r.instruments) for w in INSTRUMENT_WORDS if _words(c, w)}
+    out |= _drum_checks(c)
+    tempo = _tempo_check(c)
+    if tempo is not None:
+        out[tempo[0]] = tempo[1]
+    key = KEY_NAME.search(caption)
+    if key is not None:
+        tonic, scale = KEYS.index(key.group(1)), MODES[key.group(2)]
+        out[f"key {key.group(0)}"] = lambda r: (len(r.melody) >= MIN_ONSETS
+                                               and scale_share(r.melody, scale, tonic) >= SCALE_SHARE)
+    for name, g in GENRES.items():
+        if any(_words(c, w) for w in g.words):
+            out[f"genre {name}"] = lambda r, name=name: genre_fits(r, name)
+    return out
+
+
+def unchecked(caption: str) -> list[str]:
+    """Words of the caption that ask for something the tokens cannot check (moods; a mode without a key)."""
+    c = KEY_NAME.sub("", caption).lower()
+    return MOOD_OR_MODE.findall(c)
+
+
+def kind(request: str) -> str:
+    """The request's type, for reports: instrument, drums, kit, tempo, key, genre."""
+    head = request.split()[0]
+    return {"no": "drums", "fast": "tempo", "slow": "tempo", "mid-tempo": "tempo"}.get(head, head)
+
+
+# ---------------------------------------------------------------- per clip and per set
+@dataclass(frozen=True)
+class ClipScore:
+    adherence: float | None  # share of checkable requests met; None if the caption has none
+    clean: float  # 0 or 1
+    met: dict[str, bool]  # per request
+
+    @property
+    def quality(self) -> float | None:
+        return None if self.adherence is None else OMEGA * self.adherence + self.clean
+
+
+def score_clip(codes: np.ndarray, caption: str) -> ClipScore:
+    r = read(codes)
+    met = {name: bool(check(r)) for name, check in requests(caption).items()}
+    return ClipScore(float(np.mean(list(met.values()))) if met else None, clean(r), met)
+
+
+def event_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Hamming distance over the positions where either grid has something other than HOLD (note-ons, rests, drum
+    hits): sustain tokens shared by any two clips do not dilute it."""
+    active = (a != HOLD) | (b != HOLD)
+    return float((a != b)[active].mean()) if active.any() else 0.0
+
+
+def event_diversity(codes: np.ndarray) -> float:
+    """Mean pairwise event distance of a set of clips (N, 4, T); 0 for one clip."""
+    n = len(codes)
+    pairs = [event_distance(codes[a], codes[b]) for a in range(n) for b in range(a + 1, n)]
+    return float(np.mean(pairs)) if pairs else 0.0

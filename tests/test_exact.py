@@ -1,0 +1,85 @@
+"""Exact metrics of nano clips (engine.exact) on hand-built token grids with known answers."""
+import numpy as np
+import pytest
+
+from engine import exact
+from engine.score_codec import HOLD, NOISE, REST, chord_token, drum_token, note_token
+
+C_MAJOR = (0, 2, 4, 5, 7, 9, 11)
+
+
+def grid(frames=128, d=4, lead="guitar", melody=C_MAJOR, bass="electric bass", chords="guitar", kit="acoustic",
+         shift=0):
+    """A clip on a 16th grid of d frames: a melody on every 16th, bass and chords on every bar, drums on beats.
+    `shift` moves every lead onset by that many frames (off the grid)."""
+    codes = np.full((4, frames), HOLD, dtype=np.int64)
+    codes[:, 0] = REST
+    for step, f in enumerate(range(0, frames, d)):
+        codes[0, min(f + shift, frames - 1)] = note_token("lead", lead, 60 + melody[step % len(melody)])
+        if step % 16 == 0:
+            codes[1, f] = note_token("bass", bass, 36)
+            codes[2, f] = chord_token(chords, 0, "maj")
+        if kit and step % 4 == 0:
+            codes[3, f] = drum_token(kit, ["kick"])
+    return codes
+
+
+def test_a_clip_that_meets_every_request():
+    caption = "A fast rock song in C major with guitar and electric bass, drums, 120 bpm"
+    score = exact.score_clip(grid(), caption)
+    assert set(score.met) == {"instrument guitar", "instrument electric bass", "drums", "tempo 120 BPM",
+                              "key C major", "genre rock"}
+    assert all(score.met.values()) and score.adherence == 1.0 and score.clean == 1.0
+    assert score.quality == exact.OMEGA * 1.0 + 1.0 == 6.0
+
+
+def test_adherence_is_the_share_of_checkable_requests_met():
+    # slow (d = 8 is 60 BPM) and no drums, but the clip is at 120 BPM with drums and a guitar: 1 of 3 met
+    score = exact.score_clip(grid(), "slow guitar with no drums")
+    assert score.met == {"instrument guitar": True, "no drums": False, "slow": False}
+    assert score.adherence == pytest.approx(1 / 3) and score.quality == pytest.approx(5 / 3 + 1)
+    assert exact.score_clip(grid(kit=""), "slow guitar with no drums").met["no drums"]
+    assert exact.score_clip(grid(d=8), "slow guitar with no drums").met["slow"]
+
+
+def test_kits_keys_and_genres_are_exact():
+    assert exact.score_clip(grid(kit="electronic"), "techno with a drum machine").met["kit electronic"]
+    assert not exact.score_clip(grid(kit="acoustic"), "techno with a drum machine").met["kit electronic"]
+    assert exact.score_clip(grid(), "in A minor").met == {"key A minor": True}  # A minor: the notes of C major
+    assert exact.score_clip(grid(), "in D major").met == {"key D major": False}
+    assert not exact.score_clip(grid(lead="bells"), "Rock.").met["genre rock"]  # rock has no bells
+    assert not exact.score_clip(grid(d=8), "Rock.").met["genre rock"]  # nor a 60 BPM tempo
+    jazz = grid(d=5, lead="piano", bass="upright bass", chords="piano")  # jazz: 96 or 160 BPM
+    assert exact.score_clip(jazz, "Jazz tune.").met["genre jazz"]
+
+
+def test_what_cannot_be_checked_is_not_counted():
+    score = exact.score_clip(grid(), "a melancholic, dreamy piece")
+    assert score.met == {} and score.adherence is None and score.quality is None and score.clean == 1.0
+    assert exact.unchecked("a melancholic, dreamy piece in minor") == ["melancholic", "dreamy", "minor"]
+    assert exact.unchecked("calm jazz in C major") == ["calm"]  # the mode of a named key is checked
+
+
+def test_clean_needs_no_noise_onsets_on_the_grid_and_one_key():
+    assert exact.clean(exact.read(grid())) == 1.0
+    noisy = grid()
+    noisy[3, 50:53] = NOISE
+    assert exact.clean_parts(exact.read(noisy)) == dict(no_noise=False, on_grid=True, in_key=True)
+    late = grid(shift=1)  # every lead onset a frame late: most onsets leave the grid
+    assert not exact.clean_parts(exact.read(late))["on_grid"]
+    wrong = grid(melody=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11))  # the chromatic scale: no diatonic key fits
+    assert exact.clean_parts(exact.read(wrong)) == dict(no_noise=True, on_grid=True, in_key=False)
+    assert exact.clean(exact.read(noisy)) == exact.clean(exact.read(late)) == exact.clean(exact.read(wrong)) == 0.0
+
+
+def test_tempo_is_read_from_the_grid():
+    assert exact.read(grid(d=4)).tempo_bpm == 120 and exact.read(grid(d=5)).tempo_bpm == 96
+    assert exact.score_clip(grid(d=5), "mid-tempo piano").met == {"instrument piano": False, "mid-tempo": True}
+
+
+def test_event_diversity():
+    a, b = grid(), grid(lead="piano")
+    assert exact.event_diversity(np.stack([a, a, a])) == 0.0
+    d = exact.event_distance(a, b)
+    assert 0 < d < 1 and exact.event_diversity(np.stack([a, b])) == d
+    assert exact.event_diversity(a[None]) == 0.0
