@@ -201,3 +201,12 @@ def test_smoke_run_under_accelerate_launch(tmp_path, tiny_scorers, launch, proce
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert len(rows) == 2 and all(float(r["kl"]) > 0 for r in rows)
     assert f'"processes": {processes}' in (tmp_path / "run" / "config.json").read_text()
+
+
+def test_a_masked_teacher_gives_a_finite_kl_and_its_name(base):
+    d = Distiller(base, DistillConfig(guidance=5.0, plausibility=0.1, negative_prompt="", samples=2, seconds=0.2))
+    loss, metrics = d.step_loss(PROMPTS, 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and metrics["kl"] >= 0
+    assert distill.teacher_name(d.config) == "base+CFG γ=5 α=0.1 unconditional"
+    with pytest.raises(ValueError, match="plausibility must be in"):
+        DistillConfig(plausibility=1.0)

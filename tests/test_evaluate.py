@@ -10,7 +10,7 @@ import torch
 from engine.checkpoint import save_state
 from engine.model import load_model
 from engine.scorers import Scorers
-from training import evaluate
+from training import evaluate, teacher_sweep
 from training.corpus import heldout_prompts
 from training.distill import DistillConfig, Distiller, eval_rows
 from training.heldout import HeldoutResult, HeldoutSettings
@@ -112,3 +112,15 @@ def test_the_trainer_and_the_evaluation_measure_a_point_alike(setup, tmp_path):
         point = ev.measure(evaluate.Point(evaluate.CFG_NEG, gamma, guidance=gamma)).result.summary()
         for name in ("quality", "quality_sem", "diversity", "diversity_sem", "vendi", "event_diversity"):
             assert row[name] == point[name], name
+
+
+def test_teacher_sweep_chooses_a_cfg_setting_on_validation_prompts(setup, tmp_path):
+    rows = teacher_sweep.main(["--embedding", str(setup / "E"), "--quality", str(setup / "Q"), "--prompts", "2",
+                               "--clips", "2", "--seconds", "1", "--gammas", "1", "2", "--alphas", "0", "0.1",
+                               "--out", str(tmp_path)])
+    families = {r["family"] for r in rows}
+    assert {"no CFG", "no CFG, mask only, α=0.1", "CFG, negative prompt, α=0", "CFG, unconditional, α=0.1"} <= families
+    assert [r["exact_quality"] for r in rows] == sorted((r["exact_quality"] for r in rows), reverse=True)
+    chosen = json.loads((tmp_path / "teacher.json").read_text())
+    assert chosen["guidance"] == 2.0 and chosen["distill_flags"][:2] == ["--guidance", "2"]
+    assert "Chosen teacher" in (tmp_path / "sweep.md").read_text()
