@@ -12,6 +12,7 @@ from engine.model import build_debug_model
 from engine.score_codec import ScoreCodec
 from training import distill, eval_snapshots, export
 from training.distill import DistillConfig, Distiller
+from training.heldout import HeldoutResult
 
 PROMPTS = ["rock song", "calm piano"]
 
@@ -210,3 +211,12 @@ def test_a_masked_teacher_gives_a_finite_kl_and_its_name(base):
     assert distill.teacher_name(d.config) == "base+CFG γ=5 α=0.1 unconditional"
     with pytest.raises(ValueError, match="plausibility must be in"):
         DistillConfig(plausibility=1.0)
+
+
+def test_only_the_teacher_row_uses_the_mask(base, monkeypatch):
+    seen = []
+    monkeypatch.setattr(distill, "measure", lambda *a, **k: seen.append((k["guidance"], k["plausibility"]))
+                        or HeldoutResult())
+    d = Distiller(base, DistillConfig(guidance=5.0, plausibility=0.1, samples=2, seconds=0.2))
+    distill.eval_rows(d, 0, PROMPTS, distill.HeldoutSettings(2, 2, 0.2, 0), None)
+    assert seen == [(1.0, 0.0), (5.0, 0.1)]  # the base plainly, the teacher with its mask

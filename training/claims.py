@@ -47,6 +47,11 @@ class Teacher:
         return f"CFG γ ({'negative prompt' if self.negative else 'unconditional'}, α={self.plausibility:g})"
 
     @property
+    def neg_family(self) -> str:
+        """The γ-front with the negative prompt and the teacher's mask (the paper's CFG_NEG without a mask)."""
+        return CFG_NEG if self.plausibility == 0 else f"CFG γ (negative prompt, α={self.plausibility:g})"
+
+    @property
     def uncond_family(self) -> str:
         return CFG_UNCOND if self.plausibility == 0 else f"CFG γ (unconditional, α={self.plausibility:g})"
 
@@ -241,9 +246,9 @@ def claim_no_hacking(f: Families) -> dict:
 def claims_on(f: Families, speed: dict | None, teacher: Teacher) -> list[dict]:
     """Every claim the measured families can test, on the axes of `f`."""
     out = [claim_cfg(f, name="CFG (the paper's)")]
-    if teacher.family != CFG_NEG:
-        out.append(claim_cfg(f, teacher.family, teacher.uncond_family, f"CFG with the teacher's mask (α = "
-                                                                          f"{teacher.plausibility:g})"))
+    if teacher.plausibility > 0:
+        out.append(claim_cfg(f, teacher.neg_family, teacher.uncond_family, f"CFG with the teacher's mask (α = "
+                                                                              f"{teacher.plausibility:g})"))
     if f(LERP_QD) and f(CFG_NEG):
         out += [claim_distilled(f, speed, teacher), claim_diversity(f), claim_pareto(f, teacher), claim_lambda(f)]
     return [c for c in out if c is not None]

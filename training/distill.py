@@ -307,9 +307,10 @@ def eval_rows(distiller: Distiller, step: int, prompts: list[str], settings: Hel
         models += [] if started_from_base else [("student", distiller.student, 1.0)]
     rows = []
     for name, decoder, gamma in models:
+        # the teacher's mask belongs to the teacher: the base and the student are sampled plainly
         result = measure(distiller.sampler(decoder, name), prompts, settings, scorers,
                          is_readable(distiller.base.codec), guidance=gamma, negative=cfg.negative_prompt,
-                         plausibility=cfg.plausibility)
+                         plausibility=cfg.plausibility if gamma > 1 else 0.0)
         row = dict(step=step, model=name, **result.summary())
         # the held-out KL is the student's: it is the base's only while the student is still the base
         if name == "student" or (name == "base" and started_from_base):

@@ -198,11 +198,10 @@ def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple
     lerp = lambda a, b, lam: tuple((n, w) for n, w in ((a, 1 - lam), (b, lam)) if w > 0)
     pts = [Point(CFG_NEG, g, guidance=g) for g in gammas]
     pts += [Point(CFG_UNCOND, g, guidance=g, negative="") for g in gammas if g > 1]
-    if teacher.plausibility > 0:  # the teacher's γ-front: CFG with its mask, and unconditional with the same mask
+    if teacher.plausibility > 0:  # the teacher's mask: CFG with the negative prompt and unconditional, along γ
         a = teacher.plausibility
-        pts += [Point(teacher.family, g, guidance=g, negative=teacher.negative, plausibility=a) for g in gammas]
-        if teacher.negative:
-            pts += [Point(teacher.uncond_family, g, guidance=g, negative="", plausibility=a) for g in gammas if g > 1]
+        pts += [Point(teacher.neg_family, g, guidance=g, plausibility=a) for g in gammas]
+        pts += [Point(teacher.uncond_family, g, guidance=g, negative="", plausibility=a) for g in gammas if g > 1]
     pts += [Point(TEMP_BASE, t, temperature=t) for t in temps]
     if have["q"]:
         pts += [Point(TEMP_Q, t, blend=(("q", 1.0),), temperature=t) for t in temps]
@@ -210,7 +209,7 @@ def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple
         pts += [Point(LERP_QD, lam, blend=lerp("q", "d", lam)) for lam in lams]
     if have["q"] and not s.quick:
         pts += [Point(LERP_QB, lam, blend=lerp("q", "base", lam)) for lam in lams[::4]]
-    extras = [n for n in ("b5", "b10") if have.get(n)]
+    extras = sorted((n for n in have if n[0] == "b" and n[1:].isdigit() and have[n]), key=lambda n: int(n[1:]))
     pts += [Point(f"β model {n[1:]}", float(n[1:]), blend=((n, 1.0),)) for n in extras]
     if have["q"] and have["d"] and extras:
         names = ["q", *extras, "d"]
