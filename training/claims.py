@@ -20,7 +20,7 @@ from training.heldout import HeldoutResult
 CFG_NEG, CFG_UNCOND = "CFG γ (negative prompt)", "CFG γ (unconditional)"
 LERP_QD, LERP_QB = "LERP(θ_q, θ_d)", "LERP(θ_q, base)"
 TEMP_BASE, TEMP_Q = "temperature (base)", "temperature (θ_q)"
-INTERMEDIATE_BETAS = ("β model 5", "β model 10")
+BETA_MODEL = "β model "  # families "β model N": models trained with β = N, between θ_q (β = 0) and θ_d
 
 AXES = {"exact": ("exact_quality", "event_diversity"), "learned": ("quality", "diversity")}  # (quality, diversity)
 
@@ -218,9 +218,10 @@ def claim_lambda(f: Families) -> dict | None:
     detail, diagonal = _diagonal(f, lerp)
     verdicts = [] if diagonal is None else [diagonal]
     half = f.at(LERP_QD, 0.5)
-    if not any(f(n) for n in INTERMEDIATE_BETAS):
+    betas = sorted((n for n in f.by_x if n.startswith(BETA_MODEL)), key=lambda n: float(n[len(BETA_MODEL):]))
+    if not betas:
         detail += "; no intermediate-β models to compare λ = 0.5 with"
-    for name in INTERMEDIATE_BETAS:
+    for name in betas:
         if f(name) and half is not None:
             dq, dd = f.paired(half, f(name)[0], f.q), f.paired(half, f(name)[0], f.d)
             # "at least as good": λ = 0.5 is not significantly worse than the β model on either axis

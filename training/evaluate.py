@@ -81,6 +81,8 @@ class EvalSettings:
     temperatures: list[float] = setting(TEMPERATURES, "temperatures of the temperature-sampling baselines")
     teacher: str = setting("weights/eval/teacher_sweep/teacher.json",
                            "the chosen CFG teacher (training.teacher_sweep); missing: the paper's γ = 3")
+    split: str = setting("test", "prompts: the held-out test prompts (reported) or validation prompts disjoint from "
+                                 "them (for choices, e.g. which β model is θ_d)", choices=("test", "validation"))
     quick: bool = setting(False, "few prompts, few points: a smoke test in minutes")
     out: str = setting("weights/eval", "output folder (and its cache)")
 
@@ -296,8 +298,8 @@ def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[s
     lines = ["# Quality–diversity evaluation of MusicGen-nano", "",
              f"Command: `python -m training.evaluate {' '.join(command)}`  ",
              f"Wall time of this run: {elapsed / 60:.1f} min on {torch.get_num_threads()} CPU thread(s), {cached} of "
-             f"{len(rows)} points from the cache. {s.prompts} held-out test prompts × {s.clips} clips × {s.seconds:g} "
-             f"s per point. Two pairs of axes: **exact** (read from nano's tokens, `engine.exact`: exact quality = 5 · "
+             f"{len(rows)} points from the cache. {s.prompts} held-out {s.split} prompts × {s.clips} clips × "
+             f"{s.seconds:g} s per point. Two pairs of axes: **exact** (read from nano's tokens, `engine.exact`: exact quality = 5 · "
              f"adherence to the caption's checkable requests + clean, 0 … 6; exact diversity = mean pairwise event "
              f"distance) and **learned** (quality = {OMEGA:g}·adherence + audio quality of the learned scorers; "
              f"diversity = mean pairwise r_D with E). The CFG teacher ({teacher.label}) was chosen by "
@@ -346,7 +348,7 @@ def main(argv=None) -> None:
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    ev = Evaluator(s)
+    ev = Evaluator(s, s.split)
     have, snapshots = load_points(ev, s)
     teacher = s.load_teacher()
     points = plan(s, have, snapshots, teacher)
