@@ -299,12 +299,12 @@ def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[s
              f"Command: `python -m training.evaluate {' '.join(command)}`  ",
              f"Wall time of this run: {elapsed / 60:.1f} min on {torch.get_num_threads()} CPU thread(s), {cached} of "
              f"{len(rows)} points from the cache. {s.prompts} held-out {s.split} prompts × {s.clips} clips × "
-             f"{s.seconds:g} s per point. Two pairs of axes: **exact** (read from nano's tokens, `engine.exact`: exact quality = 5 · "
-             f"adherence to the caption's checkable requests + clean, 0 … 6; exact diversity = mean pairwise event "
-             f"distance) and **learned** (quality = {OMEGA:g}·adherence + audio quality of the learned scorers; "
-             f"diversity = mean pairwise r_D with E). The CFG teacher ({teacher.label}) was chosen by "
-             f"`training.teacher_sweep` on validation prompts disjoint from these. ± are standard errors over "
-             f"prompts; intervals are 95 % prompt bootstraps.", "", "## Claims", ""]
+             f"{s.seconds:g} s per point. Two pairs of axes: **exact** (read from nano's tokens, `engine.exact`: "
+             f"exact quality = 5 · adherence to the caption's checkable requests + clean, 0 … 6; exact diversity = "
+             f"mean pairwise event distance) and **learned** (quality = {OMEGA:g}·adherence + audio quality of the "
+             f"learned scorers; diversity = mean pairwise r_D with E). The CFG teacher ({teacher.label}) was chosen "
+             f"by `training.teacher_sweep` on validation prompts disjoint from the test prompts. ± are standard "
+             f"errors over prompts; intervals are 95 % prompt bootstraps.", "", "## Claims", ""]
     lines += claims_table(table)
     lines += ["", "## Do the learned scorers agree with the exact metrics?", "",
               "Spearman rank correlation across all evaluated points (95 % prompt-bootstrap interval):", ""]
