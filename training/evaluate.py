@@ -78,6 +78,7 @@ class EvalSettings:
     seed: int = setting(0, "seed of the prompts and of every point's clips")
     bootstrap: int = setting(500, "bootstrap repetitions of the intervals")
     lambda_step: float = setting(0.05, "λ grid of the LERP fronts")
+    gammas: list[float] = setting(list(GAMMAS), "CFG γ values of the γ-fronts")
     temperatures: list[float] = setting(TEMPERATURES, "temperatures of the temperature-sampling baselines")
     teacher: str = setting("weights/eval/teacher_sweep/teacher.json",
                            "the chosen CFG teacher (training.teacher_sweep); missing: the paper's γ = 3")
@@ -193,7 +194,7 @@ def compare_speed(ev: Evaluator, teacher: Teacher, repeats: int = 3) -> dict:
 
 def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple[int, Path]]],
          teacher: Teacher) -> list[Point]:
-    gammas = tuple(dict.fromkeys((1.0, 3.0, teacher.guidance))) if s.quick else GAMMAS
+    gammas = tuple(dict.fromkeys((1.0, 3.0, teacher.guidance))) if s.quick else tuple(s.gammas)
     temps = (1.0,) if s.quick else tuple(s.temperatures)
     steps = int(round(1 / s.lambda_step))
     lams = (0.0, 0.5, 1.0) if s.quick else tuple(round(x, 3) for x in np.linspace(0, 1, steps + 1))
