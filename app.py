@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="diversity decoder checkpoint (default: weights/theta_d)")
     p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
                    help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d "
-                        "(default with the shipped nano: weights/theta_b5; pass --soup with no path for none)")
+                        "(default with the shipped nano: weights/theta_b15; pass --soup with no path for none)")
     p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"),
                    help="diversity embedding E (default: weights/embedding)")
     p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
@@ -459,7 +459,8 @@ def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | N
     if not shown and not points:
         return None
     title = "exact quality (0-6) vs exact diversity" if exact_axes else "quality vs diversity"
-    return quality_diversity_plot(shown, points, title=title)
+    xlabel = "exact diversity (mean event distance)" if exact_axes else "diversity (mean r_D)"
+    return quality_diversity_plot(shown, points, title=title, xlabel=xlabel)
 
 
 def _seed(value) -> int:
@@ -689,8 +690,8 @@ def make_studio(args: argparse.Namespace) -> Studio:
     banner += notices
     banner += [tip for tip in (bf16_tip(base, device, args.dtype), kernel_tip(device)) if tip is not None]
     soup_paths = args.soup
-    if soup_paths is None:  # the shipped β = 5 model joins θ_q and θ_d in the paper's uniform soup
-        soup_paths = [p for p in [_shipped("theta_b5")] if p and shipped_nano]
+    if soup_paths is None:  # the shipped β = 15 model joins θ_q and θ_d (β = 50) in the paper's uniform soup
+        soup_paths = [p for p in [_shipped("theta_b15")] if p and shipped_nano]
     soup = []
     for i, path in enumerate(soup_paths):
         service.add_checkpoint(f"soup{i}", path)

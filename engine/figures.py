@@ -14,7 +14,8 @@ PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127))
 
 
-_ASCII = str.maketrans({"γ": "gamma ", "θ": "theta", "λ": "lambda", "β": "beta", "↑": "^", "■": "#", "—": "-",
+_ASCII = str.maketrans({"γ": "gamma ", "α": "alpha ", "θ": "theta", "λ": "lambda", "β": "beta",
+                        "↑": "^", "■": "#", "—": "-",
                         "·": "*", "≥": ">=", "≤": "<=", "×": "x", "±": "+-"})
 
 
@@ -55,7 +56,8 @@ def diversity_heatmap(matrix, title: str = "", vmax: float | None = None, cell: 
 
 
 def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]],
-                           size: tuple[int, int] = (640, 420), title: str = "quality vs diversity") -> Image.Image:
+                           size: tuple[int, int] = (640, 420), title: str = "quality vs diversity",
+                           xlabel: str = "diversity (mean r_D)") -> Image.Image:
     """Fronts (name → [(diversity, quality), ...], drawn as lines) and points (name → (diversity, quality), markers)."""
     W, H = size
     left, right, top, bottom = 60, 170, 28, 44
@@ -76,7 +78,7 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
         _text(d, (sx(xv) - 12, H - bottom + 6), f"{xv:.3g}", fill="black")
         _text(d, (6, sy(yv) - 6), f"{yv:.3g}", fill="black")
-    _text(d, (left + (W - left - right) // 2 - 30, H - 18), "diversity (mean r_D)", fill="black")
+    _text(d, (left + (W - left - right) // 2 - 30, H - 18), xlabel, fill="black")
     _text(d, (left, 8), title + "  (↑ quality)", fill="black")
     legend = 0
     for k, (name, front) in enumerate(fronts.items()):

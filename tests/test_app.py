@@ -189,7 +189,7 @@ def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
     assert studio.scorers.has_diversity and studio.scorers.has_quality
     assert not any("No θ_" in line for line in studio.banner)
     assert not torch.equal(studio.service.mixer.endpoints["q"], studio.service.mixer.endpoints["d"])
-    assert SOUP in studio.modes  # the shipped β = 5 model makes the uniform soup of three
+    assert SOUP in studio.modes  # the shipped β = 15 model makes the uniform soup of three
     bare = make_studio(parse_args(["--base", "weights/nano", "--soup", "--ratings-db", str(tmp_path / "s.sqlite")]))
     assert SOUP not in bare.modes
 

@@ -261,8 +261,9 @@ def write_figures(results: dict[str, list[Measured]], s: EvalSettings, out: Path
         xy = lambda ms, q=q, d=d: [(m.mean(d), m.mean(q)) for m in sorted(ms, key=lambda m: m.point.x)]
         fronts[axis] = {f: xy(results[f]) for f in main_fams}
         others = {f: xy(ms)[0] for f, ms in results.items() if f not in main_fams and len(ms) == 1}
-        title = "nano: exact quality vs exact (event) diversity" if axis == "exact" else "nano: learned scores"
-        quality_diversity_plot(fronts[axis], others, size=(900, 560), title=title).save(
+        title = "nano: exact quality (0-6) vs exact diversity" if axis == "exact" else "nano: learned scores"
+        xlabel = "exact diversity (mean event distance)" if axis == "exact" else "diversity (mean r_D with E)"
+        quality_diversity_plot(fronts[axis], others, size=(900, 560), title=title, xlabel=xlabel).save(
             out / ("fronts_exact.png" if axis == "exact" else "fronts.png"))
     save_json(dict(fronts=fronts["learned"], fronts_exact=fronts["exact"],
                    settings=dict(prompts=s.prompts, clips=s.clips, seconds=s.seconds)), out / "fronts.json")
