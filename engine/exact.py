@@ -185,6 +185,7 @@ class ClipScore:
     adherence: float | None  # share of checkable requests met; None if the caption has none
     clean: float  # 0 or 1
     met: dict[str, bool]  # per request
+    reading: Reading  # what the tokens say (read once, reused by callers)
 
     @property
     def quality(self) -> float | None:
@@ -194,7 +195,7 @@ class ClipScore:
 def score_clip(codes: np.ndarray, caption: str) -> ClipScore:
     r = read(codes)
     met = {name: bool(check(r)) for name, check in requests(caption).items()}
-    return ClipScore(float(np.mean(list(met.values()))) if met else None, clean(r), met)
+    return ClipScore(float(np.mean(list(met.values()))) if met else None, clean(r), met, r)
 
 
 def event_distance(a: np.ndarray, b: np.ndarray) -> float:

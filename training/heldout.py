@@ -99,7 +99,7 @@ def _read_tokens(result: HeldoutResult, codes: np.ndarray, prompt: str, readings
     result.exact_quality.append(float(np.mean([s.quality for s in scores])) if checkable else float("nan"))
     result.clean.append(float(np.mean([s.clean for s in scores])))
     result.requests += len(scores[0].met)
-    readings += [exact.read(c) for c in codes]
+    readings += [s.reading for s in scores]
 
 
 def measure(sample: Sampler, prompts: list[str], settings: HeldoutSettings, scorers: Scorers | None,

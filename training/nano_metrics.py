@@ -91,7 +91,7 @@ def generation_metrics(service: MusicService, pieces: list, s: NanoMetricsSettin
             score = exact.score_clip(codes, piece.caption)
             for name, ok in score.met.items():
                 met[exact.kind(name)].append(ok)
-            for k, ok in exact.clean_parts(exact.read(codes)).items():
+            for k, ok in exact.clean_parts(score.reading).items():
                 parts[k].append(ok)
             quality += [score.quality] if score.quality is not None else []
     return dict(requests_met=_shares(met), clean_parts={k: float(np.mean(v)) for k, v in parts.items()},
