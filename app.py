@@ -395,14 +395,14 @@ def exact_markdown(result: Result) -> list[str]:
             continue
         quality = (f"exact quality {e.mean_quality:.2f} of 6" if e.mean_quality is not None
                    else "no exact quality: the prompt asks nothing the tokens can check")
-        lines.append(f"**{title}** (read from the notes) · {quality} · clean clips {np.mean(e.clean):.0%} · "
+        lines.append(f"- **{title}** (read from the notes) · {quality} · clean clips {np.mean(e.clean):.0%} · "
                      f"exact diversity {e.diversity:.3f}")
-    if lines:
+    if lines:  # one list item per line: Markdown would run plain lines together
         asked = result.exact["merged"]
-        lines.append(f"checked in the notes: {', '.join(asked.requests) or 'nothing'}"
+        lines.append(f"- checked in the notes: {', '.join(asked.requests) or 'nothing'}"
                      + (f"; not checkable: {', '.join(asked.unchecked)}" if asked.unchecked else ""))
-        lines += ["exact quality = 5 · share of the checkable requests met + clean (no noise, on the 16th grid, in one "
-                  "key); exact diversity = mean share of differing note events between two clips", ""]
+        lines += ["- exact quality = 5 · share of the checkable requests met + clean (no noise, on the 16th grid, in "
+                  "one key); exact diversity = mean share of differing note events between two clips", ""]
     return lines
 
 
