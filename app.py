@@ -9,10 +9,14 @@ exactly the weights its own λ asks for.
 # (no `from __future__ import annotations` here: Gradio finds the gr.Request parameter of a callback by its evaluated
 # annotation, and a string annotation hands it the gr.Progress instead)
 import argparse
+import atexit
 import collections
+import contextlib
 import dataclasses
 import functools
 import json
+import logging
+import math
 import os
 import re
 import secrets
@@ -28,7 +32,7 @@ import soundfile as sf
 import torch
 
 from engine import decoder, exact, kernels
-from engine.checkpoint import CheckpointError
+from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
 from engine.generate import GenerationCancelled
 from engine.merge import Blend
@@ -36,9 +40,10 @@ from engine.model import is_nano_folder
 from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
 from engine.score_codec import ScoreCodec
 from engine.scorers import Scorers, SetScores
-from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request
+from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request, stop_if_cancelled
 from engine.service import check_number as _number
 
+LOG = logging.getLogger("cfg_distill.app")
 ROOT = Path(__file__).parent
 WEIGHTS = ROOT / "weights"
 EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick",
@@ -48,6 +53,8 @@ MODES = {"θ_q ↔ θ_d": ("q", "d"), "θ_q ↔ base": ("q", "base")}
 SOUP = "uniform soup"
 PRESETS = {"quality (λ = 0)": 0.0, "balanced (λ = 0.5)": 0.5, "diverse (λ = 1)": 1.0}
 MAX_PAIR_CLIPS = 4
+MAX_OUTPUT_FOLDERS = 64  # newest generations whose WAVs stay here (each ≤ 16 clips × 10 s × 32 kB/s = 5 MB for nano)
+MAX_SESSIONS = 256  # sessions whose state the server keeps (Gradio's and the Stop times here); older ones are dropped
 
 
 def _shipped(name: str) -> str | None:
@@ -93,6 +100,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
+    p.add_argument("--keep-outputs", type=int, default=MAX_OUTPUT_FOLDERS,
+                   help="newest generations whose WAV folders stay on disk (older ones are deleted)")
+    p.add_argument("--file-lifetime", type=int, default=int(env("MUSIC_FILE_LIFETIME", 3600)),
+                   help="seconds Gradio keeps the files it served (clips, images); checked every sixth of that")
+    p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
+                   help="Gradio's monitoring dashboard (off by default: it answers without a login)")
     return p.parse_args(argv)
 
 
@@ -177,6 +190,70 @@ def ab_systems(with_soup: bool, soup: list[str], teacher: CfgSetting = PAPER_CFG
     return out + ([System(SOUP, Blend.soup(soup))] if with_soup else [])
 
 
+# ---------------------------------------------------------------------- inputs
+# Every argument of every endpoint passes through these before any work, as sent (the endpoints take raw values:
+# Gradio's own conversion would clamp, truncate or stringify them silently, or fail with an empty error).
+def _whole(name: str, value) -> int:
+    """A whole number: an int, or a float without a fraction (sliders send 3.0). Never a bool or a string."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return value
+
+
+def _real(name: str, value) -> float:
+    return float(_number(name, value))
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def _text(name: str, value, blank_ok: bool = True) -> str:
+    """Text as sent (None = blank); lists, numbers or dicts are not text."""
+    if value is None and blank_ok:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text, got {type(value).__name__}")
+    return value
+
+
+def _choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
+    return value
+
+
+def _seed(value) -> int:
+    """A seed from the UI: blank (or None) = a fresh random one; else a whole number, as a number or as ASCII digits
+    (other scripts' digits, signs and spaces inside are refused rather than guessed)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return secrets.randbelow(2**31)
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]+", value.strip()):
+            raise ValueError(f"seed must be a whole number or blank, got {value!r}")
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"seed must be a whole number or blank, got {value!r}")
+    return value
+
+
+class StopSignal:
+    """Whether the session pressed Stop after this request was submitted: a Stop reaches a request that is still
+    queued (it never starts) as well as one that is sampling or decoding, and never a later request."""
+
+    def __init__(self, stops: dict[str, float], session: str, submitted: float):
+        self._stops, self.session, self.submitted = stops, session, submitted
+
+    def is_set(self) -> bool:
+        return self._stops.get(self.session, -math.inf) >= self.submitted
+
+
 def _slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
 
@@ -186,14 +263,23 @@ class Studio:
 
     def __init__(self, service: MusicService, scorers: Scorers | None = None, ratings: RatingStore | None = None,
                  fronts: dict | None = None, banner: list[str] | None = None, out_dir: str | Path | None = None,
-                 soup: list[str] | None = None, fronts_exact: dict | None = None, teacher: CfgSetting = PAPER_CFG):
+                 soup: list[str] | None = None, fronts_exact: dict | None = None, teacher: CfgSetting = PAPER_CFG,
+                 concurrency: int = 2, keep_outputs: int = MAX_OUTPUT_FOLDERS):
         self.service, self.scorers, self.ratings = service, scorers or Scorers(), ratings
         self.fronts, self.fronts_exact, self.banner = fronts or {}, fronts_exact or {}, banner or []
         self.teacher = teacher
         self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
         self.soup = ["q", "d", *(soup or [])]
-        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="cfg-distill-"))
-        self._cancels: dict[str, threading.Event] = {}
+        if out_dir is None:  # a folder of this process's own, removed when it exits
+            out_dir = tempfile.mkdtemp(prefix="cfg-distill-")
+            atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+        self.out_dir = Path(out_dir)
+        self.keep_outputs = _whole("keep_outputs", keep_outputs)
+        self.running = 0  # jobs running the models now
+        self.concurrency = _whole("concurrency", concurrency)
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be ≥ 1, got {concurrency}")
+        self._stops: collections.OrderedDict[str, float] = collections.OrderedDict()  # session -> last Stop
         self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._systems = {sys.label: sys for sys in ab_systems(len(self.soup) >= 3, self.soup, teacher)}
@@ -204,11 +290,9 @@ class Studio:
         return list(MODES) + ([SOUP] if len(self.soup) >= 3 else [])
 
     def blend(self, mode: str, lam: float) -> Blend:
-        if mode == SOUP:
+        if _choice("mode", mode, self.modes) == SOUP:
             return Blend.soup(self.soup)
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {self.modes}")
-        return Blend.lerp(*MODES[mode], _number("λ", lam))
+        return Blend.lerp(*MODES[mode], _real("λ", lam))
 
     def merge(self, mode: str, lam: float) -> str:
         """Merge now (on slider release) so that the next generation starts at once; returns the merge time."""
@@ -218,45 +302,79 @@ class Studio:
         what = blend.describe() if mode == SOUP else f"λ = {float(lam):.2f} ({blend.describe()})"
         return f"{what}: merged in {merge_s * 1000:.1f} ms." if merge_s else f"{what}: already merged."
 
-    def cancel_event(self, session: str) -> threading.Event:
-        with self._lock:
-            return self._cancels.setdefault(session, threading.Event())
+    def stop_signal(self, session: str, submitted: float | None = None) -> StopSignal:
+        """The signal of a request of `session` submitted at `submitted` (time.monotonic; default now)."""
+        return StopSignal(self._stops, _text("session", session), time.monotonic() if submitted is None else submitted)
 
     def stop(self, session: str) -> str:
-        self.cancel_event(session).set()
-        return "Stopping…"
+        """Stop every request this session has submitted so far, queued or running."""
+        with self._lock:
+            self._stops[_text("session", session)] = time.monotonic()
+            self._stops.move_to_end(session)
+            while len(self._stops) > MAX_SESSIONS:  # bounded: the oldest sessions' Stop times are forgotten
+                self._stops.popitem(last=False)
+        return "Stopped."
 
     def generate(self, prompt: str, num_clips, duration, seed, temperature, mode: str, lam, compare: bool, guidance,
-                 negative: str, plausibility=0.0, session: str = "", progress=None) -> Result:
+                 negative: str, plausibility=0.0, session: str = "", progress=None,
+                 submitted: float | None = None) -> Result:
+        cancel = self.stop_signal(session, submitted)
+        # 1. every argument checked before any work (the CFG side too: the same prompt and seed)
         seed = _seed(seed)
-        req = Request(prompt or "", int(_number("clips", num_clips)), float(_number("duration", duration)), seed,
-                      float(_number("temperature", temperature)))
+        req = Request(_text("prompt", prompt), _whole("clips", num_clips), _real("duration", duration), seed,
+                      _real("temperature", temperature))
         cfg_req = None
-        if compare:  # validated before any work: the same prompt and seed, with CFG
+        if _flag("compare", compare):
             cfg_req = Request(req.prompt, req.num_clips, req.duration_s, seed, req.temperature,
-                              guidance=float(_number("γ", guidance)), negative_prompt=negative or "",
-                              plausibility=float(_number("α", plausibility)))
+                              guidance=_real("γ", guidance), negative_prompt=_text("negative prompt", negative),
+                              plausibility=_real("α", plausibility))
         blend = self.blend(mode, lam)
-        cancel = self.cancel_event(session)
-        cancel.clear()
+        # 2. the clips, then their scores and files
+        label = f"{mode} λ={float(lam):.2f}" if mode != SOUP else SOUP
+        with self._job("generate", req.num_clips * (1 if cfg_req is None else 2)):
+            result = self._clips(req, cfg_req, blend, label, cancel, progress)
+            self._score(result)
+            stop_if_cancelled(cancel, "after scoring")  # no files, nothing returned
+            result.files = self._write_wavs(result, mode, lam)
+        return result
+
+    def _clips(self, req: Request, cfg_req: Request | None, blend: Blend, label: str, cancel: StopSignal,
+               progress) -> Result:
         hook = (lambda desc: (lambda i, n: progress(i / n, desc=desc))) if progress else (lambda desc: None)
-        merged = self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel)
-        result = Result(merged, label=f"{mode} λ={float(lam):.2f}" if mode != SOUP else SOUP)
+        result = Result(self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel),
+                        label=label)
         if cfg_req is not None:
             result.base = self.service.generate_base(cfg_req, progress=hook("base + CFG"), cancel=cancel)
             result.base_label = CfgSetting(cfg_req.guidance, cfg_req.negative_prompt, cfg_req.plausibility).label
+        return result
+
+    def _score(self, result: Result) -> None:
+        prompt = result.merged.request.prompt
         for key, gen in (("merged", result.merged), ("base", result.base)):
             if gen is not None and (self.scorers.has_diversity or self.scorers.has_quality or self.scorers.clap):
-                result.scores[key] = self.scorers.score(gen.audio, gen.sample_rate, req.prompt)
+                result.scores[key] = self.scorers.score(gen.audio, gen.sample_rate, prompt)
             if gen is not None and self.readable:
-                result.exact[key] = ExactScores.of(gen.codes.numpy(), req.prompt)
-        result.files = self._write_wavs(result, mode, lam)
-        return result
+                result.exact[key] = ExactScores.of(gen.codes.numpy(), prompt)
+
+    @contextlib.contextmanager
+    def _job(self, what: str, clips: int):
+        """Count the jobs running the models at once (all endpoints together); one log line per finished job."""
+        with self._lock:
+            self.running += 1
+            at_once = self.running
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+        LOG.info("%s: %d clips in %.2f s; %d job(s) running at its start (limit %d)", what, clips,
+                 time.perf_counter() - t, at_once, self.concurrency)
 
     def _write_wavs(self, result: Result, mode: str, lam) -> list[str]:
         folder = self.out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         folder.mkdir(parents=True)
-        prune(self.out_dir)
+        prune(self.out_dir, self.keep_outputs, spare=folder)
         return write_set_wavs(folder, result, f"lam{float(lam):.2f}" if mode != SOUP else "soup")
 
     # ------------------------------------------------------------------ blind A/B
@@ -265,7 +383,7 @@ class Studio:
         return list(self._systems)
 
     def system(self, label: str) -> System:
-        if label not in self._systems:
+        if not isinstance(label, str) or label not in self._systems:
             raise ValueError(f"unknown system {label!r}; choose from {self.systems()}")
         return self._systems[label]
 
@@ -278,18 +396,19 @@ class Studio:
 
     def new_pair(self, prompt: str, system_1: str, system_2: str, num_clips=2, duration=5.0, seed=None):
         """Two sets, same prompt and seed, in a random hidden order. Returns (token, set A, set B)."""
+        self.system(system_1), self.system(system_2)  # both known, before any work
         if system_1 == system_2:
             raise ValueError("choose two different systems to compare")
-        self.system(system_1), self.system(system_2)  # both known, before any work
-        n = int(_number("clips", num_clips))
+        n = _whole("clips", num_clips)
         if not 1 <= n <= MAX_PAIR_CLIPS:
             raise ValueError(f"clips per set must be between 1 and {MAX_PAIR_CLIPS}, got {n}")
         seed = _seed(seed)
-        req = Request(prompt or "", n, float(_number("duration", duration)), seed)
+        req = Request(_text("prompt", prompt), n, _real("duration", duration), seed)
         order = [system_1, system_2]
         if secrets.randbelow(2):
             order.reverse()
-        sets = [self._generate_system(self.system(s), req) for s in order]
+        with self._job("new_pair", 2 * n):
+            sets = [self._generate_system(self.system(s), req) for s in order]
         token = secrets.token_urlsafe(12)
         with self._lock:
             self._pairs[token] = dict(prompt=req.prompt, seed=seed, a=order[0], b=order[1])
@@ -301,7 +420,7 @@ class Studio:
         """WAVs of a blind pair, named A1…, B1… so that nothing tells the systems apart."""
         folder = self.out_dir / f"pair-{token}"
         folder.mkdir(parents=True, exist_ok=True)
-        prune(self.out_dir)
+        prune(self.out_dir, self.keep_outputs, spare=folder)
         return write_pair_wavs(folder, a, b)
 
     def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
@@ -309,8 +428,10 @@ class Studio:
         if self.ratings is None:
             raise ValueError("ratings are not enabled on this server")
         for name, vote in (("quality", quality), ("diversity", diversity)):
-            if vote not in VOTES:
+            if not isinstance(vote, str) or vote not in VOTES:
                 raise ValueError(f"choose A, B or tie for {name}")
+        if not isinstance(token, str) or not token:
+            raise ValueError("make a pair first")
         with self._lock:
             pair = self._pairs.pop(token, None)
         if pair is None:
@@ -360,10 +481,18 @@ def write_pair_wavs(folder: Path, a: Generation, b: Generation) -> list[str]:
     return files
 
 
-def prune(out_dir: Path, keep: int = 256) -> None:
-    """Keep the newest `keep` output folders."""
-    folders = sorted((p for p in out_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in folders[:-keep]:
+def prune(out_dir: Path, keep: int = MAX_OUTPUT_FOLDERS, spare: Path | None = None) -> None:
+    """Keep the newest `keep` output folders, and always `spare` (the one a request is writing). Safe while other
+    requests prune the same folder: one that vanishes between listing and deleting is simply gone already."""
+    folders = []
+    for path in out_dir.iterdir():
+        try:
+            if path.is_dir() and path != spare:
+                folders.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    folders.sort()
+    for _, old in folders[:max(len(folders) - keep, 0)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -463,39 +592,44 @@ def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | N
     return quality_diversity_plot(shown, points, title=title, xlabel=xlabel)
 
 
-def _seed(value) -> int:
-    """A seed from the UI: blank (or None) = a fresh random one; else an integer, given as a number or as text."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return secrets.randbelow(2**31)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            raise ValueError(f"seed must be a whole number or blank, got {value!r}") from None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"seed must be a whole number or blank, got {value!r}")
-    return value
-
-
 # ---------------------------------------------------------------------- UI
-def build_ui(studio: Studio):
+def _session(request) -> str:
+    return (getattr(request, "session_hash", None) or "") if request is not None else ""
+
+
+def _enqueued_at() -> float | None:
+    """When Gradio queued the event being served (time.monotonic, as Stop records), so that a Stop pressed while it
+    waited reaches it; None outside a queued event (then the request counts as submitted when it starts)."""
+    from gradio.context import LocalContext  # noqa: PLC0415 (gradio takes seconds to import; only the UI needs it)
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    event = queue.event_ids_to_events.get(event_id) if queue is not None and event_id else None
+    return getattr(event, "enqueue_time", None)
+
+
+def build_ui(studio: Studio, file_lifetime: int = 3600):
     import gradio as gr  # noqa: PLC0415 (gradio takes seconds to import; only the UI needs it)
 
     service = studio.service
     max_dur = service.max_duration_s
 
     def readable(fn):
-        """Turn engine errors into messages in the UI instead of stack traces."""
+        """Every failure as a message in place (never an empty error), and one log line per rejected request."""
         @functools.wraps(fn)  # keeps the signature: Gradio injects gr.Request and gr.Progress from it
         def wrapped(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except GenerationCancelled:
-                raise gr.Error("Stopped.") from None
+            except GenerationCancelled as e:
+                LOG.info("%s: %s by the user", fn.__name__, e)
+                raise gr.Error("Stopped.", title="Stopped", print_exception=False) from None
             except (ValueError, CheckpointError) as e:
-                raise gr.Error(str(e)) from None
+                LOG.info("%s: rejected: %s", fn.__name__, e)
+                raise gr.Error(str(e), print_exception=False) from None
+            except Exception as e:  # a bug: say so in one line here and in the UI, without internals
+                LOG.error("%s: failed: %s: %s", fn.__name__, type(e).__name__, e)
+                raise gr.Error(f"Something went wrong ({type(e).__name__}); the server log has the details.",
+                               print_exception=False) from None
         return wrapped
 
     def audio_updates(gen: Generation | None, files: list[str], count: int):
@@ -509,9 +643,8 @@ def build_ui(studio: Studio):
     def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
                  plausibility, request: gr.Request,
                  progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
-        session = request.session_hash if request is not None else ""
         r = studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
-                            plausibility, session, progress)
+                            plausibility, _session(request), progress, submitted=_enqueued_at())
         n = r.merged.audio.shape[0]
         merged_files, base_files = r.files[:n], r.files[n:]
         heat_m, heat_b = heatmaps(r)
@@ -526,7 +659,7 @@ def build_ui(studio: Studio):
         return studio.merge(mode, lam)
 
     def stop(request: gr.Request):
-        return studio.stop(request.session_hash if request is not None else "")
+        return studio.stop(_session(request))
 
     @readable
     def new_pair(prompt, system_1, system_2, num_clips, duration):
@@ -539,16 +672,16 @@ def build_ui(studio: Studio):
 
     @readable
     def rate(token, quality, diversity, request: gr.Request):
-        if not token:
-            raise ValueError("make a pair first")
-        message = studio.rate(token, quality, diversity, request.session_hash if request is not None else "")
+        message = studio.rate(token, quality, diversity, _session(request))
         return message, "", studio.results_table()
 
     @readable
     def export():
         return studio.export_ratings()
 
-    with gr.Blocks(title="Diversity-rewarded CFG distillation") as demo:
+    # Gradio's copies of served files are deleted once `file_lifetime` old (checked every sixth of it), and at restart
+    lifetime = max(_whole("file lifetime", file_lifetime), 6)
+    with gr.Blocks(title="Diversity-rewarded CFG distillation", delete_cache=(lifetime // 6, lifetime)) as demo:
         gr.Markdown("# Diversity-rewarded CFG distillation\nSteer between the quality model θ_q (λ = 0) and the "
                     "diversity model θ_d (λ = 1); compare with the base model under classifier-free guidance.")
         for line in studio.banner:
@@ -636,19 +769,34 @@ def build_ui(studio: Studio):
 
         inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative, plausibility]
         outputs = merged_audio + base_audio + [info, scores, heat_merged, heat_base, qd, files, seed]
-        gen_event = go.click(generate, inputs=inputs, outputs=outputs, api_name="generate")
-        stop_btn.click(stop, None, merge_info, cancels=[gen_event], api_name="stop")
-        lam.release(merge, inputs=[mode, lam], outputs=merge_info, api_name="merge")
+        # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit
+        models = dict(preprocess=False, concurrency_id="models", concurrency_limit=studio.concurrency)
+        gen_event = go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
+        stop_btn.click(stop, None, info, cancels=[gen_event], api_name="stop", queue=False)
+        lam.release(merge, inputs=[mode, lam], outputs=merge_info, api_name="merge", preprocess=False)
         mode.change(merge, inputs=[mode, lam], outputs=merge_info, api_name=False)
         for button, value in zip(presets, PRESETS.values(), strict=True):
             button.click(lambda v=value: v, None, lam, api_name=False).then(merge, [mode, lam],
                                                                             merge_info, api_name=False)
         make_pair.click(new_pair, [pair_prompt, system_1, system_2, pair_clips, pair_duration],
-                        [token] + set_a + set_b + [reveal], api_name="new_pair")
-        submit.click(rate, [token, vote_q, vote_d], [reveal, token, table], api_name="rate")
+                        [token] + set_a + set_b + [reveal], api_name="new_pair", **models)
+        submit.click(rate, [token, vote_q, vote_d], [reveal, token, table], api_name="rate", preprocess=False)
         refresh.click(studio.results_table, None, table, api_name="results")
         export_btn.click(export, None, export_file, api_name="export_ratings")
+    _strict_arity(demo, gr.Error)
     return demo
+
+
+def _strict_arity(demo, error) -> None:
+    """A request with too few or too many values gets a readable error naming what is expected (Gradio's own check
+    ignores extra values and answers too few with an empty error and a traceback in the log)."""
+    def validate_inputs(block_fn, inputs):
+        wanted = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs]
+        if len(inputs) != len(wanted):
+            message = f"{block_fn.name} takes {len(wanted)} values ({', '.join(map(str, wanted))}), got {len(inputs)}"
+            LOG.info("%s: rejected: %s", block_fn.name, message)
+            raise error(message, print_exception=False)
+    demo.validate_inputs = validate_inputs
 
 
 def bf16_tip(base: str, device: str, dtype: str) -> str | None:
@@ -670,6 +818,25 @@ def kernel_tip(device: str) -> str | None:
         return None
     return (f"CPU decoding runs through torch only ({kernels.status()}): with a C compiler (gcc or clang) it builds "
             "two small kernels, each of which makes decoding several clips 1.2-1.6x faster (README, Benchmarks).")
+
+
+def _unsigned(path: str) -> bool:
+    """A local safetensors checkpoint without our checksum (hub ids and the debug model are not files of ours)."""
+    folder = Path(path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else [folder] if folder.is_file() else []
+    return any(not is_signed(f) for f in files)
+
+
+def weights_report(service: MusicService, sources: dict[str, tuple[str, str | None]]) -> str:
+    """One line for the log at start-up: each loaded θ, whether its checksum was verified, how far from the base."""
+    parts = []
+    for label, (name, path) in sources.items():
+        if path is None:
+            parts.append(f"{label} = the base")
+            continue
+        check = "not verified (no checksum)" if _unsigned(path) else "checksum verified"
+        parts.append(f"{label} = {path} ({check}, {100 * service.relative_distance(name):.1f} % from the base)")
+    return "; ".join(parts)
 
 
 def make_studio(args: argparse.Namespace) -> Studio:
@@ -696,6 +863,11 @@ def make_studio(args: argparse.Namespace) -> Studio:
     for i, path in enumerate(soup_paths):
         service.add_checkpoint(f"soup{i}", path)
         soup.append(f"soup{i}")
+    LOG.info("weights: %s", weights_report(service, {"θ_q": ("q", theta_q), "θ_d": ("d", theta_d)}
+                                                | {f"soup {i}": (f"soup{i}", p) for i, p in enumerate(soup_paths)}))
+    unsigned = [str(p) for p in (base, theta_q, theta_d, *soup_paths) if p and _unsigned(p)]
+    if unsigned:
+        banner.append(f"Not verified (no checksum in the file): {', '.join(unsigned)}.")
     embedding = args.embedding or (_shipped("embedding") if shipped_nano else None)
     quality = args.quality or (_shipped("quality") if shipped_nano else None)
     scorers = Scorers.from_folders(embedding, quality, clap=args.clap, allow_download=args.allow_download)
@@ -705,15 +877,30 @@ def make_studio(args: argparse.Namespace) -> Studio:
     fronts = load_fronts(args.fronts) if args.fronts else {}
     fronts_exact = load_fronts(args.fronts, "fronts_exact") if args.fronts else {}
     teacher = load_teacher(args.teacher or (_shipped("eval/teacher_sweep/teacher.json") if shipped_nano else None))
-    return Studio(service, scorers, ratings, fronts, banner, soup=soup, fronts_exact=fronts_exact, teacher=teacher)
+    return Studio(service, scorers, ratings, fronts, banner, soup=soup, fronts_exact=fronts_exact, teacher=teacher,
+                  concurrency=args.concurrency, keep_outputs=args.keep_outputs)
 
 
 def main(argv=None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    LOG.setLevel(logging.INFO)
     args = parse_args(argv)
     studio = make_studio(args)
-    demo = build_ui(studio)
+    demo = build_ui(studio, args.file_lifetime)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
-    demo.launch(server_name=args.host, server_port=args.port)
+    LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
+    demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
+                enable_monitoring=args.monitoring, quiet=not args.monitoring,
+                app_kwargs=dict(exception_handlers={KeyError: unknown_key}))
+
+
+def unknown_key(request, exc: KeyError):
+    """A request naming an endpoint (fn_index) or session the server does not have: 404 with a reason, one log line
+    (Gradio lets the KeyError through as a bare 500 with a traceback)."""
+    from fastapi.responses import JSONResponse  # noqa: PLC0415 (a Gradio dependency; only the server needs it)
+
+    LOG.info("%s: rejected: unknown key %s", request.url.path, exc)
+    return JSONResponse({"detail": f"unknown endpoint or session: {exc}"}, status_code=404)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """Safetensors checkpoints: strict loading with errors that name the file and the tensor, atomic saves.
 
-Nothing here unpickles: a checkpoint is a `.safetensors` file, or a folder holding one."""
+Nothing here unpickles: a checkpoint is a `.safetensors` file, or a folder holding one.
+
+Tamper evidence: every file this project writes carries the SHA-256 of its tensor data (the bytes after the
+header) in its metadata (`CHECKSUM_KEY`); every load through `read_safetensors` recomputes it and refuses a file
+whose data no longer matches, naming the file. Files from elsewhere (a hub MusicGen) have no such entry and load
+as before; `is_signed` tells them apart so that a server can say which of its weights were verified."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -20,8 +26,93 @@ DECODER_FILES = ("decoder.safetensors", "model.safetensors")
 _PREFIXES = ("", "decoder.")
 
 
+CHECKSUM_KEY = "sha256"  # metadata entry: hex SHA-256 of the tensor data section
+_CHUNK = 1 << 20
+
+
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the model."""
+    """A checkpoint is missing, unreadable, tampered with, or does not fit the model."""
+
+
+def _header(f) -> tuple[dict, int]:
+    """The parsed JSON header of an open safetensors file and the offset where its data starts."""
+    size = int.from_bytes(f.read(8), "little")
+    if not 0 < size <= 100_000_000:
+        raise ValueError(f"header size {size} is implausible")
+    return json.loads(f.read(size)), 8 + size
+
+
+def _data_digest(f, start: int) -> str:
+    f.seek(start)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: f.read(_CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_digest(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a safetensors file's tensor data (what `CHECKSUM_KEY` records)."""
+    try:
+        with open(path, "rb") as f:
+            return _data_digest(f, _header(f)[1])
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def file_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file ({} if none)."""
+    try:
+        with open(path, "rb") as f:
+            return _header(f)[0].get("__metadata__") or {}
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def is_signed(path: str | os.PathLike) -> bool:
+    """Whether a safetensors file carries the checksum of its data."""
+    return CHECKSUM_KEY in file_metadata(path)
+
+
+def verify_checksum(path: str | os.PathLike) -> None:
+    """Refuse a file whose tensor data does not match the checksum in its metadata (no checksum: nothing to do)."""
+    try:
+        with open(path, "rb") as f:
+            header, start = _header(f)
+            expected = (header.get("__metadata__") or {}).get(CHECKSUM_KEY)
+            if expected is None:
+                return
+            actual = _data_digest(f, start)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    if actual != expected:
+        raise CheckpointError(f"{path}: the tensor data does not match the file's SHA-256 checksum (the file was "
+                              "changed or damaged after it was written); refusing to load it")
+
+
+def sign(path: str | os.PathLike) -> Path:
+    """Add (or refresh) the checksum of a safetensors file's tensor data in its metadata, atomically. The tensor
+    bytes are copied unchanged: only the header grows."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        header, start = _header(f)
+        metadata = dict(header.get("__metadata__") or {})
+        metadata[CHECKSUM_KEY] = _data_digest(f, start)
+        header["__metadata__"] = metadata
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(len(text).to_bytes(8, "little") + text)
+                f.seek(start)
+                for chunk in iter(lambda: f.read(_CHUNK), b""):
+                    out.write(chunk)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return path
 
 
 def resolve_file(path: str | os.PathLike, names: tuple[str, ...] = DECODER_FILES) -> Path:
@@ -39,6 +130,8 @@ def resolve_file(path: str | os.PathLike, names: tuple[str, ...] = DECODER_FILES
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a file, after checking its checksum where it has one."""
+    verify_checksum(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -76,7 +169,8 @@ def load_state(path: str | os.PathLike, reference: dict[str, torch.Tensor]) -> d
 
 
 def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write `state` as safetensors atomically (temporary file in the same folder, then rename)."""
+    """Write `state` as safetensors atomically (temporary file in the same folder, then rename), signed with the
+    checksum of its tensor data."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -84,6 +178,7 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        sign(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a checkpoint is for everyone who can read the folder
         os.replace(tmp, path)
     finally:

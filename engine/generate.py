@@ -92,7 +92,7 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
     # 4. one column per step
     for c in range(1, L):
         if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("generation cancelled")
+            raise GenerationCancelled(f"stopped while sampling, at step {c} of {L - 1}")
         z = logits[:, :, -1]  # (B, K, V)
         if use_cfg:
             z = cfg_logits(z[:N], z[N:], guidance, plausibility)  # (N, K, V)

@@ -5,22 +5,37 @@ shown in a random, hidden order, and says which set is better in quality and whi
 or "tie". Votes are stored against the systems, not the letters, so the order never biases the table.
 Win rate of system s over t: (W + T/2) / (W + L + T); its 95 % interval is the normal interval of the
 per-rating score (1 win, ½ tie, 0 loss), clipped to [0, 1].
+
+The CSV export is safe to open in a spreadsheet: text cells that a spreadsheet would run as a formula (starting
+with =, +, -, @, tab or carriage return) are prefixed with ' (OWASP's CSV-injection advice), times are ISO 8601
+UTC, and raters appear only as a salted hash of their browser session (the salt is random per database and never
+leaves it), so one rater's votes can be grouped without the session identifier itself being handed out.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import os
+import secrets
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 VOTES = ("A", "B", "tie")
 ASPECTS = ("quality", "diversity")
 MAX_TEXT = 500
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets evaluate (OWASP, CSV injection)
+EXPORT_FIELDS = ["id", "created_utc", "prompt", "seed", "system_a", "system_b", "quality", "diversity", "rater"]
+
+
+def neutralise(cell):
+    """A CSV cell that no spreadsheet runs as a formula: text starting with a formula character gets a leading '."""
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
 
 
 def default_path() -> Path:
@@ -75,6 +90,9 @@ class RatingStore:
                     id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, prompt TEXT NOT NULL,
                     seed INTEGER, system_a TEXT NOT NULL, system_b TEXT NOT NULL,
                     quality TEXT NOT NULL, diversity TEXT NOT NULL, session TEXT)""")
+                db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('rater_salt', ?)", (secrets.token_hex(16),))
+                self._salt = db.execute("SELECT value FROM meta WHERE key = 'rater_salt'").fetchone()[0]
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{self.path}: not a usable ratings database ({e})") from None
 
@@ -121,13 +139,20 @@ class RatingStore:
         return [[r.system, r.opponent, r.aspect, r.wins, r.losses, r.ties, round(r.win_rate, 3),
                  round(r.ci95[0], 3), round(r.ci95[1], 3)] for r in self.results()]
 
+    def rater(self, session: str | None) -> str:
+        """The exported stand-in for a session: a salted hash ('' for none)."""
+        if not session:
+            return ""
+        return hashlib.sha256(f"{self._salt}:{session}".encode()).hexdigest()[:16]
+
     def export_csv(self) -> str:
-        rows = self.rows()
         out = io.StringIO()
-        fields = ["id", "created", "prompt", "seed", "system_a", "system_b", "quality", "diversity", "session"]
-        w = csv.DictWriter(out, fieldnames=fields)
+        w = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
         w.writeheader()
-        w.writerows(rows)
+        for r in self.rows():
+            created = datetime.fromtimestamp(r["created"], tz=timezone.utc).isoformat(timespec="seconds")
+            row = dict(r, created_utc=created, rater=self.rater(r["session"]))
+            w.writerow({k: neutralise(row[k]) for k in EXPORT_FIELDS})
         return out.getvalue()
 
 

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import itertools
 import math
+import os
 import secrets
 import threading
 import time
@@ -22,8 +23,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
-from engine.generate import SamplingParams, generate_codes
+from engine.generate import GenerationCancelled, SamplingParams, generate_codes
 from engine.merge import Blend, WeightMixer
 from engine.model import MusicModel, load_model, parse_dtype
 
@@ -31,6 +33,10 @@ DEFAULT_NEGATIVE_PROMPT = "Bad audio quality."
 MAX_CLIPS = 8
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**63 - 1
+# A θ finetuned from the base stays near it (shipped θ_q, θ_d: 6–8 % of the base's norm); one at half the base's norm
+# or beyond (e.g. all zeros = 100 %, a few overflowed values: far more) is not a finetune of this base, and merging it
+# would make noise, so it is refused at load.
+MAX_RELATIVE_DISTANCE = 0.5
 
 
 def check_number(name: str, value, integer: bool = False):
@@ -65,6 +71,10 @@ class Request:
                 raise ValueError(f"{name} must be a string, got {type(text).__name__}")
             if len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"{name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # e.g. a lone surrogate from a hand-made JSON request
+                raise ValueError(f"{name} has a character that is not valid text at position {e.start}") from None
             object.__setattr__(self, name, " ".join(text.split()))
         check_number("num_clips", self.num_clips, integer=True)
         if not 1 <= self.num_clips <= MAX_CLIPS:
@@ -207,6 +217,18 @@ class MusicService:
             raise ValueError("the name 'base' is reserved for the base model's weights")
         with self.gate.exclusive():
             self.mixer.add(name, source)
+            distance = self.relative_distance(name)
+            if not distance <= MAX_RELATIVE_DISTANCE:
+                del self.mixer.endpoints[name]
+                what = source if isinstance(source, (str, os.PathLike)) else f"checkpoint {name!r}"
+                raise CheckpointError(f"{what}: its weights lie {distance:.3g}× the base's norm away from the base "
+                                      f"(a finetune of this base stays within {MAX_RELATIVE_DISTANCE:g}×, the shipped "
+                                      "ones within 0.08×): not a finetune of this base, or damaged; refusing it")
+
+    def relative_distance(self, name: str) -> float:
+        """‖θ_name − θ_base‖ / ‖θ_base‖ over the decoder's weights: how far a loaded checkpoint moved from the base."""
+        theta, base = self.mixer.endpoints[name].float(), self.base.flat.float()
+        return float(torch.linalg.vector_norm(theta - base) / torch.linalg.vector_norm(base))
 
     @property
     def checkpoints(self) -> list[str]:
@@ -234,6 +256,11 @@ class MusicService:
         return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock)
 
 
+def stop_if_cancelled(cancel, when: str = "") -> None:
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled(f"stopped {when}".strip())
+
+
 def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, weights=None,
              progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
              text_lock: threading.Lock | None = None) -> Generation:
@@ -241,6 +268,7 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
     encoder and codec of `model`. `weights`: a context holding the decoder's weights (the blend gate) during sampling
     only; it yields the merge time. Text encoding (under `text_lock`) and audio decoding happen outside it."""
     t_start = time.perf_counter()
+    stop_if_cancelled(cancel, "before it started")  # a request stopped while it waited never starts
     notices = []
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     use_cfg = req.guidance > 1
@@ -258,9 +286,11 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
                              SamplingParams(req.temperature, req.top_k, req.top_p), generator,
                              neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel,
                              plausibility=req.plausibility)
+    stop_if_cancelled(cancel, "before decoding")
     t = time.perf_counter()
     audio = model.codec.decode(out.codes).clamp(-1, 1).numpy()
     t_codec = time.perf_counter() - t
+    stop_if_cancelled(cancel, "after decoding")
     total = time.perf_counter() - t_start
     timings = dict(text=t_text, prefill=out.prefill_s, sampling=sum(out.step_times_s), codec=t_codec, total=total)
     if weights is not None:

@@ -20,8 +20,9 @@ def model(composite):
     return composite[2]
 
 
-def perturbed_state(model, seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
-    """A decoder state dict near the base: a stand-in for a finetuned θ."""
+def perturbed_state(model, seed: int, scale: float = 0.02) -> dict[str, torch.Tensor]:
+    """A decoder state dict near the base: a stand-in for a finetuned θ (about 0.35× the base's norm away from it,
+    inside the service's limit for a finetune)."""
     g = torch.Generator().manual_seed(seed)
     return {n: p.detach() + scale * torch.randn(p.shape, generator=g)
             for n, p in model.decoder.model.named_parameters()}

@@ -1,6 +1,7 @@
 """The app's callbacks without a browser (`Studio`), and the Blocks it builds."""
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def studio(tmp_path_factory, tiny_tower):
     service = MusicService(model)
     service.mixer.add("q", service.base.flat)
     gen = torch.Generator().manual_seed(1)
-    service.add_checkpoint("d", {k: v + 0.05 * torch.randn(v.shape, generator=gen)
+    service.add_checkpoint("d", {k: v + 0.02 * torch.randn(v.shape, generator=gen)
                                  for k, v in service.base.model.state_dict().items() if v.is_floating_point()})
     scorers = Scorers(AudioEmbedder(tiny).eval(), QualityScorer(QualityConfig(audio=tiny)).eval(), SentenceEncoder())
     root = tmp_path_factory.mktemp("studio")
@@ -113,9 +114,32 @@ def test_stop_interrupts_a_generation(studio):
             seen.append(fraction)
             studio.stop("session-1")
 
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(GenerationCancelled, match="while sampling"):
         run(studio, duration=2.0, progress=progress, session="session-1")
     assert run(studio, session="session-1").merged.audio.shape[0] == 3  # the next request runs normally
+
+
+def test_stop_reaches_a_request_that_was_still_queued_and_only_it(studio):
+    submitted = time.monotonic()  # queued, then the session presses Stop before it starts
+    studio.stop("session-2")
+    with pytest.raises(GenerationCancelled, match="before it started"):
+        run(studio, session="session-2", submitted=submitted)
+    assert run(studio, session="session-2").merged.audio.shape[0] == 3  # sent after the Stop: runs
+    assert run(studio, session="other", submitted=submitted).merged.audio.shape[0] == 3  # other sessions: untouched
+
+
+def test_stop_after_sampling_writes_no_files(studio, monkeypatch):
+    before = set(studio.out_dir.rglob("*.wav"))
+    monkeypatch.setattr(studio, "_score", lambda result: studio.stop("session-3"))
+    with pytest.raises(GenerationCancelled, match="after scoring"):
+        run(studio, session="session-3")
+    assert set(studio.out_dir.rglob("*.wav")) == before
+
+
+def test_stop_times_are_kept_for_a_bounded_number_of_sessions(studio):
+    for i in range(app.MAX_SESSIONS + 10):
+        studio.stop(f"many-{i}")
+    assert len(studio._stops) == app.MAX_SESSIONS and "many-0" not in studio._stops
 
 
 def test_blind_pair_rating_and_results(studio, tmp_path):
@@ -180,6 +204,25 @@ def test_old_output_folders_are_pruned_oldest_first(tmp_path):
         os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
     app.prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
+    app.prune(tmp_path, keep=1, spare=tmp_path / "20260101-000000-aaaaaa")  # the folder being written stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
+
+
+def test_pruning_survives_folders_that_vanish_meanwhile(tmp_path, monkeypatch):
+    """Another request may delete a folder between this one's listing and its stat (issue 18, A)."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    real_stat, calls = type(tmp_path).stat, []
+
+    def stat(path, *args, **kwargs):
+        if path.name == "b":
+            calls.append(path)
+            if len(calls) > 1:  # listed as a folder, gone by the time its age is read
+                raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "stat", stat)
+    app.prune(tmp_path, keep=1)  # no error
 
 
 def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):

@@ -1,13 +1,26 @@
 """Checkpoint loading: clear errors naming the file and the tensor; never unpickling."""
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import perturbed_state
 from safetensors.torch import save_file
 
-from engine.checkpoint import CheckpointError, load_state, save_state
+from engine.checkpoint import (
+    CheckpointError,
+    data_digest,
+    file_metadata,
+    is_signed,
+    load_state,
+    read_safetensors,
+    save_state,
+    sign,
+    verify_checksum,
+)
 from engine.merge import WeightMixer
+from engine.service import MAX_RELATIVE_DISTANCE, MusicService
+from training import sign as sign_cli
 
 
 @pytest.fixture
@@ -91,3 +104,65 @@ def test_mixer_loads_from_path(tmp_path, service):
     assert torch.equal(mixer.endpoints["x"], mixer.flat_from_state(state))
     with pytest.raises(ValueError, match="does not match the serving buffer"):
         mixer.add("y", torch.zeros(3))
+
+
+# ---------------------------------------------------------------- tamper evidence
+def _tampered(tmp_path, model, how: str, resign: bool = False):
+    """θ_d as the shipped file would be, then changed the ways a hostile probe changed it."""
+    fp16 = {n: t.half() for n, t in perturbed_state(model, 5).items()}
+    path = save_state(fp16, tmp_path / how / "decoder.safetensors")
+    state = {n: t.clone() for n, t in read_safetensors(path).items()}
+    name = max(state, key=lambda n: state[n].numel())
+    flat = state[name].view(-1)
+    if how == "flipped low bits":  # 1000 values, lowest mantissa bit: invisible to every range check
+        bits = flat.view(torch.int16)
+        bits[:1000] ^= 1
+    elif how == "fp16 max":
+        flat[:100] = torch.finfo(torch.float16).max
+    else:  # all zero
+        state = {n: torch.zeros_like(t) for n, t in state.items()}
+    metadata = file_metadata(path)  # the attacker keeps the old checksum
+    save_file(state, str(path), metadata=metadata)
+    if resign:
+        save_file(state, str(path))
+        sign(path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["flipped low bits", "fp16 max", "all zero"])
+def test_a_tampered_checkpoint_is_refused_naming_the_file(tmp_path, model, reference, how):
+    path = _tampered(tmp_path, model, how)
+    with pytest.raises(CheckpointError, match=f"{path}: the tensor data does not match the file's SHA-256"):
+        load_state(path.parent, reference)
+    assert is_signed(path)
+    with pytest.raises(CheckpointError, match=str(path)):
+        verify_checksum(path)
+
+
+@pytest.mark.parametrize("how", ["fp16 max", "all zero"])
+def test_a_resigned_checkpoint_far_from_the_base_is_refused_at_load(tmp_path, model, how):
+    path = _tampered(tmp_path, model, how, resign=True)
+    svc = MusicService(model)
+    with pytest.raises(CheckpointError, match=f"{path.parent}: its weights lie .* from the base"):
+        svc.add_checkpoint("d", str(path.parent))
+    assert "d" not in svc.mixer.endpoints  # nothing half-registered
+    svc.add_checkpoint("d", perturbed_state(model, 5))
+    assert 0 < svc.relative_distance("d") < MAX_RELATIVE_DISTANCE
+
+
+def test_saves_are_signed_and_signing_keeps_the_tensors(tmp_path, model):
+    state = perturbed_state(model, 6)
+    unsigned = tmp_path / "old.safetensors"
+    save_file({n: t.contiguous() for n, t in state.items()}, str(unsigned), metadata={"note": "kept"})
+    assert not is_signed(unsigned) and is_signed(save_state(state, tmp_path / "new.safetensors"))
+    before = data_digest(unsigned)
+    with pytest.raises(SystemExit):
+        sign_cli.main(["--check", str(unsigned)])
+    sign_cli.main([str(tmp_path)])
+    assert is_signed(unsigned) and file_metadata(unsigned)["note"] == "kept" and data_digest(unsigned) == before
+    assert all(torch.equal(read_safetensors(unsigned)[n], t) for n, t in state.items())
+    sign_cli.main(["--check", str(tmp_path)])
+
+
+def test_shipped_weights_are_all_signed():
+    sign_cli.main(["--check", str(Path(__file__).resolve().parents[1] / "weights")])

@@ -27,8 +27,25 @@ def test_ratings_survive_reopening_and_export(tmp_path):
     again = RatingStore(path)
     assert len(again.rows()) == 1
     rows = list(csv.DictReader(io.StringIO(again.export_csv())))
-    assert rows[0]["prompt"] == "calm piano" and rows[0]["quality"] == "A" and rows[0]["session"] == "s1"
+    assert rows[0]["prompt"] == "calm piano" and rows[0]["quality"] == "A"
+    assert rows[0]["rater"] == again.rater("s1") != "s1" and "session" not in rows[0]  # stable across reopening
+    assert rows[0]["created_utc"].endswith("+00:00")
     assert again.table()[0][:6] == ["a", "b", "diversity", 0, 0, 1]
+
+
+def test_export_has_no_live_formula_and_no_session_id(tmp_path):
+    store = RatingStore(tmp_path / "r.sqlite")
+    attacks = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\rcmd"]
+    for i, text in enumerate(attacks):
+        store.add(text, i, "=a", "b", "A", "B", session=f"secret-session-{i}")
+    text = store.export_csv()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    for row, attack in zip(rows, attacks, strict=True):
+        assert row["prompt"] == "'" + attack and row["system_a"] == "'=a"
+        assert all(not v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in row.values())
+    assert "secret-session" not in text and len({r["rater"] for r in rows}) == len(attacks)
+    other = RatingStore(tmp_path / "other.sqlite")
+    assert other.rater("secret-session-0") != store.rater("secret-session-0")  # salted per database
 
 
 def test_confidence_intervals():

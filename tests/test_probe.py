@@ -1,0 +1,188 @@
+"""A hostile-but-fair probe of the running app (localhost only, bounded loops): what issue 18 found, replayed.
+
+The app runs as a user starts it (shipped nano weights) with pruning made active early (--keep-outputs 4). Requests go
+through Gradio's HTTP API as any client would send them, including malformed ones a browser never sends."""
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ["Rock song.", 1, 0.5, "5", 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1]  # the 11 inputs of /generate
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    def __init__(self, url: str, log: Path):
+        self.url, self.api, self.log = url, url + "gradio_api", log
+
+    def post(self, path: str, body: dict, timeout: float = 60):
+        req = urllib.request.Request(self.api + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def call(self, api: str, data: list, session: str | None = None) -> tuple[str, object]:
+        """('complete', outputs) or ('error', message) of a queued call, as Gradio's /call API answers it."""
+        body = {"data": data} | ({"session_hash": session} if session else {})
+        event = self.post(f"/call/{api}", body)["event_id"]
+        with urllib.request.urlopen(f"{self.api}/call/{api}/{event}", timeout=120) as r:
+            text = r.read().decode()
+        kind = re.findall(r"^event: (\w+)", text, re.M)[-1]
+        payload = json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])
+        return kind, payload["error"] if kind == "error" else payload
+
+    def stop(self, session: str) -> None:
+        self.post("/run/stop", {"data": [], "session_hash": session})
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("probe")
+    port = _free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    log = tmp / "app.log"
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--ratings-db", str(tmp / "r.sqlite"),
+                             "--max-duration", "4", "--keep-outputs", "4", "--concurrency", "2"],
+                            cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url, t0 = f"http://127.0.0.1:{port}/", time.time()
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() - t0 > 120:
+                proc.kill()
+                pytest.fail(f"the app did not start: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield App(url, log)
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_a_no_clip_is_lost_while_outputs_are_pruned(app):
+    """8 threads × 25 requests of one clip, 4 output folders kept: every request gets its clip, downloadable."""
+    def one(i: int) -> str:
+        kind, out = app.call("generate", ["Rock song.", 1, 0.5, str(i), 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1],
+                             session=f"load-{i}")
+        if kind != "complete":
+            return f"request {i}: {kind} {out}"
+        clip = out[0].get("value") or {}  # an update of the first audio component
+        if "url" not in clip:
+            return f"request {i}: no clip in {out[0]}"
+        with urllib.request.urlopen(clip["url"], timeout=30) as r:
+            return "" if len(r.read()) > 1000 else f"request {i}: empty clip"
+
+    with ThreadPoolExecutor(8) as pool:
+        failures = [f for f in pool.map(one, range(200)) if f]
+    assert failures == []
+
+
+def test_b_stop_reaches_a_queued_job_before_it_samples(app):
+    blockers = [threading.Thread(target=app.call, args=("generate", ["Rock song.", 8, 4.0, str(i), 1.0, "θ_q ↔ θ_d",
+                                                                      0.5, True, 5.0, "", 0.1], f"blocker-{i}"))
+                for i in range(2)]  # both model slots busy (concurrency 2)
+    for t in blockers:
+        t.start()
+    time.sleep(0.5)
+    result = {}
+    queued = threading.Thread(target=lambda: result.update(r=app.call("generate", GOOD, session="stopper")))
+    queued.start()
+    time.sleep(0.3)
+    app.stop("stopper")
+    queued.join(timeout=120)
+    for t in blockers:
+        t.join(timeout=120)
+    assert result["r"] == ("error", "Stopped.")
+    assert "generate: stopped before it started by the user" in app.log_text()
+    assert app.call("generate", GOOD, session="stopper")[0] == "complete"  # the session's next request runs
+
+
+MALFORMED = {  # what a hand-made request sends -> what the error must say
+    "clips as text": (["Rock song.", "3", *GOOD[2:]], "clips must be a whole number"),
+    "clips 2.5": (["Rock song.", 2.5, *GOOD[2:]], "clips must be a whole number, got 2.5"),
+    "clips null": (["Rock song.", None, *GOOD[2:]], "clips must be a whole number"),
+    "λ as a list": ([*GOOD[:6], [0.5], *GOOD[7:]], "λ must be a number"),
+    "compare 'yes'": ([*GOOD[:7], "yes", *GOOD[8:]], "compare must be true or false"),
+    "seed in Arabic digits": ([*GOOD[:3], "٣", *GOOD[4:]], "seed must be a whole number"),
+    "prompt as a list": ([["Rock"], *GOOD[1:]], "prompt must be text"),
+    "prompt as a dict": ([{"a": 1}, *GOOD[1:]], "prompt must be text"),
+    "lone surrogate": (["\ud800 rock", *GOOD[1:]], "not valid text"),
+    "huge prompt": (["x" * 2000, *GOOD[1:]], "limit is 500"),
+    "duration 20 s": ([*GOOD[:2], 20, *GOOD[3:]], "at most 4 s"),
+    "duration -3 s": ([*GOOD[:2], -3, *GOOD[3:]], "duration_s must be > 0"),
+    "clips 100": (["Rock song.", 100, *GOOD[2:]], "between 1 and 8"),
+    "too few values": (GOOD[:3], "generate takes 11 values"),
+    "too many values": ([*GOOD, 1], "generate takes 11 values"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_c_every_malformed_generate_gets_a_readable_error(app, name):
+    data, message = MALFORMED[name]
+    kind, error = app.call("generate", data)
+    assert kind == "error" and isinstance(error, str) and message in error
+
+
+@pytest.mark.parametrize("api, data, message", [
+    ("merge", [None, None], "unknown mode None"),
+    ("merge", ["θ_q ↔ θ_d", "0.5"], "λ must be a number"),
+    ("new_pair", ["Rock song.", None, None, 2, 1.0], "unknown system None"),
+    ("new_pair", ["Rock song.", "base", "merged λ=0.5", 2.5, 1.0], "clips must be a whole number"),
+    ("rate", [None, "A", "B"], "make a pair first"),
+    ("rate", ["x", ["A"], "B"], "choose A, B or tie"),
+])
+def test_c_other_endpoints_give_readable_errors(app, api, data, message):
+    kind, error = app.call(api, data)
+    assert kind == "error" and isinstance(error, str) and message in error
+
+
+def test_c_an_unknown_endpoint_is_a_404_with_a_reason(app):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        app.post("/queue/join", {"data": [], "fn_index": 999, "session_hash": "x", "trigger_id": None})
+    assert e.value.code == 404 and b"unknown endpoint" in e.value.read()
+
+
+def test_e_one_limit_for_all_model_running_endpoints(app):
+    """Two generations and two blind pairs at once with --concurrency 2: never more than two run together."""
+    start = len(app.log_text())
+    jobs = [("generate", ["Rock song.", 4, 2.0, str(i), 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1]) for i in range(2)]
+    jobs += [("new_pair", ["Rock song.", "base", "merged λ=0.5", 4, 2.0]) for _ in range(2)]
+    with ThreadPoolExecutor(4) as pool:
+        kinds = [k for k, _ in pool.map(lambda job: app.call(*job), jobs)]
+    assert kinds == ["complete"] * 4
+    at_once = [int(n) for n in re.findall(r"(\d+) job\(s\) running at its start \(limit 2\)", app.log_text()[start:])]
+    assert len(at_once) == 4 and max(at_once) <= 2
+
+
+def test_i_monitoring_is_off(app):
+    for path in ("monitoring", "monitoring/summary"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(app.url + path, timeout=10)
+        assert e.value.code in (403, 404)
+    assert "monitoring" not in app.log_text().replace("(monitoring off)", "")
+
+
+def test_j_one_log_line_per_rejected_request_and_no_tracebacks(app):
+    start = len(app.log_text())
+    for data, _ in list(MALFORMED.values())[:5]:
+        app.call("generate", data)
+    new = app.log_text()[start:]
+    assert "Traceback" not in app.log_text()
+    assert len(re.findall(r"generate: rejected: ", new)) == 5 and len(new.strip().splitlines()) == 5
