@@ -210,3 +210,13 @@ def event_diversity(codes: np.ndarray) -> float:
     n = len(codes)
     pairs = [event_distance(codes[a], codes[b]) for a in range(n) for b in range(a + 1, n)]
     return float(np.mean(pairs)) if pairs else 0.0
+
+
+def event_distances(codes: np.ndarray) -> np.ndarray:
+    """`event_distance` between every pair of a set of clips (N, 4, T) at once: (N, N), zero diagonal, symmetric.
+    The diversity reward of `training.distill --reward events` (one group of samples per prompt)."""
+    codes = np.asarray(codes).reshape(len(codes), -1)
+    a, b = codes[:, None, :], codes[None, :, :]
+    active = (a != HOLD) | (b != HOLD)
+    differ = ((a != b) & active).sum(-1)
+    return np.where(active.any(-1), differ / np.maximum(active.sum(-1), 1), 0.0)

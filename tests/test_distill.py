@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from engine.checkpoint import read_safetensors
+from engine.exact import event_distances
 from engine.model import build_debug_model
 from engine.score_codec import ScoreCodec
 from training import distill, eval_snapshots, export
@@ -39,6 +41,7 @@ def base():
     (dict(beta=5, samples=1), "samples ≥ 2"),
     (dict(beta=5, baseline="batch", prompts=1), "prompts ≥ 2"),
     (dict(baseline="mean"), "baseline must be"),
+    (dict(reward="clap"), "reward must be one of"),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -82,6 +85,20 @@ def test_diversity_term(base):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert metrics["beta"] == 5 and metrics["advantage_std"] > 0 and metrics["reward_mean"] > 0
     assert metrics["log_prob"] < 0 and metrics["entropy"] > 0
+
+
+def test_the_events_reward_reads_the_notes_and_needs_no_embedding(base):
+    d = Distiller(base, DistillConfig(beta=5, beta_warmup=0, samples=3, seconds=0.2, reward="events"))
+    codes = d.sample(PROMPTS, torch.Generator().manual_seed(1))
+    loss, metrics = d.loss_on(codes, PROMPTS, 0)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in d.student_model.parameters() if p.grad is not None)
+    groups = codes.view(2, 3, *codes.shape[1:]).numpy()
+    per_sample = [event_distances(g).sum(-1) / 2 for g in groups]  # each clip's mean distance to the other two
+    assert metrics["reward_mean"] == pytest.approx(float(np.mean(per_sample)), abs=1e-6)
+    assert metrics["reward_mean"] > 0 and d.take_timings() == dict(decode_s=0.0, embed_s=0.0)  # no audio made
+    with pytest.raises(ValueError, match="only nano's score codec"):
+        Distiller(build_debug_model(seed=0), DistillConfig(beta=5, reward="events"))
 
 
 @pytest.fixture(scope="module")

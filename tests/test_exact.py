@@ -83,3 +83,16 @@ def test_event_diversity():
     d = exact.event_distance(a, b)
     assert 0 < d < 1 and exact.event_diversity(np.stack([a, b])) == d
     assert exact.event_diversity(a[None]) == 0.0
+
+
+def test_event_distances_match_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    clips = np.stack([grid(), grid(lead="piano"), grid(d=5), grid()])
+    clips[3, 0, rng.integers(0, clips.shape[-1], 20)] = exact.HOLD  # some sustain changed, some events dropped
+    d = exact.event_distances(clips)
+    assert d.shape == (4, 4) and np.allclose(d, d.T) and np.all(np.diag(d) == 0)
+    for i in range(4):
+        for j in range(4):
+            assert d[i, j] == exact.event_distance(clips[i], clips[j])
+    silent = np.full((2, 4, 8), exact.HOLD)
+    assert np.all(exact.event_distances(silent) == 0)  # no events anywhere: no distance (not a division by zero)

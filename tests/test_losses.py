@@ -48,26 +48,29 @@ def test_pairwise_diversity_and_rewards():
     e = torch.randn(3, 5, 8)
     r = pairwise_diversity(e)
     assert torch.allclose(r, r.transpose(-1, -2)) and r.diagonal(dim1=-2, dim2=-1).abs().max() == 0
-    assert per_sample_rewards(torch.ones(1, 4, 8)).abs().max() < 1e-6  # identical clips: no diversity
+    same = pairwise_diversity(torch.ones(1, 4, 8))
+    assert per_sample_rewards(same).abs().max() < 1e-6  # identical clips: no diversity
     with pytest.raises(ValueError, match="at least 2"):
-        per_sample_rewards(torch.randn(2, 1, 8))
+        per_sample_rewards(pairwise_diversity(torch.randn(2, 1, 8)))
 
 
 def test_baselines_ignore_the_sample_they_serve():
     e = torch.randn(3, 4, 8)
     for kind in ("loo", "batch"):
-        b = baselines(e, per_sample_rewards(e), kind)
+        d = pairwise_diversity(e)
+        b = baselines(d, per_sample_rewards(d), kind)
         moved = e.clone()
         moved[1, 2] = torch.randn(8)  # change sample (1, 2) only
-        b2 = baselines(moved, per_sample_rewards(moved), kind)
+        d2 = pairwise_diversity(moved)
+        b2 = baselines(d2, per_sample_rewards(d2), kind)
         assert torch.allclose(b[1, 2], b2[1, 2])
-        advantages = per_sample_rewards(e) - b
+        advantages = per_sample_rewards(d) - b
         assert advantages.abs().min() > 0  # N ≥ 3: informative advantages
 
 
 def test_two_samples_trap():
     """With N = 2, both samples share one reward: a within-prompt baseline cannot work."""
-    e = torch.randn(4, 2, 8)
+    e = pairwise_diversity(torch.randn(4, 2, 8))
     rewards = per_sample_rewards(e)
     assert torch.allclose(rewards[:, 0], rewards[:, 1])
     with pytest.raises(ValueError, match="N ≥ 3"):
@@ -86,7 +89,7 @@ def test_reinforce_matches_the_exact_gradient_in_expectation(kind):
     exact = torch.autograd.grad(p @ pairwise_diversity(emb) @ p, theta)[0]
     y = torch.multinomial(p.detach().expand(M, V), N, replacement=True, generator=g)  # (M prompts, N samples)
     log_probs = theta.log_softmax(-1)[y]
-    e = emb[y]
+    e = pairwise_diversity(emb[y])
     rewards = per_sample_rewards(e)
     adv = rewards - baselines(e, rewards, kind)
     estimate = torch.autograd.grad(reinforce_surrogate(log_probs, adv), theta)[0]

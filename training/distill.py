@@ -5,8 +5,9 @@ One step:
   2. teacher-forced forwards on those sequences: the student (with gradient) and the frozen base with the
      prompt and the negative prompt as one doubled batch (no second generation);
   3. Q: per-sequence KL(student ‖ CFG teacher) over real positions (training.losses.cfg_distillation_kl);
-  4. D (β > 0): decode audio, embed with E, per-sample mean pairwise diversity, baseline, REINFORCE through
-     log p_θ(y|x) from the same student forward;
+  4. D (β > 0): pairwise r_D within each prompt's samples, by `--reward`: decode audio and embed with E (the
+     paper's), or, on nano, read the note events from the tokens (`engine.exact.event_distances`, our addition);
+     per-sample mean pairwise diversity, baseline, REINFORCE through log p_θ(y|x) from the same student forward;
   5. loss = mean KL − β_t · surrogate, β_t warmed up linearly over `beta_warmup` steps.
 
     python -m training.distill --beta 0 --steps 300 --out runs/theta_q        # θ_q
@@ -55,7 +56,9 @@ from engine.checkpoint import (
     save_state,
 )
 from engine.decoder import FastDecoder
+from engine.diversity import pairwise_diversity
 from engine.embedding import load_embedder
+from engine.exact import event_distances
 from engine.generate import SamplingParams, generate_codes
 from engine.model import MusicModel, TextCondition, load_model
 from engine.sampling import apply_delay, delay_valid_mask
@@ -68,6 +71,7 @@ from training.settings import parse, setting
 
 Embedder = Callable[[Tensor, int], Tensor]  # (waveforms (B, samples), sample rate) -> embeddings (B, D)
 TRAINING_PROMPTS = 1024  # clean training-split captions each step draws its P prompts from
+REWARDS = ("embedding", "events")
 
 
 @dataclass
@@ -80,6 +84,9 @@ class DistillConfig:
     negative_prompt: str = setting(DEFAULT_NEGATIVE_PROMPT, "the teacher's negative prompt ('' = unconditional)")
     plausibility: float = setting(0.0, "the teacher's plausibility mask α (our addition; 0 = the paper's CFG): "
                                        "tokens with p_cond < α · max p_cond are masked before CFG")
+    reward: str = setting("embedding", "diversity reward r_D: 'embedding' (1 − cosine of E's embeddings, the paper's) "
+                                       "or 'events' (nano only: the share of differing note events, read from the "
+                                       "tokens by engine.exact; our addition)", choices=REWARDS)
     temperature: float = setting(0.99, "on-policy sampling temperature, also the policies' temperature in the KL")
     prompts: int = setting(8, "P prompts per step (over all processes on the command line; per process here)")
     samples: int = setting(4, "N samples per prompt")
@@ -106,6 +113,8 @@ class DistillConfig:
             raise ValueError("baseline 'loo' needs samples ≥ 3 (with 2 samples every advantage is zero); use 'batch'")
         if self.beta > 0 and self.baseline == "batch" and self.prompts < 2:
             raise ValueError("baseline 'batch' needs prompts ≥ 2")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
         if self.baseline not in ("loo", "batch"):
             raise ValueError(f"baseline must be 'loo' or 'batch', got {self.baseline!r}")
         if not self.seconds > 0 or not self.lr > 0:
@@ -157,8 +166,10 @@ class Distiller:
     `take_timings`."""
 
     def __init__(self, base: MusicModel, config: DistillConfig, embedder: Embedder | None = None):
-        if config.beta > 0 and embedder is None:
+        if config.beta > 0 and config.reward == "embedding" and embedder is None:
             raise ValueError("β > 0 needs a diversity embedding E")
+        if config.beta > 0 and config.reward == "events" and not is_readable(base.codec):
+            raise ValueError("the 'events' reward reads note events from tokens: only nano's score codec has them")
         self.base, self.config, self.embedder = base, config, embedder
         self.teacher = base.decoder  # frozen; FastDecoder forward under no_grad
         # eval mode throughout: no dropout, so that the policy scored is the policy sampled (gradients still flow)
@@ -265,17 +276,26 @@ class Distiller:
         token_lp = log_p.gather(-1, targets.clamp(max=self.teacher.vocab_size - 1)[..., None]).squeeze(-1)
         seq_lp = (token_lp * mask).sum(dim=(1, 2)).view(num_prompts, cfg.samples)  # (P, N)
         with torch.no_grad():
-            t0 = time.perf_counter()
-            audio = self.base.codec.decode(codes)
-            t1 = time.perf_counter()
-            emb = self.embedder(audio, self.base.sample_rate).view(num_prompts, cfg.samples, -1)
-            self.timings["decode_s"] += t1 - t0
-            self.timings["embed_s"] += time.perf_counter() - t1
-            rewards = per_sample_rewards(emb)
-            adv = rewards - baselines(emb, rewards, cfg.baseline)
+            distances = self._distances(codes, num_prompts)
+            rewards = per_sample_rewards(distances)
+            adv = rewards - baselines(distances, rewards, cfg.baseline)
         metrics = dict(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
                        advantage_std=adv.std().item(), log_prob=seq_lp.mean().item())
         return reinforce_surrogate(seq_lp, adv), metrics
+
+    def _distances(self, codes: Tensor, num_prompts: int) -> Tensor:
+        """Pairwise r_D within each prompt's samples, (P, N, N), by the configured reward."""
+        n = self.config.samples
+        if self.config.reward == "events":
+            groups = codes.view(num_prompts, n, *codes.shape[1:]).cpu().numpy()
+            return torch.stack([torch.from_numpy(event_distances(g)).float() for g in groups]).to(codes.device)
+        t0 = time.perf_counter()
+        audio = self.base.codec.decode(codes)
+        t1 = time.perf_counter()
+        emb = self.embedder(audio, self.base.sample_rate).view(num_prompts, n, -1)
+        self.timings["decode_s"] += t1 - t0
+        self.timings["embed_s"] += time.perf_counter() - t1
+        return pairwise_diversity(emb)
 
 
 # ---------------------------------------------------------------- held-out evaluation
@@ -499,8 +519,8 @@ def build_distiller(objective: DistillConfig, run: RunSettings, world: int = 1,
     """The distiller (P prompts split over `world` processes) and the evaluation's scorers (None if neither)."""
     base = load_model(run.base, device=device)
     embedder = load_embedder(run.embedding).to(device) if run.embedding else None
-    if objective.beta > 0 and embedder is None:
-        raise SystemExit("--beta > 0 needs --embedding (the diversity embedding E)")
+    if objective.beta > 0 and objective.reward == "embedding" and embedder is None:
+        raise SystemExit("--beta > 0 needs --embedding (the diversity embedding E) or --reward events")
     config = dataclasses.replace(objective, prompts=objective.prompts // world)
     distiller = Distiller(base, config, embedder.embed if embedder is not None else None)
     quality = load_quality_scorer(run.quality) if run.quality else None

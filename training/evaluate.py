@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.checkpoint import save_bytes, save_csv, save_json
+from engine.checkpoint import data_digest, save_bytes, save_csv, save_json
 from engine.figures import lambda_plot, quality_diversity_plot
 from engine.merge import Blend
 from engine.model import load_model
@@ -68,7 +68,9 @@ class EvalSettings:
     base: str = setting("weights/nano", "base model")
     theta_q: str = setting("weights/theta_q", "θ_q decoder")
     theta_d: str = setting("weights/theta_d", "θ_d decoder")
-    extra: list[str] = setting([], "more β models as NAME=PATH (b5=..., b10=...)")
+    extra: list[str] = setting([], "more models as NAME=PATH: bN = a β model (β = N, θ_d's reward; claim 5 and the "
+                                   "soup), any other name = a model evaluated on its own (e.g. E50=... for a θ_d "
+                                   "trained with another reward)")
     runs: list[str] = setting([], "training runs whose snapshots to evaluate (runs/theta_d ...)")
     embedding: str = setting("weights/embedding", "E")
     quality: str = setting("weights/quality", "quality scorer")
@@ -111,9 +113,10 @@ class EvalSettings:
 
 
 def file_hash(path: Path) -> str:
+    """Fingerprint of the tensor data of a checkpoint file or folder (headers and their metadata left out)."""
     h = hashlib.sha256()
     for f in sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]:
-        h.update(f.read_bytes())
+        h.update(data_digest(f).encode())
     return h.hexdigest()[:16]
 
 
@@ -217,9 +220,14 @@ def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple
     if have["q"] and have["d"] and extras:
         names = ["q", *extras, "d"]
         pts.append(Point("uniform soup", len(names), blend=tuple((n, 1 / len(names)) for n in names)))
+    others = sorted(n for n in have if n not in ("q", "d", *extras) and have[n])
+    pts += [Point(f"{OTHER_MODEL}{n}", 1.0, blend=((n, 1.0),)) for n in others]  # e.g. another reward's θ_d
     for run, snaps in snapshots.items():
         pts += [Point(f"training {run}", step, blend=((f"{run}@{step}", 1.0),)) for step, _ in snaps]
     return pts
+
+
+OTHER_MODEL = "model "  # the family of an --extra model that is not a β model of θ_d's reward
 
 
 # ---------------------------------------------------------------- outputs

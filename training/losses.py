@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.diversity import pairwise_diversity
 from engine.sampling import cfg_logits
 
 MASKED_TEACHER_FLOOR = 1e-4  # teacher mass spread uniformly over the vocabulary when the plausibility mask is on
@@ -54,21 +53,23 @@ def teacher_log_probs(cond: Tensor, neg: Tensor, guidance: float, temperature: f
     return log_q
 
 
-def per_sample_rewards(embeddings: Tensor) -> Tensor:
-    """R_j = mean_{i≠j} r_D(y_j, y_i) for groups of embeddings (P prompts, N samples, D): (P, N)."""
-    N = embeddings.shape[-2]
+def per_sample_rewards(distances: Tensor) -> Tensor:
+    """R_j = mean_{i≠j} r_D(y_j, y_i) from pairwise distances (P prompts, N, N) with a zero diagonal: (P, N).
+    r_D is 1 − cosine of E's embeddings (`engine.diversity.pairwise_diversity`, the paper's) or, on nano, the
+    share of differing note events (`engine.exact.event_distances`)."""
+    N = distances.shape[-1]
     if N < 2:
         raise ValueError("the diversity reward needs at least 2 samples per prompt")
-    return pairwise_diversity(embeddings).sum(-1) / (N - 1)
+    return distances.sum(-1) / (N - 1)
 
 
-def baselines(embeddings: Tensor, rewards: Tensor, kind: str) -> Tensor:
+def baselines(distances: Tensor, rewards: Tensor, kind: str) -> Tensor:
     """Baselines b (P, N) independent of each sample's own generation (see the module docstring)."""
     P, N = rewards.shape
     if kind == "loo":
         if N < 3:
             raise ValueError("the leave-one-out baseline needs N ≥ 3 samples per prompt (with N = 2 use 'batch')")
-        r = pairwise_diversity(embeddings)  # (P, N, N)
+        r = distances  # (P, N, N)
         total = r.sum(dim=(-1, -2))  # (P,) sum over ordered pairs
         without_j = total[:, None] - 2 * r.sum(-1)  # remove the pairs that involve j
         return without_j / ((N - 1) * (N - 2))
