@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +36,21 @@ from engine import decoder, exact, kernels
 from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
 from engine.generate import GenerationCancelled
+from engine.heard import KIT_NAMES, hear, played
 from engine.merge import Blend
 from engine.model import is_nano_folder
 from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
 from engine.score_codec import ScoreCodec
 from engine.scorers import Scorers, SetScores
-from engine.service import DEFAULT_NEGATIVE_PROMPT, MAX_CLIPS, Generation, MusicService, Request, stop_if_cancelled
+from engine.service import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_CLIPS,
+    MAX_PROMPT_CHARS,
+    Generation,
+    MusicService,
+    Request,
+    stop_if_cancelled,
+)
 from engine.service import check_number as _number
 
 LOG = logging.getLogger("cfg_distill.app")
@@ -51,7 +61,23 @@ EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick",
             "jazz trio, walking bass, brushed drums", "sad hip hop beat with piano", "Bad audio quality."]
 MODES = {"θ_q ↔ θ_d": ("q", "d"), "θ_q ↔ base": ("q", "base")}
 SOUP = "uniform soup"
-PRESETS = {"quality (λ = 0)": 0.0, "balanced (λ = 0.5)": 0.5, "diverse (λ = 1)": 1.0}
+PRESETS = {"Safest (λ = 0)": 0.0, "Balanced (λ = 0.5)": 0.5, "Most varied (λ = 1)": 1.0}
+ABOUT = """\
+**What this is.** A text-to-music model normally needs *classifier-free guidance* (CFG) to follow a prompt well: each
+note is computed twice, with and without the prompt, and pushed away from the second. That doubles the cost and makes
+the takes of one prompt sound alike. Following [Diversity-Rewarded CFG Distillation](https://arxiv.org/abs/2410.06084)
+(Cideron et al., ICLR 2025), we train the guidance *into* the weights (the **quality model θ_q**), train a second
+model that is also rewarded for making the takes of a prompt differ (the **diversity model θ_d**), and let you blend
+the two with one slider (λ): the weights are averaged, (1 − λ)·θ_q + λ·θ_d, at no extra cost per note. The model here is
+*MusicGen-nano*, a small model trained offline on a procedural corpus whose notes can be read back exactly, so the app
+can tell you what each take played; the same code serves a real MusicGen on a GPU (README).
+"""
+# the merge modes in a musician's words; the technical name follows in brackets (the API takes the technical name)
+MODE_LABELS = {"θ_q ↔ θ_d": "Safe ↔ varied takes (θ_q ↔ θ_d)", "θ_q ↔ base": "Safe ↔ original model (θ_q ↔ base)",
+               SOUP: "Average of all trained models (uniform soup)"}
+LAMBDA_HELP = {"θ_q ↔ θ_d": "0 = the quality model θ_q (safest takes), 1 = the diversity model θ_d (most varied takes)",
+               "θ_q ↔ base": "0 = the quality model θ_q, 1 = the original base model (no distillation)",
+               SOUP: "not used: the soup averages θ_q, θ_d and the β models equally"}
 MAX_PAIR_CLIPS = 4
 MAX_OUTPUT_FOLDERS = 64  # newest generations whose WAVs stay here (each ≤ 16 clips × 10 s × 32 kB/s = 5 MB for nano)
 MAX_SESSIONS = 256  # sessions whose state the server keeps (Gradio's and the Stop times here); older ones are dropped
@@ -119,6 +145,7 @@ class Result:
     files: list[str] = field(default_factory=list)
     label: str = ""
     base_label: str = ""
+    readable: bool = False  # nano: the clips' notes can be read back
 
 
 @dataclass(frozen=True)
@@ -342,7 +369,7 @@ class Studio:
                progress) -> Result:
         hook = (lambda desc: (lambda i, n: progress(i / n, desc=desc))) if progress else (lambda desc: None)
         result = Result(self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel),
-                        label=label)
+                        label=label, readable=self.readable)
         if cfg_req is not None:
             result.base = self.service.generate_base(cfg_req, progress=hook("base + CFG"), cancel=cancel)
             result.base_label = CfgSetting(cfg_req.guidance, cfg_req.negative_prompt, cfg_req.plausibility).label
@@ -452,7 +479,8 @@ class Studio:
 
 # ---------------------------------------------------------------------- files
 def write_set_wavs(folder: Path, result: Result, merged_tag: str) -> list[str]:
-    """16-bit WAVs of both sets, named after prompt, seed and λ or γ; the full settings in each file's comment."""
+    """16-bit WAVs of both sets, named after prompt, seed and λ or γ, with what made each clip in its comment (CFG
+    settings only on CFG clips; on nano also the tempo and key it played); then one ZIP of them all, listed first."""
     files = []
     for gen, tag in ((result.merged, merged_tag), (result.base, None)):
         if gen is None:
@@ -463,12 +491,25 @@ def write_set_wavs(folder: Path, result: Result, merged_tag: str) -> list[str]:
             path = folder / f"{_slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
             with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
                 f.title = req.prompt[:200] or "(unconditional)"
-                f.comment = (f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} "
-                             f"guidance={req.guidance:g} negative={req.negative_prompt!r} "
-                             f"temperature={req.temperature:g}")
+                f.comment = clip_comment(gen, i, result.readable)
                 f.write(np.clip(clip, -1, 1))
             files.append(str(path))
-    return files
+    archive = folder / f"{_slug(result.merged.request.prompt)}_seed{result.merged.seed}_{merged_tag}_all.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in files:
+            z.write(f, Path(f).name)
+    return [str(archive)] + files
+
+
+def clip_comment(gen: Generation, i: int, readable: bool) -> str:
+    req = gen.request
+    text = f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} temperature={req.temperature:g}"
+    if req.guidance > 1:
+        text += f" guidance={req.guidance:g} negative={req.negative_prompt!r} plausibility={req.plausibility:g}"
+    if readable:
+        p = played(gen.codes[i].numpy(), req.prompt)
+        text += f" tempo={p['tempo']!r} key={p['key']!r}"
+    return text
 
 
 def write_pair_wavs(folder: Path, a: Generation, b: Generation) -> list[str]:
@@ -496,7 +537,85 @@ def prune(out_dir: Path, keep: int = MAX_OUTPUT_FOLDERS, spare: Path | None = No
         shutil.rmtree(old, ignore_errors=True)
 
 
+class Janitor:
+    """Deletes the files a server created in `folder` once `lifetime` seconds old (and the folders they leave empty),
+    every sixth of the lifetime. Gradio's own `delete_cache` misses the audio it serves through component updates
+    (measured with bench/soak.py: its cache grew without bound), so the app gives Gradio a private cache folder and
+    sweeps it. Files older than `started` (the page's own images, made while the UI was built) are kept."""
+
+    def __init__(self, folder: str | Path, lifetime: float, started: float | None = None):
+        self.folder, self.lifetime = Path(folder), float(lifetime)
+        self.started = time.time() if started is None else started
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete what is due; returns how many files went."""
+        now, gone = time.time() if now is None else now, 0
+        for root, _dirs, files in os.walk(self.folder, topdown=False):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                    if st.st_ctime >= self.started and st.st_mtime < now - self.lifetime:
+                        os.remove(path)
+                        gone += 1
+                except FileNotFoundError:
+                    continue
+            if root != str(self.folder):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)  # only if empty now; fails harmlessly otherwise
+        return gone
+
+    def start(self) -> threading.Thread:
+        def loop():
+            while True:
+                time.sleep(max(self.lifetime / 6, 1))
+                self.sweep()
+        thread = threading.Thread(target=loop, name="janitor", daemon=True)
+        thread.start()
+        return thread
+
+
 # ---------------------------------------------------------------------- presentation
+
+
+def heard_markdown(prompt: str) -> str:
+    """What nano can make of the prompt (`engine.heard`), for the panel under the prompt box."""
+    h = hear(prompt or "")
+    said = [f"genre **{h.genre}**" if h.genre else None, f"mood **{h.mood}**" if h.mood else None,
+            f"tempo **{h.bpm:g} BPM**" if h.bpm else (f"tempo **{h.tempo}**" if h.tempo else None),
+            "**no drums**" if h.drums is False else (f"drums (**{KIT_NAMES[h.kit]}**)" if h.kit else
+                                                     "**drums**" if h.drums else None),
+            ("instruments **" + ", ".join(h.instruments) + "**") if h.instruments else None,
+            f"key **{h.key}**" if h.key else None]
+    said = [x for x in said if x]
+    lines = ["**What nano hears:** " + ("; ".join(said) if said else "nothing it knows yet: it will choose freely")]
+    if h.changes():
+        lines.append("**Nearest nano can do:** " + "; ".join(h.changes()))
+    if h.implied:
+        lines.append("**Follows from the genre:** " + "; ".join(h.implied))
+    if h.nothing_for:
+        lines.append("**Nano cannot do:** " + ", ".join(h.nothing_for) + " (it has no voices or sound effects)")
+    n = len(prompt or "")
+    lines.append(f"{n} of {MAX_PROMPT_CHARS} characters" + (": too long, shorten it" if n > MAX_PROMPT_CHARS else ""))
+    return "\n\n".join(lines)
+
+
+def played_markdown(result: Result) -> str:
+    """Per clip, what nano played (read from its tokens), with ✓/✗ for each checkable request of the prompt."""
+    rows = []
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        gen = result.merged if key == "merged" else result.base
+        if gen is None:
+            continue
+        for i, codes in enumerate(gen.codes.numpy()):
+            p = played(codes, gen.request.prompt)
+            checks = " ".join(f"{'✓' if ok else '✗'} {name}" for name, ok in p["met"].items()) or "–"
+            rows.append(f"| {title} {i + 1} | {', '.join(p['instruments']) or '–'} | {', '.join(p['drums'])} | "
+                        f"{p['tempo']} | {p['key'] or '–'} | {', '.join(p['problems']) or 'none'} | {checks} |")
+    if not rows:
+        return ""
+    return ("**What each clip played** (read from its notes)\n\n| clip | instruments | drums | tempo | key | problems "
+            "| what the prompt asked |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def summary_markdown(result: Result) -> str:
@@ -639,20 +758,41 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
             out.append(gr.update(value=files[i] if visible else None, visible=visible))
         return out
 
+    def render(r: Result) -> list:
+        """The outputs of a generation, in the order of `outputs` below (the message line last)."""
+        n = r.merged.audio.shape[0]
+        merged_files, base_files = r.files[1:n + 1], r.files[n + 1:]  # files[0]: the ZIP of all
+        heat_m, heat_b = heatmaps(r)
+        return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
+                + [summary_markdown(r), scores_markdown(r), heat_m, heat_b,
+                   qd_figure(studio.fronts, r, studio.fronts_exact), r.files, str(r.merged.seed),
+                   played_markdown(r) if studio.readable else "", ""])
+
     @readable
     def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
                  plausibility, request: gr.Request,
                  progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
-        r = studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
-                            plausibility, _session(request), progress, submitted=_enqueued_at())
-        n = r.merged.audio.shape[0]
-        merged_files, base_files = r.files[:n], r.files[n:]
-        heat_m, heat_b = heatmaps(r)
-        return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
-                + [summary_markdown(r), scores_markdown(r), heat_m, heat_b,
-                   qd_figure(studio.fronts, r, studio.fronts_exact),
-                   r.files,
-                   str(r.merged.seed)])
+        """The API: the seed as sent (blank = a fresh one); errors as errors."""
+        return render(studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance,
+                                      negative, plausibility, _session(request), progress,
+                                      submitted=_enqueued_at()))
+
+    def generate_ui(prompt, num_clips, duration, seed, lock, temperature, mode, lam, compare, guidance, negative,
+                    plausibility, request: gr.Request,
+                    progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
+        """The button: new takes each press unless the seed is locked; a refusal or a Stop is a message in place,
+        and the previous takes stay."""
+        try:
+            r = studio.generate(prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare,
+                                guidance, negative, plausibility, _session(request), progress,
+                                submitted=_enqueued_at())
+        except GenerationCancelled as e:
+            LOG.info("generate: %s by the user", e)
+            return [gr.skip()] * (len(outputs) - 1) + ["Stopped: no new takes were made; the previous ones stay."]
+        except (ValueError, CheckpointError) as e:
+            LOG.info("generate: rejected: %s", e)
+            return [gr.skip()] * (len(outputs) - 1) + [f"⚠️ {e}"]
+        return render(r)
 
     @readable
     def merge(mode, lam):
@@ -660,6 +800,15 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
 
     def stop(request: gr.Request):
         return studio.stop(_session(request))
+
+    def mode_changed(mode):
+        soup = mode == SOUP
+        return gr.update(interactive=not soup, info=LAMBDA_HELP.get(mode, ""),
+                         label="λ (not used by the soup)" if soup else "Safe ↔ varied (λ)" if mode == "θ_q ↔ θ_d"
+                         else "Quality model ↔ original (λ)")
+
+    def compare_changed(on):
+        return [gr.update(visible=on)] * 3
 
     @readable
     def new_pair(prompt, system_1, system_2, num_clips, duration):
@@ -675,6 +824,26 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
         message = studio.rate(token, quality, diversity, _session(request))
         return message, "", studio.results_table()
 
+
+    def new_pair_ui(prompt, system_1, system_2, num_clips, duration):
+        """New pair from the UI: votes cleared and open again; a refusal is a message, the old pair stays."""
+        try:
+            out = new_pair.__wrapped__(prompt, system_1, system_2, num_clips, duration)
+        except (ValueError, CheckpointError) as e:
+            return [gr.skip()] * (len(pair_outputs) - 1) + [f"⚠️ {e}"]
+        open_vote = gr.update(value=None, interactive=True)
+        return out[:-1] + [open_vote, open_vote, gr.update(interactive=True), out[-1]]
+
+    def rate_ui(token, quality, diversity, request: gr.Request):
+        """Submit from the UI: the votes close after one submit, so the pair cannot be rated twice; a refusal is a
+        message and the Results table stays as it was."""
+        try:
+            message = studio.rate(token, quality, diversity, _session(request))
+        except ValueError as e:
+            return [f"⚠️ {e}"] + [gr.skip()] * 5
+        closed = gr.update(interactive=False)
+        return [message + " Press **Next pair** for another.", "", studio.results_table(), closed, closed, closed]
+
     @readable
     def export():
         return studio.export_ratings()
@@ -682,58 +851,88 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
     # Gradio's copies of served files are deleted once `file_lifetime` old (checked every sixth of it), and at restart
     lifetime = max(_whole("file lifetime", file_lifetime), 6)
     with gr.Blocks(title="Diversity-rewarded CFG distillation", delete_cache=(lifetime // 6, lifetime)) as demo:
-        gr.Markdown("# Diversity-rewarded CFG distillation\nSteer between the quality model θ_q (λ = 0) and the "
-                    "diversity model θ_d (λ = 1); compare with the base model under classifier-free guidance.")
+        gr.Markdown("# Diversity-rewarded CFG distillation\nDescribe some music and get several takes at once. "
+                    "The slider goes from the safest takes (the quality model θ_q) to the most varied ones "
+                    "(the diversity model θ_d); tick the comparison to hear the original model with guidance "
+                    "(CFG) beside them. More under *About this app* at the bottom.")
         for line in studio.banner:
             gr.Markdown(f"> ⚠️ {line}")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=2):
                     prompt = gr.Textbox(label="Prompt", placeholder="e.g. calm piano with soft strings", lines=2,
-                                        elem_id="prompt")
+                                        elem_id="prompt", info=f"Describe the music (up to {MAX_PROMPT_CHARS} "
+                                                              "characters).")
+                    heard_panel = gr.Markdown(heard_markdown("") if studio.readable else "", elem_id="heard",
+                                              visible=studio.readable)
+                    with gr.Row(visible=studio.readable):
+                        use_nano = gr.Button("Use nano's wording", size="sm", elem_id="use-nano")
+                        own_words_btn = gr.Button("Back to my words", size="sm", elem_id="own-words")
                     gr.Examples(EXAMPLES, inputs=prompt)
                 with gr.Column():
-                    num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Clips", elem_id="clips")
-                    duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
-                    seed = gr.Textbox(label="Seed (blank = random)", value="", max_lines=1, elem_id="seed")
-                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (0 = greedy)")
+                    num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Takes", elem_id="clips",
+                                          info="How many clips to make at once.")
+                    duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Length (s)",
+                                         info=f"Up to {max_dur:g} s for this model, at {service.model.sample_rate} "
+                                              "samples per second.")
+                    with gr.Row():
+                        seed = gr.Textbox(label="Seed", value="", max_lines=1, elem_id="seed",
+                                          info="The seed of the last takes: copy it to make them again.")
+                        lock = gr.Checkbox(label="Lock seed", value=False, elem_id="lock-seed",
+                                           info="Off: every press makes new takes. On: the same seed again.")
+                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Adventurousness (temperature)",
+                                            info="Lower = safer, more repetitive; 0 = always the most likely note "
+                                                 "(then every take is the same).")
             with gr.Row():
-                mode = gr.Radio(studio.modes, value=studio.modes[0], label="Merge")
-                lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
-                                label="λ: quality (0) ↔ diversity (1)", elem_id="lambda")
+                mode = gr.Radio([(MODE_LABELS[m], m) for m in studio.modes], value=studio.modes[0],
+                                label="What the slider blends", elem_id="mode")
+                lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Safe ↔ varied (λ)", elem_id="lambda",
+                                info=LAMBDA_HELP[studio.modes[0]])
                 with gr.Column(min_width=160):
                     presets = [gr.Button(name, size="sm") for name in PRESETS]
             merge_info = gr.Markdown(elem_id="merge-info")
-            with gr.Row():
-                compare = gr.Checkbox(label="Compare with the base model + CFG", value=False, elem_id="compare")
-                teacher = studio.teacher
-                guidance = gr.Slider(1.0, 10.0, value=teacher.guidance, step=0.25, label="CFG γ")
-                negative = gr.Textbox(label="Negative prompt (blank = unconditional)", value=teacher.negative)
+            compare = gr.Checkbox(label="Also play the original model with guidance (CFG), side by side",
+                                  value=False, elem_id="compare",
+                                  info="The same prompt and seed through the base model with classifier-free "
+                                       "guidance, the slower method the trained models replace.")
+            teacher = studio.teacher
+            with gr.Row(visible=False) as cfg_row:
+                guidance = gr.Slider(1.0, 10.0, value=teacher.guidance, step=0.25, label="Guidance strength (CFG γ)",
+                                     info="1 = no guidance; higher follows the prompt harder.")
+                negative = gr.Textbox(label="Steer away from (negative prompt; blank = unconditional)",
+                                      value=teacher.negative)
                 plausibility = gr.Slider(0.0, 0.5, value=teacher.plausibility, step=0.01,
                                          label="Plausibility mask α (0 = the paper's CFG)",
                                          info="Our addition: CFG may only choose among notes the model itself finds "
                                               "at least α times as likely as its favourite, so guidance cannot "
                                               "push notes off the beat. Defaults: the teacher chosen by measurement.")
             with gr.Row():
-                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                go = gr.Button("Generate new takes", variant="primary", elem_id="generate")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            message = gr.Markdown(elem_id="message")
             info = gr.Markdown(elem_id="info")
             with gr.Row():
                 with gr.Column():
-                    gr.Markdown("### Merged model")
-                    merged_audio = [gr.Audio(label=f"Clip {i + 1}", visible=False, type="filepath",
+                    gr.Markdown("### Trained model (the slider's blend)")
+                    merged_audio = [gr.Audio(label=f"Take {i + 1}", visible=False, type="filepath",
                                              elem_classes="merged-clip") for i in range(MAX_CLIPS)]
-                with gr.Column():
-                    gr.Markdown("### Base model + CFG")
-                    base_audio = [gr.Audio(label=f"Clip {i + 1}", visible=False, type="filepath",
+                with gr.Column(visible=False) as base_col:
+                    gr.Markdown("### Original model + guidance (CFG)")
+                    base_audio = [gr.Audio(label=f"Take {i + 1}", visible=False, type="filepath",
                                            elem_classes="base-clip") for i in range(MAX_CLIPS)]
-            with gr.Row():
-                heat_merged = gr.Image(label="Pairwise diversity, merged", type="pil", show_label=True)
-                heat_base = gr.Image(label="Pairwise diversity, base + CFG", type="pil")
+            played_panel = gr.Markdown(elem_id="played")
             scores = gr.Markdown(elem_id="scores")
-            qd = gr.Image(label="Quality vs diversity", type="pil",
-                          value=qd_figure(studio.fronts, None, studio.fronts_exact))
-            files = gr.File(label="Download WAVs (prompt, seed, λ or γ in the names)", file_count="multiple")
+            with gr.Accordion("How different are the takes? (pairwise diversity heatmaps)", open=False):
+                with gr.Row():
+                    heat_merged = gr.Image(label="Trained model: 0 = identical, 1 = unrelated (r_D)", type="pil")
+                    heat_base = gr.Image(label="Original + CFG (r_D)", type="pil", visible=False)
+            with gr.Accordion("Quality vs diversity, against the measured fronts", open=False):
+                qd = gr.Image(label="Quality vs diversity", type="pil",
+                              value=qd_figure(studio.fronts, None, studio.fronts_exact))
+            files = gr.File(label="Download: all takes as one ZIP, and each WAV (prompt, seed, λ or γ in the names)",
+                            file_count="multiple", elem_id="files")
+            with gr.Accordion("About this app", open=False):
+                gr.Markdown(ABOUT)
         with gr.Tab("Blind A/B"):
             gr.Markdown("Two sets of clips for one prompt from two systems, in a hidden random order. "
                         "Which set sounds better? Which set is more diverse?")
@@ -744,7 +943,9 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                 system_2 = gr.Dropdown(systems, value="merged λ=0.5", label="System 2")
                 pair_clips = gr.Slider(1, MAX_PAIR_CLIPS, value=2, step=1, label="Clips per set")
                 pair_duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)")
-            make_pair = gr.Button("New pair", variant="primary", elem_id="new-pair")
+            with gr.Row():
+                make_pair = gr.Button("New pair", variant="primary", elem_id="new-pair")
+                next_pair = gr.Button("Next pair (same settings)", elem_id="next-pair")
             token = gr.Textbox(visible=False)
             with gr.Row():
                 with gr.Column():
@@ -756,10 +957,12 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
             with gr.Row():
                 vote_q = gr.Radio(list(VOTES), label="Better quality", elem_id="vote-quality")
                 vote_d = gr.Radio(list(VOTES), label="More diverse", elem_id="vote-diversity")
-            submit = gr.Button("Submit rating", elem_id="submit-rating")
+            submit = gr.Button("Submit rating", elem_id="submit-rating", interactive=False)
             reveal = gr.Markdown(elem_id="reveal")
+            api_pair, api_rate = gr.Button(visible=False), gr.Button(visible=False)  # the API's endpoints
         with gr.Tab("Results"):
-            gr.Markdown("Win rate = (W + T/2) / (W + L + T) over blind ratings, with a 95 % confidence interval.")
+            gr.Markdown("One row per pair of systems and aspect: the first system's wins, losses and ties against the "
+                        "second, and its win rate (W + T/2) / (W + L + T), 0 to 1, with a 95 % confidence interval.")
             table = gr.Dataframe(headers=TABLE_HEADERS, value=studio.results_table(), interactive=False,
                                  elem_id="results")
             with gr.Row():
@@ -768,19 +971,38 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
             export_file = gr.File(label="ratings.csv")
 
         inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative, plausibility]
-        outputs = merged_audio + base_audio + [info, scores, heat_merged, heat_base, qd, files, seed]
+        outputs = (merged_audio + base_audio + [info, scores, heat_merged, heat_base, qd, files, seed, played_panel,
+                                                message])
         # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit
         models = dict(preprocess=False, concurrency_id="models", concurrency_limit=studio.concurrency)
-        gen_event = go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
-        stop_btn.click(stop, None, info, cancels=[gen_event], api_name="stop", queue=False)
-        lam.release(merge, inputs=[mode, lam], outputs=merge_info, api_name="merge", preprocess=False)
-        mode.change(merge, inputs=[mode, lam], outputs=merge_info, api_name=False)
+        api_go = gr.Button(visible=False)  # /generate: the seed as sent, errors as errors (the button uses generate_ui)
+        api_event = api_go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
+        ui_inputs = inputs[:4] + [lock] + inputs[4:]
+        gen_event = go.click(generate_ui, inputs=ui_inputs, outputs=outputs, api_name=False, trigger_mode="always_last",
+                             **models)
+        stop_btn.click(stop, None, message, cancels=[gen_event, api_event], api_name="stop", queue=False)
+        # λ: typed, dragged or set by a preset, the weights re-merge (the last value wins)
+        lam.change(merge, inputs=[mode, lam], outputs=merge_info, api_name="merge", preprocess=False,
+                   trigger_mode="always_last")
+        mode.change(mode_changed, mode, lam, api_name=False, queue=False).then(
+            merge, inputs=[mode, lam], outputs=merge_info, api_name=False)
         for button, value in zip(presets, PRESETS.values(), strict=True):
-            button.click(lambda v=value: v, None, lam, api_name=False).then(merge, [mode, lam],
-                                                                            merge_info, api_name=False)
-        make_pair.click(new_pair, [pair_prompt, system_1, system_2, pair_clips, pair_duration],
-                        [token] + set_a + set_b + [reveal], api_name="new_pair", **models)
-        submit.click(rate, [token, vote_q, vote_d], [reveal, token, table], api_name="rate", preprocess=False)
+            button.click(lambda v=value: v, None, lam, api_name=False, queue=False)
+        compare.change(compare_changed, compare, [cfg_row, base_col, heat_base], api_name=False, queue=False)
+        prompt.change(heard_markdown, prompt, heard_panel, api_name=False, queue=False)
+        own_words = gr.State("")
+        use_nano.click(lambda p: (hear(p or "").rewritten() or p, p), prompt, [prompt, own_words], api_name=False,
+                       queue=False)
+        own_words_btn.click(lambda own, p: own or p, [own_words, prompt], prompt, api_name=False, queue=False)
+
+        pair_inputs = [pair_prompt, system_1, system_2, pair_clips, pair_duration]
+        pair_outputs = [token] + set_a + set_b + [vote_q, vote_d, submit, reveal]
+        api_pair.click(new_pair, pair_inputs, [token] + set_a + set_b + [reveal], api_name="new_pair", **models)
+        for button in (make_pair, next_pair):
+            button.click(new_pair_ui, pair_inputs, pair_outputs, api_name=False, **models)
+        api_rate.click(rate, [token, vote_q, vote_d], [reveal, token, table], api_name="rate", preprocess=False)
+        submit.click(rate_ui, [token, vote_q, vote_d], [reveal, token, table, vote_q, vote_d, submit], api_name=False,
+                     preprocess=False)
         refresh.click(studio.results_table, None, table, api_name="results")
         export_btn.click(export, None, export_file, api_name="export_ratings")
     _strict_arity(demo, gr.Error)
@@ -881,12 +1103,26 @@ def make_studio(args: argparse.Namespace) -> Studio:
                   concurrency=args.concurrency, keep_outputs=args.keep_outputs)
 
 
+def private_gradio_cache() -> Path | None:
+    """Give Gradio a cache folder of this process's own (removed at exit) unless GRADIO_TEMP_DIR names one; returns
+    it (None when the user chose the folder: it may be shared, so only Gradio's own cleanup touches it)."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return None
+    folder = tempfile.mkdtemp(prefix="cfg-distill-served-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = folder  # read by Gradio when it caches a file
+    return Path(folder)
+
+
 def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     LOG.setLevel(logging.INFO)
     args = parse_args(argv)
+    cache = private_gradio_cache()
     studio = make_studio(args)
     demo = build_ui(studio, args.file_lifetime)
+    if cache is not None:
+        Janitor(cache, args.file_lifetime).start()
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,

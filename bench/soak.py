@@ -3,13 +3,14 @@
     python -m bench.soak                        # 600 generations, 600 sessions, 4 client threads (~4 minutes)
     python -m bench.soak --generations 2000 --file-lifetime 120
 
-Starts `app.py` (shipped nano weights) in a private temporary folder (its TMPDIR and GRADIO_TEMP_DIR), sends
+Starts `app.py` (shipped nano weights) with a private temporary folder as its TMPDIR, sends
 generations of one short clip, each from a new session (as 600 browser tabs would), with a Stop call from every
 fifth session, and every `--every` generations records the server's resident memory (RSS) and the bytes on disk in
-its temporary folder (Gradio's copies of served files plus the app's own WAV folders). The bounds that should hold:
-Gradio keeps state for at most MAX_SESSIONS sessions (app.py), the app keeps at most --keep-outputs WAV folders,
-and Gradio deletes served files once --file-lifetime seconds old. So after the first lifetime both curves should
-flatten: the report compares the growth in the last third of the run with the first third.
+its temporary folder (Gradio's copies of served files, in the app's private cache folder, plus the app's own WAV
+folders). The bounds that should hold: Gradio keeps state for at most MAX_SESSIONS sessions (app.py), the app keeps
+at most --keep-outputs WAV folders, and the app's janitor deletes served files once --file-lifetime seconds old.
+So after the first lifetime both curves should flatten:
+the report compares the growth in the last third of the run with the first third.
 Writes bench/results/soak.json.
 """
 
@@ -67,8 +68,13 @@ def disk_bytes(folder: Path) -> int:
     return total
 
 
+def _mb(folders) -> float:
+    return round(sum(disk_bytes(p) for p in folders) / 2**20, 2)
+
+
 def start(tmp: Path, port: int, lifetime: int) -> subprocess.Popen:
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp), GRADIO_TEMP_DIR=str(tmp / "gradio"))
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}  # the app's own private cache folder
+    env |= dict(GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp))
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--ratings-db", str(tmp / "r.sqlite"),
                              "--file-lifetime", str(lifetime)], cwd=ROOT, env=env,
                             stdout=open(tmp / "app.log", "w"), stderr=subprocess.STDOUT)
@@ -97,7 +103,10 @@ def soak(args) -> dict:
                     failures += sum(not ok for ok in pool.map(lambda i: generate(api, i), batch))
                     samples.append(dict(generations=batch[-1] + 1, seconds=round(time.time() - t0, 1),
                                         rss_mb=round(server.memory_info().rss / 2**20, 1),
-                                        disk_mb=round(disk_bytes(tmp) / 2**20, 2)))
+                                        disk_mb=round(disk_bytes(tmp) / 2**20, 2),
+                                        gradio_cache_mb=_mb(tmp.glob("cfg-distill-served-*")),
+                                        app_outputs_mb=_mb(p for p in tmp.glob("cfg-distill-*")
+                                                           if not p.name.startswith("cfg-distill-served-"))))
                     print(samples[-1], flush=True)
         finally:
             proc.terminate()
@@ -122,7 +131,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = p.parse_args(argv)
     result = soak(args)
-    for key in ("rss_mb", "disk_mb"):
+    for key in ("rss_mb", "disk_mb", "gradio_cache_mb", "app_outputs_mb"):
         early, late = growth(result["samples"], key)
         result[f"{key}_growth_first_third"], result[f"{key}_growth_last_third"] = round(early, 2), round(late, 2)
         print(f"{key}: +{early:.1f} over the first third of the run, +{late:.1f} over the last third")

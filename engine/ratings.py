@@ -135,9 +135,10 @@ class RatingStore:
         return [PairResult(s, o, asp, *c) for (s, o, asp), c in sorted(counts.items())]
 
     def table(self) -> list[list]:
-        """Rows for display: system, opponent, aspect, W, L, T, win rate, CI low, CI high."""
+        """Rows for display, one per unordered pair of systems and aspect (the mirror row says the same):
+        system, opponent, aspect, W, L, T, win rate, CI low, CI high."""
         return [[r.system, r.opponent, r.aspect, r.wins, r.losses, r.ties, round(r.win_rate, 3),
-                 round(r.ci95[0], 3), round(r.ci95[1], 3)] for r in self.results()]
+                 round(r.ci95[0], 3), round(r.ci95[1], 3)] for r in self.results() if r.system < r.opponent]
 
     def rater(self, session: str | None) -> str:
         """The exported stand-in for a session: a salted hash ('' for none)."""

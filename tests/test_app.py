@@ -2,6 +2,7 @@
 import os
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -51,11 +52,15 @@ def test_generate_clips_scores_and_wavs(studio):
     assert r.merged.audio.shape[0] == 3 and r.base is None and r.merged.seed == 7
     s = r.scores["merged"]
     assert s.diversity.shape == (3, 3) and s.quality.shape == (3,)
-    assert len(r.files) == 3 and all("seed7_lam0.50_clip" in f and f.startswith(str(studio.out_dir)) for f in r.files)
-    audio, sr = sf.read(r.files[0])
+    archive, *wavs = r.files  # one ZIP of all takes first, then each WAV
+    assert len(wavs) == 3 and all("seed7_lam0.50_clip" in f and f.startswith(str(studio.out_dir)) for f in wavs)
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == sorted(os.path.basename(f) for f in wavs)
+    audio, sr = sf.read(wavs[0])
     assert sr == r.merged.sample_rate and len(audio) == r.merged.audio.shape[1]
-    with sf.SoundFile(r.files[0]) as f:
-        assert "seed=7" in f.comment and f.title == "rock song"
+    with sf.SoundFile(wavs[0]) as f:  # no CFG settings on a clip made without CFG; nano's tempo and key
+        assert "seed=7" in f.comment and f.title == "rock song" and "guidance" not in f.comment
+        assert "tempo=" in f.comment and "key=" in f.comment
     assert "Seed 7" in app.summary_markdown(r) and "mean diversity" in app.scores_markdown(r)
     heat, none = app.heatmaps(r)
     assert heat.size[0] > 100 and none is None
@@ -78,7 +83,7 @@ def test_seed_as_text_blank_or_number(studio):
 def test_compare_with_cfg_uses_the_same_seed(studio):
     r = run(studio, compare=True, seed=None)
     assert r.base is not None and r.base.seed == r.merged.seed and r.base.request.guidance == 3.0
-    assert len(r.files) == 6 and any("_cfg3_clip" in f for f in r.files)
+    assert len(r.files) == 7 and any("_cfg3_clip" in f for f in r.files)  # a ZIP and 3 + 3 WAVs
     assert "CFG costs" in app.summary_markdown(r) and set(r.scores) == {"merged", "base"}
 
 
@@ -293,3 +298,19 @@ def test_teacher_file_sets_the_cfg_default_and_the_ab_systems(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a teacher file"):
         app.load_teacher(tmp_path / "bad.json")
+
+
+def test_the_janitor_deletes_served_files_once_old_and_keeps_the_pages_own(tmp_path):
+    own = tmp_path / "page" / "plot.webp"  # made while the UI was built
+    own.parent.mkdir()
+    own.write_bytes(b"x")
+    janitor = app.Janitor(tmp_path, lifetime=60, started=time.time() + 1)
+    time.sleep(1.1)
+    old, new = tmp_path / "a1" / "clip.wav", tmp_path / "b2" / "clip.wav"
+    for f in (old, new):
+        f.parent.mkdir()
+        f.write_bytes(b"x")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert janitor.sweep() == 1
+    assert not old.exists() and not old.parent.exists() and new.exists() and own.exists()
+    assert janitor.sweep(now=time.time() + 61) == 1 and not new.exists() and own.exists()

@@ -57,38 +57,71 @@ def test_browser_generate_compare_and_rate(server):
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 2200})
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(server)
-        page.locator("#prompt textarea").fill("calm piano with soft strings")
+        seed_box = page.locator("#seed textarea, #seed input").first
+
+        # what nano hears, as the prompt is typed; its own wording one click away, the user's words one more
+        page.locator("#prompt textarea").fill("workout playlist, high energy, 130 bpm")
+        expect(page.locator("#heard")).to_contain_text("130 bpm → 120 BPM", timeout=30_000)
+        page.locator("#use-nano").click()
+        expect(page.locator("#prompt textarea")).to_have_value("120 BPM fast energetic techno, drums", timeout=30_000)
+        page.locator("#own-words").click()
+        expect(page.locator("#prompt textarea")).to_have_value("workout playlist, high energy, 130 bpm")
+
+        # takes: every press new ones (seed unlocked), the same again once locked
         page.locator("#clips input[type=number]").fill("3")
         page.locator("#clips input[type=number]").press("Enter")
+        seeds = []
+        for _ in range(2):
+            page.locator("#generate").click()
+            expect(seed_box).not_to_have_value(seeds[-1] if seeds else "", timeout=120_000)
+            expect(page.locator(".merged-clip:visible")).to_have_count(3, timeout=120_000)
+            seeds.append(seed_box.input_value())
+        assert seeds[0].isdigit() and seeds[1].isdigit() and seeds[0] != seeds[1]
+        expect(page.locator("#played")).to_contain_text("What each clip played")
+        page.locator("#lock-seed input[type=checkbox]").check()
+        before = page.locator("#info").inner_text()  # the same seed: only the timings tell the new takes apart
         page.locator("#generate").click()
-        expect(page.locator("#info")).to_contain_text("Seed", timeout=120_000)
-        expect(page.locator(".merged-clip:visible")).to_have_count(3)
-        seed = page.locator("#seed textarea, #seed input").first.input_value()
-        assert seed.isdigit() and f"Seed {seed}" in page.locator("#info").inner_text()  # blank seed: drawn and shown
-        expect(page.locator(".base-clip:visible")).to_have_count(0)
+        expect(page.locator("#info")).not_to_have_text(before, timeout=120_000)
+        expect(page.locator("#files")).to_contain_text(f"seed{seeds[1]}_")
+        assert seed_box.input_value() == seeds[1]
 
-        page.locator("#lambda input[type=range]").fill("0.8")  # moving λ re-merges on release
-        page.locator("#lambda input[type=range]").dispatch_event("pointerup")
-        expect(page.locator("#merge-info")).to_contain_text("λ", timeout=60_000)
+        # a refused prompt leaves the takes in place, with the reason beside them
+        page.locator("#prompt textarea").fill("x" * 600)
+        page.locator("#generate").click()
+        expect(page.locator("#message")).to_contain_text("the limit is 500", timeout=60_000)
+        expect(page.locator(".merged-clip:visible")).to_have_count(3)
+        page.locator("#prompt textarea").fill("calm piano with soft strings")
+
+        # λ typed into its number box re-merges
+        page.locator("#lambda input[type=number]").fill("0.8")
+        page.locator("#lambda input[type=number]").press("Enter")
+        expect(page.locator("#merge-info")).to_contain_text("λ = 0.80", timeout=60_000)
 
         page.locator("#compare input[type=checkbox]").check()
         page.locator("#generate").click()
         expect(page.locator("#info")).to_contain_text("CFG costs", timeout=120_000)
         expect(page.locator(".base-clip:visible")).to_have_count(3)
         page.screenshot(path=str(artifacts / "e2e-generate.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "generate-1440x900.png"))
 
+        # blind A/B: vote, reveal, next pair, vote again; the Results table survives every step
         page.get_by_role("tab", name="Blind A/B").click()
-        page.locator("#new-pair").click()
-        expect(page.locator("#reveal")).to_contain_text("Listen to both sets", timeout=120_000)
-        page.locator("#vote-quality").get_by_text("A", exact=True).click()
-        page.locator("#vote-diversity").get_by_text("tie", exact=True).click()
-        page.locator("#submit-rating").click()
-        expect(page.locator("#reveal")).to_contain_text("A was", timeout=60_000)
+        for round_ in range(2):
+            page.locator("#new-pair" if round_ == 0 else "#next-pair").click()
+            expect(page.locator("#reveal")).to_contain_text("Listen to both sets", timeout=120_000)
+            page.locator("#vote-quality").get_by_text("A", exact=True).click()
+            page.locator("#vote-diversity").get_by_text("tie", exact=True).click()
+            page.locator("#submit-rating").click()
+            expect(page.locator("#reveal")).to_contain_text("A was", timeout=60_000)
+            expect(page.locator("#submit-rating")).to_be_disabled()  # no second submit of the same pair
+        page.screenshot(path=str(artifacts / "ab-1440x900.png"))
         page.get_by_role("tab", name="Results").click()
         expect(page.locator("#results")).to_contain_text("quality", timeout=30_000)
+        assert "Error" not in page.locator("#results").inner_text()
         page.screenshot(path=str(artifacts / "e2e-results.png"), full_page=True)
+        page.screenshot(path=str(artifacts / "results-1440x900.png"))
         browser.close()
 
 
