@@ -34,7 +34,7 @@ import torch
 
 from engine import decoder, exact, kernels
 from engine.checkpoint import CheckpointError, is_signed
-from engine.figures import diversity_heatmap, load_fronts, quality_diversity_plot
+from engine.figures import diversity_heatmap, load_front_settings, load_fronts, quality_diversity_plot
 from engine.generate import GenerationCancelled
 from engine.heard import KIT_NAMES, hear, played
 from engine.merge import Blend
@@ -291,10 +291,11 @@ class Studio:
     def __init__(self, service: MusicService, scorers: Scorers | None = None, ratings: RatingStore | None = None,
                  fronts: dict | None = None, banner: list[str] | None = None, out_dir: str | Path | None = None,
                  soup: list[str] | None = None, fronts_exact: dict | None = None, teacher: CfgSetting = PAPER_CFG,
-                 concurrency: int = 2, keep_outputs: int = MAX_OUTPUT_FOLDERS):
+                 concurrency: int = 2, keep_outputs: int = MAX_OUTPUT_FOLDERS, measured: dict | None = None):
         self.service, self.scorers, self.ratings = service, scorers or Scorers(), ratings
         self.fronts, self.fronts_exact, self.banner = fronts or {}, fronts_exact or {}, banner or []
         self.teacher = teacher
+        self.measured = measured or {}  # how the fronts were measured (prompts, clips, seconds)
         self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
         self.soup = ["q", "d", *(soup or [])]
         if out_dir is None:  # a folder of this process's own, removed when it exits
@@ -692,23 +693,39 @@ def heatmaps(result: Result) -> list:
     return out
 
 
-def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | None = None):
-    """The precomputed fronts and this result's sets on the quality–diversity plane (None if nothing to show): on
-    nano's exact axes when the fronts and the clips have them, else on the learned scores'."""
+def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | None = None,
+              measured: dict | None = None):
+    """The takes on the quality–diversity plane, compared like with like: the precomputed fronts (`measured`: their
+    prompts, takes and seconds) are drawn with a set only when it has as many takes of the same length; otherwise
+    the set is shown with its own reference (the original model with CFG on the same prompt and seed, when
+    comparing). On nano's exact axes when the clips have them, else on the learned scores'. None if nothing to show."""
+    measured = measured or {}
     points, exact_axes = {}, bool(fronts_exact) and (result is None or bool(result.exact))
     if result is not None:
         for key, title in (("merged", result.label), ("base", result.base_label)):
             s, e = result.scores.get(key), result.exact.get(key)
             if exact_axes and e is not None and e.mean_quality is not None:
-                points[f"{title} (now)"] = (e.diversity, e.mean_quality)
+                points[f"{title} (this prompt)"] = (e.diversity, e.mean_quality)
             elif not exact_axes and s is not None and s.mean_diversity is not None and s.quality is not None:
-                points[f"{title} (now)"] = (s.mean_diversity, s.mean_quality)
+                points[f"{title} (this prompt)"] = (s.mean_diversity, s.mean_quality)
     shown = fronts_exact if exact_axes else fronts
+    where = (f"fronts: means over {measured['prompts']} test prompts, {measured['clips']} takes x "
+             f"{measured['seconds']:g} s" if {"prompts", "clips", "seconds"} <= set(measured) else "fronts: measured")
+    note = where
+    if result is not None and shown:
+        same = (measured.get("clips") == result.merged.audio.shape[0]
+                and abs(float(measured.get("seconds", -1)) - result.merged.duration_s) < 0.05)
+        if not same:
+            shown = {}
+            note = (f"fronts hidden: they were measured with {measured.get('clips', '?')} takes of "
+                    f"{measured.get('seconds', '?')} s; make that many to see them")
+        else:
+            note = where + "; one prompt's point can sit far from them (prompts differ)"
     if not shown and not points:
         return None
-    title = "exact quality (0-6) vs exact diversity" if exact_axes else "quality vs diversity"
-    xlabel = "exact diversity (mean event distance)" if exact_axes else "diversity (mean r_D)"
-    return quality_diversity_plot(shown, points, title=title, xlabel=xlabel)
+    title = "exact quality (0-6) vs exact diversity (0-1)" if exact_axes else "quality vs diversity"
+    xlabel = "exact diversity (share of differing notes)" if exact_axes else "diversity (mean r_D)"
+    return quality_diversity_plot(shown, points, title=title, xlabel=xlabel, note=note)
 
 
 # ---------------------------------------------------------------------- UI
@@ -765,7 +782,7 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
         heat_m, heat_b = heatmaps(r)
         return (audio_updates(r.merged, merged_files, MAX_CLIPS) + audio_updates(r.base, base_files, MAX_CLIPS)
                 + [summary_markdown(r), scores_markdown(r), heat_m, heat_b,
-                   qd_figure(studio.fronts, r, studio.fronts_exact), r.files, str(r.merged.seed),
+                   qd_figure(studio.fronts, r, studio.fronts_exact, studio.measured), r.files, str(r.merged.seed),
                    played_markdown(r) if studio.readable else "", ""])
 
     @readable
@@ -928,7 +945,7 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                     heat_base = gr.Image(label="Original + CFG (r_D)", type="pil", visible=False)
             with gr.Accordion("Quality vs diversity, against the measured fronts", open=False):
                 qd = gr.Image(label="Quality vs diversity", type="pil",
-                              value=qd_figure(studio.fronts, None, studio.fronts_exact))
+                              value=qd_figure(studio.fronts, None, studio.fronts_exact, studio.measured))
             files = gr.File(label="Download: all takes as one ZIP, and each WAV (prompt, seed, λ or γ in the names)",
                             file_count="multiple", elem_id="files")
             with gr.Accordion("About this app", open=False):
@@ -1100,7 +1117,8 @@ def make_studio(args: argparse.Namespace) -> Studio:
     fronts_exact = load_fronts(args.fronts, "fronts_exact") if args.fronts else {}
     teacher = load_teacher(args.teacher or (_shipped("eval/teacher_sweep/teacher.json") if shipped_nano else None))
     return Studio(service, scorers, ratings, fronts, banner, soup=soup, fronts_exact=fronts_exact, teacher=teacher,
-                  concurrency=args.concurrency, keep_outputs=args.keep_outputs)
+                  concurrency=args.concurrency, keep_outputs=args.keep_outputs,
+                  measured=load_front_settings(args.fronts) if args.fronts else {})
 
 
 def private_gradio_cache() -> Path | None:

@@ -15,7 +15,7 @@ PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 _ASCII = str.maketrans({"γ": "gamma ", "α": "alpha ", "θ": "theta", "λ": "lambda", "β": "beta",
-                        "↑": "^", "■": "#", "—": "-",
+                        "↑": "^", "■": "#", "—": "-", "↔": "<->", "→": "->", "✓": "ok", "✗": "x",
                         "·": "*", "≥": ">=", "≤": "<=", "×": "x", "±": "+-"})
 
 
@@ -55,32 +55,56 @@ def diversity_heatmap(matrix, title: str = "", vmax: float | None = None, cell: 
     return img
 
 
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 × 10^k apart) covering [lo, hi]."""
+    span = (hi - lo) or 1.0
+    raw = span / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= 0.7 * raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def _tick_label(v: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step))) + (1 if round(step / 10 ** math.floor(math.log10(step)), 3)
+                                                         == 2.5 else 0)
+    return f"{v:.{decimals}f}"
+
+
 def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]],
-                           size: tuple[int, int] = (640, 420), title: str = "quality vs diversity",
-                           xlabel: str = "diversity (mean r_D)") -> Image.Image:
-    """Fronts (name → [(diversity, quality), ...], drawn as lines) and points (name → (diversity, quality), markers)."""
+                           size: tuple[int, int] = (720, 420), title: str = "quality vs diversity",
+                           xlabel: str = "diversity (mean r_D)", note: str = "") -> Image.Image:
+    """Fronts (name → [(diversity, quality), ...], drawn as lines) and points (name → (diversity, quality), markers),
+    on round ticks, with the legend under the plot (as tall as it needs) and an optional note under the title."""
     W, H = size
-    left, right, top, bottom = 60, 170, 28, 44
-    img = Image.new("RGB", size, "white")
+    left, right, top, bottom = 60, 20, 40 if note else 28, 44
+    names = [f"- {n}" for n in fronts] + [f"# {n}" for n in points]
+    img = Image.new("RGB", (W, H + 16 * len(names) + 8), "white")
     d = ImageDraw.Draw(img)
     xy = [p for f in fronts.values() for p in f] + list(points.values())
     if not xy:
         _text(d, (W // 3, H // 2), "no points yet", fill="black")
         return img
     xs, ys = [p[0] for p in xy], [p[1] for p in xy]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    dx, dy = (x1 - x0) or 1.0, (y1 - y0) or 1.0
-    x0, x1, y0, y1 = x0 - 0.08 * dx, x1 + 0.08 * dx, y0 - 0.08 * dy, y1 + 0.08 * dy
+    dx, dy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    x0, x1, y0, y1 = min(xs) - 0.08 * dx, max(xs) + 0.08 * dx, min(ys) - 0.08 * dy, max(ys) + 0.08 * dy
     sx = lambda v: left + (v - x0) / (x1 - x0) * (W - left - right)
     sy = lambda v: H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom)
     d.rectangle([left, top, W - right, H - bottom], outline="black")
-    for i in range(5):
-        xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
-        _text(d, (sx(xv) - 12, H - bottom + 6), f"{xv:.3g}", fill="black")
-        _text(d, (6, sy(yv) - 6), f"{yv:.3g}", fill="black")
-    _text(d, (left + (W - left - right) // 2 - 30, H - 18), xlabel, fill="black")
+    for ticks, axis in ((nice_ticks(x0, x1), "x"), (nice_ticks(y0, y1), "y")):
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+        for v in ticks:
+            if axis == "x":
+                d.line([(sx(v), H - bottom), (sx(v), H - bottom + 4)], fill="black")
+                _text(d, (sx(v) - 10, H - bottom + 6), _tick_label(v, step), fill="black")
+            else:
+                d.line([(left - 4, sy(v)), (left, sy(v))], fill="black")
+                _text(d, (6, sy(v) - 6), _tick_label(v, step), fill="black")
+    _text(d, (left + (W - left - right) // 2 - 60, H - 18), xlabel, fill="black")
     _text(d, (left, 8), title + "  (↑ quality)", fill="black")
-    legend = 0
+    if note:
+        _text(d, (left, 22), note, fill=(90, 90, 90))
+    legend = H + 4
     for k, (name, front) in enumerate(fronts.items()):
         color = PALETTE[k % len(PALETTE)]
         pts = list(front)  # in the order of the swept parameter (γ, T, λ), not sorted by diversity
@@ -88,14 +112,23 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
             d.line([(sx(x), sy(y)) for x, y in pts], fill=color, width=2)
         for x, y in pts:
             d.ellipse([sx(x) - 2, sy(y) - 2, sx(x) + 2, sy(y) + 2], fill=color)
-        _text(d, (W - right + 10, top + 14 * legend), f"— {name}", fill=color)
-        legend += 1
+        _text(d, (left, legend), f"— {name}", fill=color)
+        legend += 16
     for k, (name, (x, y)) in enumerate(points.items()):
         color = PALETTE[(k + len(fronts)) % len(PALETTE)]
         d.rectangle([sx(x) - 5, sy(y) - 5, sx(x) + 5, sy(y) + 5], outline="black", fill=color)
-        _text(d, (W - right + 10, top + 14 * legend), f"■ {name}", fill=color)
-        legend += 1
+        _text(d, (left, legend), f"■ {name}", fill=color)
+        legend += 16
     return img
+
+
+def load_front_settings(path: str | Path) -> dict:
+    """How the fronts were measured ({"prompts", "clips", "seconds"}; {} if the file does not say)."""
+    path = Path(path)
+    try:
+        return dict(json.loads(path.read_text()).get("settings") or {}) if path.exists() else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def load_fronts(path: str | Path, key: str = "fronts") -> dict[str, list[tuple[float, float]]]:

@@ -314,3 +314,15 @@ def test_the_janitor_deletes_served_files_once_old_and_keeps_the_pages_own(tmp_p
     assert janitor.sweep() == 1
     assert not old.exists() and not old.parent.exists() and new.exists() and own.exists()
     assert janitor.sweep(now=time.time() + 61) == 1 and not new.exists() and own.exists()
+
+
+def test_the_plot_compares_like_with_like(studio, monkeypatch):
+    r = run(studio, compare=True)  # 3 takes of 0.5 s
+    fronts = {"CFG": [(0.5, 3.0), (0.4, 4.0)]}
+    drawn = []
+    monkeypatch.setattr(app, "quality_diversity_plot", lambda shown, points, **kw: drawn.append((shown, points, kw)))
+    app.qd_figure(fronts, r, {}, dict(prompts=32, clips=4, seconds=4.0))  # measured otherwise: fronts hidden
+    shown, points, kw = drawn[-1]
+    assert shown == {} and len(points) == 2 and "fronts hidden" in kw["note"]  # this prompt: trained vs CFG
+    app.qd_figure(fronts, r, {}, dict(prompts=32, clips=3, seconds=0.5))
+    assert drawn[-1][0] == fronts and "32 test prompts" in drawn[-1][2]["note"]

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from engine.figures import _tick_label, nice_ticks
 from training.frontier import area_difference, bootstrap, dominated_area, overlap, pareto_front, spearman
 
 
@@ -38,3 +39,10 @@ def test_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 25, 40]) == pytest.approx(1)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
     assert np.isnan(spearman([1, 2, 3], [1, 1, 1]))
+
+
+def test_ticks_are_round_and_cover_the_range():
+    ticks = nice_ticks(-0.00354, 0.369)
+    assert ticks == [0.0, 0.1, 0.2, 0.3] and [_tick_label(t, 0.1) for t in ticks] == ["0.0", "0.1", "0.2", "0.3"]
+    assert nice_ticks(2.1, 4.6) == [2.5, 3.0, 3.5, 4.0, 4.5]
+    assert _tick_label(0.25, 0.25) == "0.25"
