@@ -36,7 +36,7 @@ from engine import decoder, exact, kernels
 from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import diversity_heatmap, load_front_settings, load_fronts, quality_diversity_plot
 from engine.generate import GenerationCancelled
-from engine.heard import KIT_NAMES, hear, played
+from engine.heard import KIT_NAMES, hear, played, world_markdown
 from engine.merge import Blend
 from engine.model import is_nano_folder
 from engine.ratings import TABLE_HEADERS, VOTES, RatingStore
@@ -583,7 +583,7 @@ def heard_markdown(prompt: str) -> str:
     """What nano can make of the prompt (`engine.heard`), for the panel under the prompt box."""
     h = hear(prompt or "")
     said = [f"genre **{h.genre}**" if h.genre else None, f"mood **{h.mood}**" if h.mood else None,
-            f"tempo **{h.bpm:g} BPM**" if h.bpm else (f"tempo **{h.tempo}**" if h.tempo else None),
+            f"tempo **{h.bpm:.3g} BPM**" if h.bpm else (f"tempo **{h.tempo}**" if h.tempo else None),
             "**no drums**" if h.drums is False else (f"drums (**{KIT_NAMES[h.kit]}**)" if h.kit else
                                                      "**drums**" if h.drums else None),
             ("instruments **" + ", ".join(h.instruments) + "**") if h.instruments else None,
@@ -680,7 +680,11 @@ def scores_markdown(result: Result) -> str:
     if not result.scores:
         return "\n".join(lines)
     omega = next(iter(result.scores.values())).omega
-    return "\n".join(lines) + f"\nquality = {omega:g}·adherence + audio quality"
+    return "\n".join(lines) + (f"\nLearned judges (stand-ins for what a real model would use): quality = {omega:g} · "
+                                f"adherence + audio quality, from −{omega:g} to {omega + 1:g}; adherence = how well "
+                                "the take matches the prompt's text (cosine, −1 … 1); audio quality = the chance "
+                                "that it has no wrong notes, timing slips or noise (0 … 1); diversity = mean r_D "
+                                "(0 = identical takes).")
 
 
 def heatmaps(result: Result) -> list:
@@ -950,6 +954,8 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                             file_count="multiple", elem_id="files")
             with gr.Accordion("About this app", open=False):
                 gr.Markdown(ABOUT)
+            with gr.Accordion("What nano knows (what a prompt can ask for)", open=False, visible=studio.readable):
+                gr.Markdown(world_markdown())
         with gr.Tab("Blind A/B"):
             gr.Markdown("Two sets of clips for one prompt from two systems, in a hidden random order. "
                         "Which set sounds better? Which set is more diverse?")

@@ -131,7 +131,7 @@ class Heard:
 
     def rewritten(self) -> str:
         """The prompt in nano's vocabulary (empty if nano understood nothing)."""
-        words = [w for w in (f"{self.bpm:g} BPM" if self.bpm else None,
+        words = [w for w in (f"{self.bpm:.3g} BPM" if self.bpm else None,
                              {"slow": "slow", "fast": "fast", "mid": "mid-tempo"}.get(self.tempo or ""),
                              self.mood, self.genre or ("piece" if self.instruments or self.mood else None)) if w]
         text = " ".join(words)
@@ -191,7 +191,7 @@ def _nano_words(heard: Heard, c: str, caption: str) -> None:
         asked = float(m.group(1))
         heard.bpm = min(NANO_BPMS, key=lambda b: abs(b - asked))
         if abs(heard.bpm - asked) >= 1:
-            heard.changed.append((m.group(0), f"{heard.bpm:g} BPM (nano's nearest tempo)"))
+            heard.changed.append((m.group(0), f"{heard.bpm:.3g} BPM (nano's nearest tempo)"))
         heard.tempo = tempo_class(heard.bpm)
     key = exact.KEY_NAME.search(caption)
     if key is not None:
@@ -227,6 +227,21 @@ def hear(prompt: str) -> Heard:
     heard.nothing_for = [w for w in NOTHING_FOR if _has(c, w)]
     _imply_from_genre(heard)
     return heard
+
+
+def world_markdown() -> str:
+    """The world nano knows, for the app and the README: what a prompt can ask for."""
+    genres = ", ".join(f"{name} ({', '.join(f'{TEMPOS[t]:.3g}' for t in sorted(g.tempos, reverse=True))} BPM"
+                       f"{'' if any(g.kits) else ', no drums'})" for name, g in GENRES.items())
+    moods = ", ".join(f"{name} ({', '.join(m['words'][1:3])})" for name, m in MOODS.items())
+    return "\n".join([
+        f"- **Genres** (and their tempi): {genres}.",
+        f"- **Moods** (and words for them): {moods}.",
+        f"- **Instruments**: {', '.join(exact.INSTRUMENT_WORDS)}; drums: {', '.join(KIT_NAMES.values())}.",
+        f"- **Tempi**: {', '.join(f'{b:.3g}' for b in NANO_BPMS)} BPM (a BPM in between goes to the nearest); fast = "
+        f"{exact.FAST_BPM:g} or more, slow = {exact.SLOW_BPM:g} or less.",
+        f"- **Keys**: {', '.join(KEYS)} in {', '.join(MODES)} (e.g. \"A dorian\").",
+        "- **Not at all**: voices, lyrics, sound effects; a piece that develops (nano plays seconds of one groove)."])
 
 
 # ---------------------------------------------------------------- what a clip played

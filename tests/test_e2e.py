@@ -104,6 +104,7 @@ def test_browser_generate_compare_and_rate(server):
         expect(page.locator("#info")).to_contain_text("CFG costs", timeout=120_000)
         expect(page.locator(".base-clip:visible")).to_have_count(3)
         page.screenshot(path=str(artifacts / "e2e-generate.png"), full_page=True)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(artifacts / "generate-1440x900.png"))
 
         # blind A/B: vote, reveal, next pair, vote again; the Results table survives every step
@@ -116,11 +117,13 @@ def test_browser_generate_compare_and_rate(server):
             page.locator("#submit-rating").click()
             expect(page.locator("#reveal")).to_contain_text("A was", timeout=60_000)
             expect(page.locator("#submit-rating")).to_be_disabled()  # no second submit of the same pair
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(artifacts / "ab-1440x900.png"))
         page.get_by_role("tab", name="Results").click()
         expect(page.locator("#results")).to_contain_text("quality", timeout=30_000)
         assert "Error" not in page.locator("#results").inner_text()
         page.screenshot(path=str(artifacts / "e2e-results.png"), full_page=True)
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(artifacts / "results-1440x900.png"))
         browser.close()
 

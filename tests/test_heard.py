@@ -1,7 +1,9 @@
 """What nano hears in a prompt and what a clip played (`engine.heard`), and the everyday-prompt check."""
+from pathlib import Path
+
 from test_exact import grid
 
-from engine.heard import hear, key_of, played
+from engine.heard import hear, key_of, played, world_markdown
 from training import heard_check
 
 
@@ -61,3 +63,8 @@ def test_the_everyday_check_counts_fields_and_lists_misses():
     text = heard_check.report(cases)
     assert text.startswith("4 of 5 expected fields right (80 %); 1 of 2 prompts with every field right (50 %).")
     assert "genre expected 'jazz', heard None" in text
+
+
+def test_the_readme_lists_the_world_nano_knows():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert world_markdown() in readme  # regenerate the README's list from engine.heard.world_markdown if this fails
