@@ -43,7 +43,7 @@ from transformers import (
 from bench.engine import bench_merge
 from engine.embedding import AudioEmbedder, EmbeddingConfig
 from engine.generate import SamplingParams, generate_codes
-from engine.model import from_composite, minilm_path
+from engine.model import from_composite, minilm_path, randomise_codebooks
 from training.distill import DistillConfig, Distiller
 
 PROMPTS = ["upbeat techno with a driving kick", "calm piano with soft strings", "jazz trio, walking bass",
@@ -92,6 +92,7 @@ def build(shape: Shape, seed: int = 0) -> tuple[MusicgenForConditionalGeneration
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         composite = MusicgenForConditionalGeneration(config).eval()
+        randomise_codebooks(composite)
     composite.generation_config.pad_token_id = shape.vocab
     composite.generation_config.decoder_start_token_id = shape.vocab
     return composite, tokenizer

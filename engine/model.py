@@ -181,9 +181,20 @@ def debug_composite(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         composite = MusicgenForConditionalGeneration(config).eval()
+        randomise_codebooks(composite)
     composite.generation_config.pad_token_id = vocab
     composite.generation_config.decoder_start_token_id = vocab
     return composite, tokenizer
+
+
+def randomise_codebooks(composite: MusicgenForConditionalGeneration) -> None:
+    """A freshly initialised EnCodec's codebooks are all zero, so every code decodes to the same sound; random
+    codebooks make different codes sound different (what a trained codec does), so that audio-based parts (E, the
+    diversity reward, the evaluation) have something to tell apart on a random model."""
+    with torch.no_grad():
+        for module in composite.audio_encoder.modules():
+            if hasattr(module, "embed") and isinstance(module.embed, torch.Tensor) and module.embed.dim() == 2:
+                module.embed.normal_()
 
 
 def build_debug_model(seed: int = 0, **sizes) -> MusicModel:

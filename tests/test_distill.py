@@ -29,7 +29,7 @@ def spectral_embedder(audio, sample_rate):
 @pytest.fixture(scope="module")
 def base():
     model = build_debug_model(seed=0)
-    model.codec = ScoreCodec()  # the random EnCodec renders the same audio for any codes; this one does not
+    model.codec = ScoreCodec()  # the random EnCodec sounds nearly alike for any codes; this one does not
     return model
 
 
@@ -119,9 +119,9 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
     distill.main(tiny + ["--out", str(tmp_path / "b"), "--steps", "3"])
     rows = [list(csv.DictReader(open(tmp_path / run / "log.csv"))) for run in ("a", "b")]
     assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]] and len(rows[0]) == 3
-    # the debug model's random EnCodec renders the same audio for any codes: rewards are ~0 here (test_diversity_term
-    # checks real rewards); the columns must be filled
-    assert all(abs(float(r["reward_mean"])) < 1e-5 and float(r["embed_s"]) > 0 and r["fwd_bwd_s"] for r in rows[0])
+    # the debug model's EnCodec has random codebooks (engine.model.randomise_codebooks): its clips differ a little,
+    # so the rewards are small but positive; the columns must be filled
+    assert all(float(r["reward_mean"]) > 0 and float(r["embed_s"]) > 0 and r["fwd_bwd_s"] for r in rows[0])
     evals = list(csv.DictReader(open(tmp_path / "a" / "eval.csv")))
     assert [(e["step"], e["model"]) for e in evals] == [("0", "base"), ("0", "base+CFG γ=3"), ("2", "student"),
                                                        ("3", "student")]

@@ -145,6 +145,8 @@ class RunSettings:
     eval_prompts: int = setting(16, "held-out prompts of the evaluation")
     eval_samples: int = setting(4, "clips per held-out prompt")
     threads: int = setting(0, "torch threads per process (0: cores / processes)")
+    prompts_file: str = setting("", "JSON {\"train\": [...], \"heldout\": [...]} of prompts (default: nano's corpus "
+                                    "captions; training.recipe_prompts writes one for a real MusicGen)")
 
     def __post_init__(self):
         if self.accumulate < 1:
@@ -528,11 +530,25 @@ def build_distiller(objective: DistillConfig, run: RunSettings, world: int = 1,
     return distiller, scorers
 
 
+def run_prompts(run: RunSettings) -> tuple[list[str], list[str]]:
+    """Training prompts and held-out evaluation prompts: nano's corpus captions, or a prompts file's
+    ({"train": [...], "heldout": [...]}, e.g. `training.recipe_prompts` for a real MusicGen)."""
+    if not run.prompts_file:
+        return training_prompts(run.seed, TRAINING_PROMPTS), heldout_prompts(run.seed, run.eval_prompts)
+    try:
+        data = json.loads(Path(run.prompts_file).read_text())
+        train_set, held = [str(p) for p in data["train"]], [str(p) for p in data["heldout"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{run.prompts_file}: not a prompts file with 'train' and 'heldout' lists ({e})") from None
+    if not train_set or len(held) < run.eval_prompts:
+        raise SystemExit(f"{run.prompts_file}: needs training prompts and ≥ {run.eval_prompts} held-out prompts")
+    return train_set, held[:run.eval_prompts]
+
+
 def train(trainer: Trainer) -> None:
     """The loop: steps, logs, evaluations and checkpoints until --steps; stops on a non-finite loss."""
     run, main_proc = trainer.run, trainer.main_proc
-    prompts = training_prompts(run.seed, TRAINING_PROMPTS)
-    held = heldout_prompts(run.seed, run.eval_prompts)
+    prompts, held = run_prompts(run)
     log = RunLog(trainer.out, trainer.state["step"]) if main_proc else None
 
     def evaluate(step: int) -> None:

@@ -213,12 +213,21 @@ def train(s: EmbeddingSettings, tower_settings: TowerSettings) -> None:
     pool, genres = render_pool(s.seed, train_idx, 2 * config.window_s, codec)
     heldout, _ = render_pool(s.seed, heldout_idx, 2 * config.window_s, codec)
     print(f"rendered {len(pool)} + {len(heldout)} pieces in {time.time() - t0:.0f} s", flush=True)
+    fit(model, pool, genres, heldout, s, tower_settings)
+
+
+def fit(model: AudioEmbedder, pool: torch.Tensor, genres: np.ndarray, heldout: torch.Tensor, s: EmbeddingSettings,
+        tower_settings: TowerSettings) -> float:
+    """Train E on `pool` (N, 2 windows of audio at E's rate; `genres` for hard-negative batches) and evaluate
+    same-source retrieval on `heldout` every `eval_every` steps, saving as it goes; returns the last top-1."""
+    config = model.config
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01)
     sched = cosine_schedule(opt, s.warmup, s.steps)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     save_json(dict(dataclasses.asdict(tower_settings), **dataclasses.asdict(s), config=model.config_dict()),
               out / "model.json")
+    top1 = float("nan")
     with open(out / "log.csv", "w", newline="") as log_file:
         log = csv.writer(log_file)
         log.writerow(["step", "loss", "retrieval_top1", "step_s"])
@@ -231,15 +240,17 @@ def train(s: EmbeddingSettings, tower_settings: TowerSettings) -> None:
             loss.backward()
             opt.step()
             sched.step()
-            top1 = ""
+            shown = ""
             if step % s.eval_every == 0 or step == s.steps:
                 model.eval()
-                top1 = f"{retrieval_top1(model, heldout, config.sample_rate):.3f}"
+                top1 = retrieval_top1(model, heldout, config.sample_rate)
+                shown = f"{top1:.3f}"
                 model.train()
                 save_state(dict(model.state_dict()), out / "embedding.safetensors")
-                print(f"step {step} loss {loss.item():.4f} retrieval top-1 {top1}", flush=True)
-            log.writerow([step, f"{loss.item():.4f}", top1, f"{time.time() - t:.2f}"])
+                print(f"step {step} loss {loss.item():.4f} retrieval top-1 {shown}", flush=True)
+            log.writerow([step, f"{loss.item():.4f}", shown, f"{time.time() - t:.2f}"])
             log_file.flush()
+    return top1
 
 
 def export(run: Path, dest: Path) -> None:
