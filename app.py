@@ -68,9 +68,11 @@ note is computed twice, with and without the prompt, and pushed away from the se
 the takes of one prompt sound alike. Following [Diversity-Rewarded CFG Distillation](https://arxiv.org/abs/2410.06084)
 (Cideron et al., ICLR 2025), we train the guidance *into* the weights (the **quality model θ_q**), train a second
 model that is also rewarded for making the takes of a prompt differ (the **diversity model θ_d**), and let you blend
-the two with one slider (λ): the weights are averaged, (1 − λ)·θ_q + λ·θ_d, at no extra cost per note. The model here is
-*MusicGen-nano*, a small model trained offline on a procedural corpus whose notes can be read back exactly, so the app
-can tell you what each take played; the same code serves a real MusicGen on a GPU (README).
+the two with one slider (λ): the weights are averaged, (1 − λ)·θ_q + λ·θ_d, at no extra cost per note.
+"""
+ABOUT_NANO = """\
+The model here is *MusicGen-nano*, a small model trained offline on a procedural corpus whose notes can be read back
+exactly, so the app can tell you what each take played; the same code serves a real MusicGen on a GPU (README).
 """
 # the merge modes in a musician's words; the technical name follows in brackets (the API takes the technical name)
 MODE_LABELS = {"θ_q ↔ θ_d": "Safe ↔ varied takes (θ_q ↔ θ_d)", "θ_q ↔ base": "Safe ↔ original model (θ_q ↔ base)",
@@ -296,6 +298,7 @@ class Studio:
         self.fronts, self.fronts_exact, self.banner = fronts or {}, fronts_exact or {}, banner or []
         self.teacher = teacher
         self.measured = measured or {}  # how the fronts were measured (prompts, clips, seconds)
+        self.models = ""  # which models are loaded, for the page (make_studio fills it)
         self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
         self.soup = ["q", "d", *(soup or [])]
         if out_dir is None:  # a folder of this process's own, removed when it exits
@@ -878,6 +881,9 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                     "(CFG) beside them. More under *About this app* at the bottom.")
         for line in studio.banner:
             gr.Markdown(f"> ⚠️ {line}")
+        if studio.models:
+            with gr.Accordion("Models loaded, and where the scores come from", open=False):
+                gr.Markdown(studio.models, elem_id="models")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -953,7 +959,7 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
             files = gr.File(label="Download: all takes as one ZIP, and each WAV (prompt, seed, λ or γ in the names)",
                             file_count="multiple", elem_id="files")
             with gr.Accordion("About this app", open=False):
-                gr.Markdown(ABOUT)
+                gr.Markdown(ABOUT + (ABOUT_NANO if studio.readable else ""))
             with gr.Accordion("What nano knows (what a prompt can ask for)", open=False, visible=studio.readable):
                 gr.Markdown(world_markdown())
         with gr.Tab("Blind A/B"):
@@ -1084,6 +1090,22 @@ def weights_report(service: MusicService, sources: dict[str, tuple[str, str | No
     return "; ".join(parts)
 
 
+def models_markdown(base: str, sources: dict[str, str | None], scorers: Scorers, readable: bool) -> str:
+    """Which models this server loaded and where each score comes from (shown folded at the top of the page)."""
+    lines = [f"- **Base model**: {base}" + (" (MusicGen-nano: every take's notes can be read back)" if readable
+                                               else "")]
+    lines += [f"- **{name}**: {path or 'the base model (none given)'}" for name, path in sources.items()]
+    if scorers.has_diversity:
+        lines.append("- **Diversity**: the diversity embedding E (mean r_D between takes)")
+    if readable:
+        lines.append("- **Quality**: read from the notes (exact quality), and nano's learned judges")
+    elif scorers.clap is not None:
+        lines.append("- **Quality**: CLAP adherence (how well a take matches the prompt's text)")
+    else:
+        lines.append("- **Quality**: none (no CLAP model configured: `--clap`)")
+    return "\n".join(lines)
+
+
 def make_studio(args: argparse.Namespace) -> Studio:
     """Load models and scorers as the flags say (defaults: the shipped nano weights)."""
 
@@ -1122,9 +1144,13 @@ def make_studio(args: argparse.Namespace) -> Studio:
     fronts = load_fronts(args.fronts) if args.fronts else {}
     fronts_exact = load_fronts(args.fronts, "fronts_exact") if args.fronts else {}
     teacher = load_teacher(args.teacher or (_shipped("eval/teacher_sweep/teacher.json") if shipped_nano else None))
-    return Studio(service, scorers, ratings, fronts, banner, soup=soup, fronts_exact=fronts_exact, teacher=teacher,
-                  concurrency=args.concurrency, keep_outputs=args.keep_outputs,
-                  measured=load_front_settings(args.fronts) if args.fronts else {})
+    studio = Studio(service, scorers, ratings, fronts, banner, soup=soup, fronts_exact=fronts_exact, teacher=teacher,
+                    concurrency=args.concurrency, keep_outputs=args.keep_outputs,
+                    measured=load_front_settings(args.fronts) if args.fronts else {})
+    studio.models = models_markdown(base, {"θ_q (quality model)": theta_q, "θ_d (diversity model)": theta_d}
+                                    | {f"soup model {i + 1}": p for i, p in enumerate(soup_paths)}, scorers,
+                                    studio.readable)
+    return studio
 
 
 def private_gradio_cache() -> Path | None:

@@ -36,6 +36,8 @@ def test_the_whole_recipe_on_a_tiny_random_musicgen_then_the_app_serves_it(tmp_p
     studio = app.make_studio(args)
     result = studio.generate("calm piano", 2, 0.5, 3, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "Bad audio quality.")
     assert result.scores["merged"].diversity.shape == (2, 2) and len(result.files) == 3
+    assert not studio.readable and str(out / "theta_d") in studio.models  # nothing nano-specific for this base
+    assert "**Quality**: none (no CLAP model configured" in studio.models and "Diversity" in studio.models
 
 
 def test_e_learns_from_clips_the_base_generates(tmp_path):
