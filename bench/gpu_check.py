@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import platform
+import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -105,7 +106,8 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, float | None]:
-    """Median seconds over `repeats` runs after one warm-up, and the peak GPU memory in GB (None on a CPU)."""
+    """Median seconds over `repeats` runs after one warm-up, and the peak memory in GB: the GPU's allocations, or on
+    a CPU the process's peak resident memory so far."""
     fn()
     sync(device)
     if device.type == "cuda":
@@ -116,7 +118,10 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, float | None]:
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 1e9
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
     return statistics.median(times), peak
 
 
@@ -200,24 +205,30 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--frames", type=int, default=150, help="frames per clip in the sampler runs (150 = 3 s)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per recipe stage")
+    p.add_argument("--stages-only", action="store_true", help="skip the sampler and merge rows")
+    p.add_argument("--stage-batch", nargs=3, type=float, metavar=("PROMPTS", "SAMPLES", "SECONDS"),
+                   help="the recipe stages' micro-batch (default: 8 4 5 on a GPU, 2 3 0.2 in the dry run)")
+    p.add_argument("--cpu-small", action="store_true",
+                   help="musicgen-small's shapes on this CPU in fp32 (for the sizing's measured per-step figures)")
     p.add_argument("--out", default="bench/results/gpu_check.json")
     args = p.parse_args(argv)
-    if not args.dry_run and not torch.cuda.is_available():
+    if not (args.dry_run or args.cpu_small) and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here: run with --dry-run (CPU, tiny shapes) or on a GPU machine")
-    device = torch.device("cpu" if args.dry_run else "cuda")
-    shape, dtypes = (TINY, [torch.float32]) if args.dry_run else (SMALL, [torch.float16, torch.bfloat16])
+    device = torch.device("cpu" if args.dry_run or args.cpu_small else "cuda")
+    shape = TINY if args.dry_run else SMALL
+    dtypes = [torch.float32] if device.type == "cpu" else [torch.float16, torch.bfloat16]
     frames, steps, repeats = (8, 2, 1) if args.dry_run else (args.frames, args.steps, args.repeats)
+    prompts, samples, seconds = args.stage_batch or ((2, 3, 0.2) if args.dry_run else (8, 4, 5.0))
     t0 = time.perf_counter()
     result = dict(device=torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
                   torch=torch.__version__, dry_run=args.dry_run, shape=asdict(shape), rows=[])
     print(f"gpu_check on {result['device']} ({'dry run, tiny shapes' if args.dry_run else 'musicgen-small shapes'})",
           flush=True)
-    for dtype in dtypes:
+    for dtype in [] if args.stages_only else dtypes:
         for row in sampler_rows(shape, dtype, device, (1, 4, 8), frames, repeats):
             result["rows"].append(row)
             print(fmt(row), flush=True)
-    for row in stage_rows(shape, device, steps, seconds=0.2 if args.dry_run else 5.0,
-                          prompts=2 if args.dry_run else 8, samples=3 if args.dry_run else 4):
+    for row in stage_rows(shape, device, steps, seconds=float(seconds), prompts=int(prompts), samples=int(samples)):
         result["rows"].append(row)
         print(fmt(row), flush=True)
     result["wall_s"] = time.perf_counter() - t0
