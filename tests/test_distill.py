@@ -237,3 +237,42 @@ def test_only_the_teacher_row_uses_the_mask(base, monkeypatch):
     d = Distiller(base, DistillConfig(guidance=5.0, plausibility=0.1, samples=2, seconds=0.2))
     distill.eval_rows(d, 0, PROMPTS, distill.HeldoutSettings(2, 2, 0.2, 0), None)
     assert seen == [(1.0, 0.0), (5.0, 0.1)]  # the base plainly, the teacher with its mask
+
+
+def test_gradient_checkpointing_changes_memory_not_the_gradient(base):
+    cfg = DistillConfig(guidance=3.0, samples=3, seconds=0.2, beta=5, beta_warmup=0)
+    plain, checkpointed = Distiller(base, cfg, spectral_embedder), Distiller(base, cfg, spectral_embedder)
+    checkpointed.enable_checkpointing()
+    assert checkpointed.student_model.training and checkpointed.student_model.is_activation_checkpointing
+    codes = plain.sample(PROMPTS, torch.Generator().manual_seed(2))
+    grads = []
+    for d in (plain, checkpointed):
+        loss, _ = d.loss_on(codes, PROMPTS, 0)
+        loss.backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in d.student_model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_the_loss_close_and_finite(base):
+    cfg = DistillConfig(guidance=3.0, samples=2, seconds=0.2)
+    d = Distiller(base, cfg)
+    codes = d.sample(PROMPTS, torch.Generator().manual_seed(3))
+    full = d.loss_on(codes, PROMPTS, 0)[0]
+    d.autocast = torch.bfloat16
+    half = d.loss_on(codes, PROMPTS, 0)[0]
+    assert torch.isfinite(half) and abs(half.item() - full.item()) <= 0.1 * abs(full.item()) + 1e-3
+    half.backward()
+    assert all(torch.isfinite(p.grad).all() for p in d.student_model.parameters() if p.grad is not None)
+
+
+def test_cli_takes_autocast_checkpointing_and_a_prompts_file(tmp_path, tiny_scorers):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text('{"train": ["a calm piano piece", "fast techno"], "heldout": ["sad jazz", "happy folk"]}')
+    distill.main(tiny_args(tiny_scorers, "--beta", "5", "--autocast", "bf16", "--checkpointing", "--prompts-file",
+                           str(prompts)) + ["--out", str(tmp_path / "run"), "--steps", "1"])
+    assert (tmp_path / "run" / "decoder.safetensors").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"train": []}')
+    with pytest.raises(SystemExit, match="not a prompts file"):
+        distill.main(tiny_args(tiny_scorers, "--prompts-file", str(bad)) + ["--out", str(tmp_path / "b"),
+                                                                            "--steps", "1"])

@@ -145,6 +145,10 @@ class RunSettings:
     eval_prompts: int = setting(16, "held-out prompts of the evaluation")
     eval_samples: int = setting(4, "clips per held-out prompt")
     threads: int = setting(0, "torch threads per process (0: cores / processes)")
+    autocast: str = setting("none", "the forwards under autocast ('bf16' on GPUs: about half the activation memory "
+                                     "and faster matmuls; the loss stays fp32)", choices=("none", "bf16"))
+    checkpointing: bool = setting(False, "gradient checkpointing of the student's decoder layers (recompute in the "
+                                         "backward pass: far less activation memory, about a third more compute)")
     prompts_file: str = setting("", "JSON {\"train\": [...], \"heldout\": [...]} of prompts (default: nano's corpus "
                                     "captions; training.recipe_prompts writes one for a real MusicGen)")
 
@@ -180,6 +184,26 @@ class Distiller:
         self.forward_model = self.student_model
         self.negative = base.encode_text([config.negative_prompt])
         self.timings = dict(decode_s=0.0, embed_s=0.0)
+        self.autocast: torch.dtype | None = None  # e.g. torch.bfloat16: the forwards under autocast, the loss in fp32
+
+    def enable_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in the backward pass instead of keeping them (transformers'
+        gradient checkpointing). It only acts in training mode, so the student is put in training mode with every
+        dropout and LayerDrop set to zero: the policy trained stays the policy sampled."""
+        model = self.student_model
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            for name in ("dropout", "attention_dropout", "activation_dropout", "layerdrop"):
+                if isinstance(getattr(module, name, None), float):
+                    setattr(module, name, 0.0)
+        model.train()
+
+    def _autocast(self):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.teacher.device.type, dtype=self.autocast)
 
     def prepare(self, accelerator) -> None:
         """Wrap the student for distributed training (DDP when several processes; the model itself otherwise)."""
@@ -251,11 +275,12 @@ class Distiller:
         inputs, targets = delayed[:, :, :-1], delayed[:, :, 1:]
         mask = delay_valid_mask(K, T)[:, 1:].expand(B, -1, -1)  # (B, K, T + K - 1)
         cond = self._conditions(prompts, cfg.samples)
-        student_logits = (forward or self.forward_model)(
-            input_ids=inputs.reshape(B * K, -1), encoder_hidden_states=cond.hidden, encoder_attention_mask=cond.mask
-        ).logits.view(B, K, -1, self.teacher.vocab_size)
-        with torch.no_grad():
-            teacher_logits = self._teacher_logits(inputs, cond)
+        with self._autocast():
+            student_logits = (forward or self.forward_model)(
+                input_ids=inputs.reshape(B * K, -1), encoder_hidden_states=cond.hidden, encoder_attention_mask=cond.mask
+            ).logits.view(B, K, -1, self.teacher.vocab_size)
+            with torch.no_grad():
+                teacher_logits = self._teacher_logits(inputs, cond)
         kl = cfg_distillation_kl(student_logits, teacher_logits[:B], teacher_logits[B:], cfg.guidance, mask,
                                  cfg.temperature, cfg.plausibility)
         loss = kl.mean()
@@ -525,6 +550,9 @@ def build_distiller(objective: DistillConfig, run: RunSettings, world: int = 1,
         raise SystemExit("--beta > 0 needs --embedding (the diversity embedding E) or --reward events")
     config = dataclasses.replace(objective, prompts=objective.prompts // world)
     distiller = Distiller(base, config, embedder.embed if embedder is not None else None)
+    distiller.autocast = torch.bfloat16 if run.autocast == "bf16" else None
+    if run.checkpointing:
+        distiller.enable_checkpointing()
     quality = load_quality_scorer(run.quality) if run.quality else None
     scorers = Scorers(embedder, quality) if (embedder is not None or quality is not None) else None
     return distiller, scorers

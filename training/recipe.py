@@ -78,6 +78,9 @@ class RecipeSettings:
     seconds: float = setting(10.0, "length of the on-policy clips (s; the paper: 10)")
     accumulate: int = setting(4, "micro-batches per optimizer step (8 × 4 × 4 = 128 clips, the paper's batch)")
     lr: float = setting(1.5e-4, "peak learning rate (the paper's)")
+    autocast: str = setting("auto", "bf16 autocast of the trainer's forwards: 'auto' = on CUDA GPUs", choices=(
+        "auto", "bf16", "none"))
+    checkpointing: bool = setting(False, "gradient checkpointing in the trainer (needed for musicgen-medium on 80 GB)")
     # evaluation
     eval_prompts: int = setting(32, "held-out prompts of the evaluation")
     eval_clips: int = setting(4, "clips per prompt and point")
@@ -176,16 +179,23 @@ class Recipe:
         self.finish("embedding", t0, retrieval_top1=round(top1, 3), untrained=round(untrained, 3),
                     chance=round(chance, 3))
 
+    @property
+    def autocast(self) -> str:
+        if self.s.autocast != "auto":
+            return self.s.autocast
+        return "bf16" if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none"
+
     def distill_args(self, beta: float, steps: int, run: Path) -> list[str]:
         s = self.s
-        return ["--base", s.base, "--beta", f"{beta:g}", "--steps", str(steps), "--guidance", f"{s.guidance:g}",
+        args = ["--base", s.base, "--beta", f"{beta:g}", "--steps", str(steps), "--guidance", f"{s.guidance:g}",
                 "--negative-prompt", s.negative_prompt, "--prompts", str(s.prompts_per_step), "--samples",
                 str(s.samples), "--seconds", f"{s.seconds:g}", "--accumulate", str(s.accumulate), "--lr", f"{s.lr:g}",
                 "--seed", str(s.seed), "--prompts-file", str(self.out / "prompts" / "prompts.json"),
                 "--embedding", str(self.out / "embedding"), "--quality", "", "--eval-every", "0",
                 "--eval-prompts", str(s.eval_prompts), "--eval-samples", str(s.eval_clips),
                 "--snapshot-every", "0", "--save-every", str(max(steps // 10, 1)), "--beta-warmup",
-                str(max(steps // 10, 1)), "--out", str(run)]
+                str(max(steps // 10, 1)), "--autocast", self.autocast, "--out", str(run)]
+        return args + (["--checkpointing"] if s.checkpointing else [])
 
     def stage_theta_q(self, t0: float) -> None:
         self._distill("theta_q", self.distill_args(0.0, self.s.q_steps, self.out / "runs" / "theta_q"), t0)
