@@ -816,6 +816,10 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
         except (ValueError, CheckpointError) as e:
             LOG.info("generate: rejected: %s", e)
             return [gr.skip()] * (len(outputs) - 1) + [f"⚠️ {e}"]
+        except Exception as e:  # a bug: one line in the log and a message in place, the takes stay
+            LOG.error("generate: failed: %s: %s", type(e).__name__, e)
+            return [gr.skip()] * (len(outputs) - 1) + [f"⚠️ Something went wrong ({type(e).__name__}); the server "
+                                                       "log has the details. Your previous takes are kept."]
         return render(r)
 
     @readable

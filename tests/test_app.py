@@ -326,3 +326,18 @@ def test_the_plot_compares_like_with_like(studio, monkeypatch):
     assert shown == {} and len(points) == 2 and "fronts hidden" in kw["note"]  # this prompt: trained vs CFG
     app.qd_figure(fronts, r, {}, dict(prompts=32, clips=3, seconds=0.5))
     assert drawn[-1][0] == fronts and "32 test prompts" in drawn[-1][2]["note"]
+
+
+def test_the_generate_button_reports_problems_in_place_and_keeps_the_takes(studio, monkeypatch):
+    demo = build_ui(studio)
+    button = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "generate_ui")
+    args = ("x" * 600, 2, 0.5, "", False, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, None)
+    out = button(*args)
+    assert "the limit is 500" in out[-1] and all(o == {"__type__": "update"} for o in out[:-1])  # skipped outputs
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(studio, "generate", broken)
+    out = button("rock", *args[1:])
+    assert "Something went wrong (RuntimeError)" in out[-1] and all(o == {"__type__": "update"} for o in out[:-1])
