@@ -21,6 +21,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -147,7 +149,7 @@ class Result:
     files: list[str] = field(default_factory=list)
     label: str = ""
     base_label: str = ""
-    readable: bool = False  # nano: the clips' notes can be read back
+    played: dict[str, list[dict]] = field(default_factory=dict)  # nano: what each clip played (engine.heard.played)
 
 
 @dataclass(frozen=True)
@@ -373,7 +375,7 @@ class Studio:
                progress) -> Result:
         hook = (lambda desc: (lambda i, n: progress(i / n, desc=desc))) if progress else (lambda desc: None)
         result = Result(self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel),
-                        label=label, readable=self.readable)
+                        label=label)
         if cfg_req is not None:
             result.base = self.service.generate_base(cfg_req, progress=hook("base + CFG"), cancel=cancel)
             result.base_label = CfgSetting(cfg_req.guidance, cfg_req.negative_prompt, cfg_req.plausibility).label
@@ -385,7 +387,9 @@ class Studio:
             if gen is not None and (self.scorers.has_diversity or self.scorers.has_quality or self.scorers.clap):
                 result.scores[key] = self.scorers.score(gen.audio, gen.sample_rate, prompt)
             if gen is not None and self.readable:
-                result.exact[key] = ExactScores.of(gen.codes.numpy(), prompt)
+                codes = gen.codes.numpy()
+                result.exact[key] = ExactScores.of(codes, prompt)
+                result.played[key] = [played(c, prompt) for c in codes]
 
     @contextlib.contextmanager
     def _job(self, what: str, clips: int):
@@ -486,16 +490,17 @@ def write_set_wavs(folder: Path, result: Result, merged_tag: str) -> list[str]:
     """16-bit WAVs of both sets, named after prompt, seed and λ or γ, with what made each clip in its comment (CFG
     settings only on CFG clips; on nano also the tempo and key it played); then one ZIP of them all, listed first."""
     files = []
-    for gen, tag in ((result.merged, merged_tag), (result.base, None)):
+    for key, gen, tag in (("merged", result.merged, merged_tag), ("base", result.base, None)):
         if gen is None:
             continue
         req = gen.request
         tag = tag or f"cfg{req.guidance:g}"
+        plays = result.played.get(key) or [None] * len(gen.audio)
         for i, clip in enumerate(gen.audio):
             path = folder / f"{_slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
             with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
                 f.title = req.prompt[:200] or "(unconditional)"
-                f.comment = clip_comment(gen, i, result.readable)
+                f.comment = clip_comment(gen, i, plays[i])
                 f.write(np.clip(clip, -1, 1))
             files.append(str(path))
     archive = folder / f"{_slug(result.merged.request.prompt)}_seed{result.merged.seed}_{merged_tag}_all.zip"
@@ -505,14 +510,14 @@ def write_set_wavs(folder: Path, result: Result, merged_tag: str) -> list[str]:
     return [str(archive)] + files
 
 
-def clip_comment(gen: Generation, i: int, readable: bool) -> str:
+def clip_comment(gen: Generation, i: int, played_clip: dict | None = None) -> str:
+    """What made clip i, and (nano) the tempo and key it played."""
     req = gen.request
     text = f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} temperature={req.temperature:g}"
     if req.guidance > 1:
         text += f" guidance={req.guidance:g} negative={req.negative_prompt!r} plausibility={req.plausibility:g}"
-    if readable:
-        p = played(gen.codes[i].numpy(), req.prompt)
-        text += f" tempo={p['tempo']!r} key={p['key']!r}"
+    if played_clip is not None:
+        text += f" tempo={played_clip['tempo']!r} key={played_clip['key']!r}"
     return text
 
 
@@ -608,11 +613,7 @@ def played_markdown(result: Result) -> str:
     """Per clip, what nano played (read from its tokens), with ✓/✗ for each checkable request of the prompt."""
     rows = []
     for key, title in (("merged", result.label), ("base", result.base_label)):
-        gen = result.merged if key == "merged" else result.base
-        if gen is None:
-            continue
-        for i, codes in enumerate(gen.codes.numpy()):
-            p = played(codes, gen.request.prompt)
+        for i, p in enumerate(result.played.get(key, [])):
             checks = " ".join(f"{'✓' if ok else '✗'} {name}" for name, ok in p["met"].items()) or "–"
             rows.append(f"| {title} {i + 1} | {', '.join(p['instruments']) or '–'} | {', '.join(p['drums'])} | "
                         f"{p['tempo']} | {p['key'] or '–'} | {', '.join(p['problems']) or 'none'} | {checks} |")
@@ -1171,6 +1172,9 @@ def private_gradio_cache() -> Path | None:
 def main(argv=None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     LOG.setLevel(logging.INFO)
+    # a stop by SIGTERM (a service manager, Spaces, `kill`) exits like Ctrl-C, so the atexit clean-ups run and no
+    # temporary folder is left behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     args = parse_args(argv)
     cache = private_gradio_cache()
     studio = make_studio(args)

@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -30,13 +27,9 @@ from pathlib import Path
 
 import psutil
 
+from bench.server import running_app
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -72,45 +65,25 @@ def _mb(folders) -> float:
     return round(sum(disk_bytes(p) for p in folders) / 2**20, 2)
 
 
-def start(tmp: Path, port: int, lifetime: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}  # the app's own private cache folder
-    env |= dict(GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(tmp))
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--ratings-db", str(tmp / "r.sqlite"),
-                             "--file-lifetime", str(lifetime)], cwd=ROOT, env=env,
-                            stdout=open(tmp / "app.log", "w"), stderr=subprocess.STDOUT)
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.time() - t0 > 120:
-                proc.kill()
-                raise SystemExit(f"the app did not start: {(tmp / 'app.log').read_text()[-2000:]}") from None
-            time.sleep(0.5)
-
-
 def soak(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="soak-") as folder:
-        tmp, port = Path(folder), _free_port()
-        proc = start(tmp, port, args.file_lifetime)
-        api, server = f"http://127.0.0.1:{port}/gradio_api", psutil.Process(proc.pid)
-        samples, failures, t0 = [], 0, time.time()
-        try:
-            with ThreadPoolExecutor(args.threads) as pool:
-                for first in range(0, args.generations, args.every):
-                    batch = range(first, min(first + args.every, args.generations))
-                    failures += sum(not ok for ok in pool.map(lambda i: generate(api, i), batch))
-                    samples.append(dict(generations=batch[-1] + 1, seconds=round(time.time() - t0, 1),
-                                        rss_mb=round(server.memory_info().rss / 2**20, 1),
-                                        disk_mb=round(disk_bytes(tmp) / 2**20, 2),
-                                        gradio_cache_mb=_mb(tmp.glob("cfg-distill-served-*")),
-                                        app_outputs_mb=_mb(p for p in tmp.glob("cfg-distill-*")
-                                                           if not p.name.startswith("cfg-distill-served-"))))
-                    print(samples[-1], flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        tmp = Path(folder)
+        env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}  # the app's own private cache folder
+        env["TMPDIR"] = str(tmp)
+        flags = ["--ratings-db", str(tmp / "r.sqlite"), "--file-lifetime", str(args.file_lifetime)]
+        with running_app(flags, tmp, env) as (url, _, proc), ThreadPoolExecutor(args.threads) as pool:
+            api, server = url + "gradio_api", psutil.Process(proc.pid)
+            samples, failures, t0 = [], 0, time.time()
+            for first in range(0, args.generations, args.every):
+                batch = range(first, min(first + args.every, args.generations))
+                failures += sum(not ok for ok in pool.map(lambda i: generate(api, i), batch))
+                samples.append(dict(generations=batch[-1] + 1, seconds=round(time.time() - t0, 1),
+                                    rss_mb=round(server.memory_info().rss / 2**20, 1),
+                                    disk_mb=round(disk_bytes(tmp) / 2**20, 2),
+                                    gradio_cache_mb=_mb(tmp.glob("cfg-distill-served-*")),
+                                    app_outputs_mb=_mb(p for p in tmp.glob("cfg-distill-*")
+                                                       if not p.name.startswith("cfg-distill-served-"))))
+                print(samples[-1], flush=True)
     return dict(generations=args.generations, sessions=args.generations, failures=failures,
                 file_lifetime_s=args.file_lifetime, samples=samples)
 

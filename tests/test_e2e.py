@@ -2,51 +2,24 @@
 `gradio_client` users at once. The app runs with the shipped nano weights, as a user would start it.
 Screenshots go to artifacts/ (or $E2E_ARTIFACTS)."""
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from bench.server import running_app
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("app")
-    port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    log = open(tmp / "app.log", "w")
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--ratings-db", str(tmp / "ratings.sqlite"),
-                             "--max-duration", "4"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() - t0 > 120:
-                proc.kill()
-                pytest.fail(f"the app did not start: {(tmp / 'app.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    print(f"app ready in {time.time() - t0:.1f} s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with running_app(["--ratings-db", str(tmp / "ratings.sqlite"), "--max-duration", "4"], tmp) as (url, _, _):
+        yield url
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")

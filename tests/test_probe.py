@@ -5,9 +5,6 @@ through Gradio's HTTP API as any client would send them, including malformed one
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -16,14 +13,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.server import running_app
+
 GOOD = ["Rock song.", 1, 0.5, "5", 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1]  # the 11 inputs of /generate
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class App:
@@ -55,25 +47,9 @@ class App:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
-    port = _free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-    log = tmp / "app.log"
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--ratings-db", str(tmp / "r.sqlite"),
-                             "--max-duration", "4", "--keep-outputs", "4", "--concurrency", "2"],
-                            cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url, t0 = f"http://127.0.0.1:{port}/", time.time()
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() - t0 > 120:
-                proc.kill()
-                pytest.fail(f"the app did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield App(url, log)
-    proc.terminate()
-    proc.wait(timeout=30)
+    flags = ["--ratings-db", str(tmp / "r.sqlite"), "--max-duration", "4", "--keep-outputs", "4", "--concurrency", "2"]
+    with running_app(flags, tmp) as (url, log, _):
+        yield App(url, log)
 
 
 def test_a_no_clip_is_lost_while_outputs_are_pruned(app):
@@ -186,3 +162,10 @@ def test_j_one_log_line_per_rejected_request_and_no_tracebacks(app):
     new = app.log_text()[start:]
     assert "Traceback" not in app.log_text()
     assert len(re.findall(r"generate: rejected: ", new)) == 5 and len(new.strip().splitlines()) == 5
+
+
+def test_g_a_stopped_server_leaves_no_temporary_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"} | {"TMPDIR": str(tmp_path)}
+    with running_app(["--ratings-db", str(tmp_path / "r.sqlite")], tmp_path, env) as (url, _, _):
+        assert len(list(tmp_path.glob("cfg-distill-*"))) == 2  # its WAV folder and Gradio's private cache
+    assert list(tmp_path.glob("cfg-distill-*")) == []  # stopped with SIGTERM: both removed
