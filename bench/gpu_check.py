@@ -32,19 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    BertConfig,
-    EncodecConfig,
-    MusicgenConfig,
-    MusicgenDecoderConfig,
-    MusicgenForConditionalGeneration,
-)
+from transformers import MusicgenDecoderConfig, MusicgenForCausalLM, MusicgenForConditionalGeneration
 
 from bench.engine import bench_merge
 from engine.embedding import AudioEmbedder, EmbeddingConfig
 from engine.generate import SamplingParams, generate_codes
-from engine.model import from_composite, minilm_path, randomise_codebooks
+from engine.model import debug_composite, from_composite
 from training.distill import DistillConfig, Distiller
 
 PROMPTS = ["upbeat techno with a driving kick", "calm piano with soft strings", "jazz trio, walking bass",
@@ -70,33 +63,30 @@ class Shape:
 
 
 SMALL = Shape()
+MEDIUM = Shape(hidden=1536, layers=48, heads=24)  # facebook/musicgen-medium's decoder
 TINY = Shape(hidden=64, layers=2, heads=4, vocab=64, max_positions=512, text_hidden=32, text_layers=1,
              codec_rate=8000, codec_ratios=(8, 5, 4), codec_filters=4, codec_hidden=16)
 
 
 def build(shape: Shape, seed: int = 0) -> tuple[MusicgenForConditionalGeneration, object]:
-    """A random composite MusicGen with these shapes (transformers' real classes; nothing downloaded)."""
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    text = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=shape.text_hidden,
-                      num_hidden_layers=shape.text_layers, num_attention_heads=max(shape.text_hidden // 64, 2),
-                      intermediate_size=4 * shape.text_hidden, max_position_embeddings=512)
-    audio = EncodecConfig(sampling_rate=shape.codec_rate, upsampling_ratios=list(shape.codec_ratios),
-                          hidden_size=shape.codec_hidden, num_filters=shape.codec_filters, num_lstm_layers=2,
-                          codebook_size=shape.vocab, codebook_dim=shape.codec_hidden, target_bandwidths=[2.2])
-    dec = MusicgenDecoderConfig(vocab_size=shape.vocab, num_codebooks=shape.codebooks, hidden_size=shape.hidden,
-                                num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                                ffn_dim=4 * shape.hidden, max_position_embeddings=shape.max_positions,
-                                pad_token_id=shape.vocab, bos_token_id=shape.vocab,
-                                decoder_start_token_id=shape.vocab)
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=dec.to_dict())
-    config.decoder.decoder_start_token_id = shape.vocab
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        composite = MusicgenForConditionalGeneration(config).eval()
-        randomise_codebooks(composite)
-    composite.generation_config.pad_token_id = shape.vocab
-    composite.generation_config.decoder_start_token_id = shape.vocab
-    return composite, tokenizer
+    """A random composite MusicGen with these shapes (`engine.model.debug_composite`; nothing downloaded)."""
+    return debug_composite(seed, shape.hidden, shape.layers, shape.heads, shape.vocab, shape.codebooks,
+                           shape.max_positions,
+                           text=dict(hidden_size=shape.text_hidden, num_hidden_layers=shape.text_layers,
+                                     num_attention_heads=max(shape.text_hidden // 64, 2),
+                                     intermediate_size=4 * shape.text_hidden),
+                           audio=dict(sampling_rate=shape.codec_rate, upsampling_ratios=list(shape.codec_ratios),
+                                      hidden_size=shape.codec_hidden, num_filters=shape.codec_filters,
+                                      num_lstm_layers=2, codebook_dim=shape.codec_hidden, target_bandwidths=[2.2]))
+
+
+def decoder_parameters(shape: Shape) -> int:
+    """The decoder's parameter count, on PyTorch's meta device (no memory, no time)."""
+    config = MusicgenDecoderConfig(vocab_size=shape.vocab, num_codebooks=shape.codebooks, hidden_size=shape.hidden,
+                                   num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                                   ffn_dim=4 * shape.hidden, max_position_embeddings=shape.max_positions)
+    with torch.device("meta"):
+        return sum(p.numel() for p in MusicgenForCausalLM(config).parameters())
 
 
 # ---------------------------------------------------------------- measuring
@@ -210,8 +200,15 @@ def main(argv=None) -> dict:
                    help="the recipe stages' micro-batch (default: 8 4 5 on a GPU, 2 3 0.2 in the dry run)")
     p.add_argument("--cpu-small", action="store_true",
                    help="musicgen-small's shapes on this CPU in fp32 (for the sizing's measured per-step figures)")
+    p.add_argument("--count", action="store_true", help="print the decoder sizes of musicgen-small and -medium, exit")
     p.add_argument("--out", default="bench/results/gpu_check.json")
     args = p.parse_args(argv)
+    if args.count:
+        for name, shape in (("small", SMALL), ("medium", MEDIUM)):
+            n = decoder_parameters(shape)
+            print(f"musicgen-{name} decoder: {n / 1e9:.3f} B parameters, {4 * n / 1e9:.2f} GB in fp32, "
+                  f"{2 * n / 1e9:.2f} GB in fp16")
+        return {}
     if not (args.dry_run or args.cpu_small) and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here: run with --dry-run (CPU, tiny shapes) or on a GPU machine")
     device = torch.device("cpu" if args.dry_run or args.cpu_small else "cuda")

@@ -166,13 +166,17 @@ def minilm_path() -> Path:
 
 
 def debug_composite(seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, vocab: int = 64,
-                    codebooks: int = 4, max_positions: int = 512) -> tuple[MusicgenForConditionalGeneration, object]:
-    """A tiny random composite MusicGen (BERT text encoder with MiniLM's tokenizer, EnCodec at 8 kHz / 50 Hz)."""
+                    codebooks: int = 4, max_positions: int = 512, text: dict | None = None,
+                    audio: dict | None = None) -> tuple[MusicgenForConditionalGeneration, object]:
+    """A random composite MusicGen (BERT text encoder with MiniLM's tokenizer, EnCodec), tiny by default: EnCodec at
+    8 kHz / 50 Hz. `text` and `audio` override the BertConfig and EncodecConfig settings (e.g. musicgen-small's
+    32 kHz codec in bench/gpu_check.py)."""
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    text = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=512)
-    audio = EncodecConfig(sampling_rate=8000, upsampling_ratios=[8, 5, 4], hidden_size=16, num_filters=4,
-                          num_lstm_layers=1, codebook_size=vocab, codebook_dim=16, target_bandwidths=[1.6])
+    text = BertConfig(**dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=512) | (text or {}))
+    audio = EncodecConfig(**dict(sampling_rate=8000, upsampling_ratios=[8, 5, 4], hidden_size=16, num_filters=4,
+                                 num_lstm_layers=1, codebook_size=vocab, codebook_dim=16, target_bandwidths=[1.6])
+                          | (audio or {}))
     dec = MusicgenDecoderConfig(vocab_size=vocab, num_codebooks=codebooks, hidden_size=hidden, num_hidden_layers=layers,
                                 num_attention_heads=heads, ffn_dim=4 * hidden, max_position_embeddings=max_positions,
                                 pad_token_id=vocab, bos_token_id=vocab, decoder_start_token_id=vocab)
