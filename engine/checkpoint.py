@@ -8,6 +8,7 @@ whose data no longer matches, naming the file. Files from elsewhere (a hub Music
 as before; `is_signed` tells them apart so that a server can say which of its weights were verified."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -95,24 +96,32 @@ def sign(path: str | os.PathLike) -> Path:
     path = Path(path)
     with open(path, "rb") as f:
         header, start = _header(f)
-        metadata = dict(header.get("__metadata__") or {})
-        metadata[CHECKSUM_KEY] = _data_digest(f, start)
-        header["__metadata__"] = metadata
+        header["__metadata__"] = dict(header.get("__metadata__") or {}, **{CHECKSUM_KEY: _data_digest(f, start)})
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(len(text).to_bytes(8, "little") + text)
-                f.seek(start)
-                for chunk in iter(lambda: f.read(_CHUNK), b""):
-                    out.write(chunk)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_file(path) as tmp, open(tmp, "wb") as out:
+            out.write(len(text).to_bytes(8, "little") + text)
+            f.seek(start)
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                out.write(chunk)
     return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Yield a temporary file's path in `path`'s folder; once the block succeeds, it replaces `path` (readable by
+    all, as any file the folder's users could read); if the block fails, `path` is untouched and the file is gone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def resolve_file(path: str | os.PathLike, names: tuple[str, ...] = DECODER_FILES) -> Path:
@@ -171,20 +180,11 @@ def load_state(path: str | os.PathLike, reference: dict[str, torch.Tensor]) -> d
 def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write `state` as safetensors atomically (temporary file in the same folder, then rename), signed with the
     checksum of its tensor data."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
         sign(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a checkpoint is for everyone who can read the folder
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def copy_as_fp16(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
@@ -194,18 +194,9 @@ def copy_as_fp16(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
 def save_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write bytes atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(data)
+    return Path(path)
 
 
 def save_csv(rows: list[dict], fields: list[str], path: str | os.PathLike) -> Path:

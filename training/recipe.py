@@ -43,6 +43,7 @@ from engine.model import load_model
 from engine.scorers import Scorers
 from engine.service import DEFAULT_NEGATIVE_PROMPT, MusicService, Request, generate
 from training import distill, export
+from training.frontier import standard_error
 from training.heldout import HeldoutResult, HeldoutSettings, measure
 from training.recipe_prompts import make_prompts
 from training.settings import parse, setting
@@ -239,8 +240,7 @@ class Recipe:
 # ---------------------------------------------------------------- the evaluation's report
 def paired(a: HeldoutResult, b: HeldoutResult, name: str) -> str:
     d = np.asarray(getattr(a, name)) - np.asarray(getattr(b, name))
-    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return f"{d.mean():+.3f} ± {se:.3f}"
+    return f"{d.mean():+.3f} ± {standard_error(d):.3f}"
 
 
 def write_report(folder: Path, results: dict[str, HeldoutResult], s: RecipeSettings, has_quality: bool) -> None:
