@@ -37,7 +37,7 @@ import torch
 from engine import decoder, exact, kernels
 from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import diversity_heatmap, load_front_settings, load_fronts, quality_diversity_plot
-from engine.generate import GenerationCancelled
+from engine.generate import GenerationCancelled, stop_if_cancelled
 from engine.heard import KIT_NAMES, hear, played, world_markdown
 from engine.merge import Blend
 from engine.model import is_nano_folder
@@ -51,7 +51,6 @@ from engine.service import (
     Generation,
     MusicService,
     Request,
-    stop_if_cancelled,
 )
 from engine.service import check_number as _number
 

@@ -48,6 +48,12 @@ def _rows(cond: TextCondition, n: int, width: int) -> tuple[Tensor, Tensor]:
     return h.expand(n, -1, -1), m.expand(n, -1)
 
 
+def stop_if_cancelled(cancel, when: str = "") -> None:
+    """Raise GenerationCancelled ("stopped <when>") if the request's cancel signal is set."""
+    if cancel is not None and cancel.is_set():
+        raise GenerationCancelled(f"stopped {when}".strip())
+
+
 @torch.inference_mode()
 def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, num_frames: int,
                    sampling: SamplingParams, generator: torch.Generator | None,
@@ -91,8 +97,7 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
 
     # 4. one column per step
     for c in range(1, L):
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled(f"stopped while sampling, at step {c} of {L - 1}")
+        stop_if_cancelled(cancel, f"while sampling, at step {c} of {L - 1}")
         z = logits[:, :, -1]  # (B, K, V)
         if use_cfg:
             z = cfg_logits(z[:N], z[N:], guidance, plausibility)  # (N, K, V)

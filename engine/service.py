@@ -25,7 +25,7 @@ import torch
 
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
-from engine.generate import GenerationCancelled, SamplingParams, generate_codes
+from engine.generate import SamplingParams, generate_codes, stop_if_cancelled
 from engine.merge import Blend, WeightMixer
 from engine.model import MusicModel, load_model, parse_dtype
 
@@ -254,11 +254,6 @@ class MusicService:
             raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, "
                              f"got {req.duration_s}")
         return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock)
-
-
-def stop_if_cancelled(cancel, when: str = "") -> None:
-    if cancel is not None and cancel.is_set():
-        raise GenerationCancelled(f"stopped {when}".strip())
 
 
 def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, weights=None,
