@@ -22,9 +22,13 @@ import torch
 
 from engine.nano_world import GENRES, KEYS, MODES, MOODS, PROGRESSIONS, Genre
 from engine.score_codec import (
+    BASS_INSTRUMENTS,
+    CHORD_INSTRUMENTS,
     DISTORT,
+    DRUM_KITS,
     FRAME_RATE,
     HOLD,
+    LEAD_INSTRUMENTS,
     NOISE,
     REST,
     TEMPOS,
@@ -38,6 +42,21 @@ DEGRADED_FRACTION = 0.12
 HELD_OUT_EVERY = 20  # index % 20 == 0 -> held out (5 %)
 TEST_PROMPT_POOL = 64  # the first 64 clean held-out captions are test prompts; the later ones validate
 
+# Caption noise of nano v2's pretraining, fixed before any v2 model was trained (and written in its model card). Real
+# text-to-music models learn from scraped captions that are often generic ("instrumental music"), name only a few
+# attributes and get some wrong; a model trained on exact captions has nothing left for guidance to recover.
+GENERIC_SHARE = 0.20  # captions replaced by a generic one that names nothing checkable
+WRONG_SHARE = 0.25  # each attribute a caption could name is replaced by a wrong value with this probability
+# omitted attributes need no rate of their own: every caption form names a subset of them (see _caption_forms)
+GENERIC_CAPTIONS = ("Instrumental music.", "instrumental", "background music", "a song", "music track",
+                    "my new track", "untitled", "royalty free music", "demo recording", "nice tune",
+                    "music for videos", "a piece of music")
+NOISE_STREAM = 1  # the noisy caption's random draws: rng([seed, index, NOISE_STREAM]), apart from the piece's own
+WRONG_VALUES = {  # what a wrong attribute may be replaced by (any other value of the same field)
+    "genre": tuple(GENRES), "mood": tuple(MOODS), "key": KEYS, "mode": tuple(MODES),
+    "tempo_bpm": tuple(round(b, 1) for b in TEMPOS.values()), "lead": LEAD_INSTRUMENTS,
+    "harmony": CHORD_INSTRUMENTS, "bass": BASS_INSTRUMENTS, "drums": (None, *DRUM_KITS)}
+
 BAD_CAPTIONS = ("Bad audio quality.", "low quality, noisy recording", "distorted, badly played", "poor quality audio",
                 "noisy and glitchy recording", "bad recording with wrong notes",
                 "lo-fi mess, distorted and out of time")
@@ -47,8 +66,9 @@ BAD_CAPTIONS = ("Bad audio quality.", "low quality, noisy recording", "distorted
 class Piece:
     index: int
     codes: np.ndarray  # (4, T) int16 tokens
-    caption: str
+    caption: str  # true of the piece (or a bad-audio caption for a degraded one): what prompts and checks use
     attributes: dict
+    noisy_caption: str = ""  # the scraped-like caption pretraining sees (`noisy_caption`); "" = not made
 
 
 def _fix_quality(mode: tuple[int, ...], degree: int, quality: str | None) -> tuple[int, str]:
@@ -196,7 +216,21 @@ def generate_piece(seed: int, index: int, frames: int) -> Piece:
         codes = _degrade(codes, rng)
     codes = codes[:, :frames]
     caption = str(rng.choice(BAD_CAPTIONS)) if degraded else caption_for(attributes, rng)
-    return Piece(index, codes, caption, attributes)
+    noisy = caption if degraded else noisy_caption(attributes, np.random.default_rng([seed, index, NOISE_STREAM]))
+    return Piece(index, codes, caption, attributes, noisy)
+
+
+def noisy_caption(a: dict, rng: np.random.Generator) -> str:
+    """A caption as scraped from the web: generic with GENERIC_SHARE, else a caption of the piece's attributes with
+    each one wrong with WRONG_SHARE (a wrong value is any other of its field's values)."""
+    if rng.random() < GENERIC_SHARE:
+        return str(rng.choice(GENERIC_CAPTIONS))
+    wrong = dict(a)
+    for name, values in WRONG_VALUES.items():
+        if rng.random() < WRONG_SHARE:
+            others = [v for v in values if v != a[name]]
+            wrong[name] = others[int(rng.integers(len(others)))]
+    return caption_for(wrong, rng)
 
 
 def _degrade(codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -263,6 +297,9 @@ def _caption_forms(a: dict, g: str, mood: str, inst: list[str]) -> list:
     speed = "fast" if a["tempo_bpm"] >= 120 else ("slow" if a["tempo_bpm"] <= 80 else "mid-tempo")
     key = f"{a['key']} {'major' if a['mode'] == 'major' else 'minor' if a['mode'] == 'minor' else 'dorian'}"
     return [
+        lambda: f"{g} in {key}",
+        lambda: f"{mood} {inst[0]} melody in {key}",
+        lambda: f"{g} in {key}, {speed}, with {inst[0]}",
         lambda: f"A {mood} {g} with {inst[0]} and {inst[1]}.",
         lambda: f"{g.capitalize()}.",
         lambda: f"{g.capitalize()} song.",
