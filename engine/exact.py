@@ -8,9 +8,16 @@ sit, which notes the melody plays, whether noise or distortion events occur. So,
   notes lie in that scale); a genre (a genre fixes the instruments each stream may use, its drum kits and its
   tempi: `engine.nano_world.GENRES`). Moods are not checkable from tokens (they only bias tempo, mode and
   density), nor is a mode named without a key: such words are counted as unchecked, never guessed;
-- *adherence* = the fraction of the checkable requests the clip satisfies (None when there is none);
-- *clean* = 1 if the clip has no noise/distortion events, its onsets sit on a 16th-note grid and its melody fits
-  one diatonic scale (the corpus's degradations: noise bursts, distortion, erratic timing, wrong notes), else 0;
+- *adherence* = the fraction of the decidable checkable requests the clip satisfies (None when there is none); a
+  key is decided only on MIN_ONSETS melody notes or more, else it is counted as unchecked, neither met nor failed;
+- *clean* = 1 if every part the caption calls for plays (`parts_needed`: lead, bass and harmony always, the corpus's
+  pieces all have them; drums where the caption's genre always has them or the caption asks for drums), the clip
+  has no noise/distortion events, its onsets sit on a 16th-note grid and its melody fits one diatonic scale (the
+  corpus's degradations: noise bursts, distortion, erratic timing, wrong notes), else 0. A clip missing a part is
+  not clean however tidy the rest: a silent lead once passed every other check;
+- *tempo* is read from the beat (`beat_sixteenth`): of the 16th grids the onsets fit, the one whose bass, chord and
+  drum onsets best match a genre's patterns at one of that genre's tempi, so that a 160 BPM groove with no
+  odd-16th onsets is not read at half speed;
 - *exact quality* = ω · adherence + clean, ω = 5 as in the paper's quality score (range 0 … 6);
 - *exact diversity* = mean pairwise event distance of the clips (`event_distance`).
 `training.nano_metrics` reports how often each check holds on true held-out corpus pieces (and on other pieces'
@@ -33,6 +40,7 @@ OMEGA = 5.0  # exact quality = OMEGA · adherence + clean, the shape of the pape
 GRID_SHARE = 0.95  # onsets on one 16th grid for a clip to count as in time (erratic timing moves ~half of them)
 SCALE_SHARE = 0.95  # melody notes in one scale for a clip to count as in key (wrong notes move a third of them)
 MIN_ONSETS = 3  # fewer onsets (or melody notes) say nothing about timing (or key): not held against a clip
+MIN_PART_NOTES = 1  # a part plays if it has at least one note-on (chord, drum hit) in the clip
 FAST_BPM, SLOW_BPM = 120.0, 80.0  # the corpus's words: fast ≥ 120 BPM, slow ≤ 80, mid-tempo between
 KIT_WORDS = {"drum machine": "electronic", "dusty drums": "lofi"}
 INSTRUMENT_WORDS = ("piano", "guitar", "organ", "saw lead", "square lead", "bells", "flute", "strings", "pad",
@@ -55,6 +63,12 @@ class Reading:
     onsets: int
     melody: tuple[int, ...]  # pitch classes of the lead's notes, in order
     noise_events: int  # NOISE and DISTORT tokens
+    notes: tuple[int, int, int, int] = (0, 0, 0, 0)  # note-ons (chords, drum hits) of lead, bass, harmony, drums
+
+    @property
+    def playing(self) -> dict[str, bool]:
+        """Which parts play at all (MIN_PART_NOTES note-ons or more), by stream name."""
+        return {name: n >= MIN_PART_NOTES for name, n in zip(STREAMS, self.notes)}
 
     @property
     def instruments(self) -> frozenset[str]:
@@ -78,14 +92,51 @@ def read(codes: np.ndarray) -> Reading:
     onsets = sorted({f for v in events.values() for f, _ in v})
     shares = {d: float(np.mean([f % d == 0 for f in onsets])) if onsets else 1.0 for d in TEMPOS}
     on_grid = [d for d, a in shares.items() if a >= GRID_SHARE]
-    sixteenth = max(on_grid) if on_grid and len(onsets) >= MIN_ONSETS else None
+    by_stream = {k: [f for f, _ in v] for k, v in events.items()}
+    sixteenth = beat_sixteenth(on_grid, by_stream) if on_grid and len(onsets) >= MIN_ONSETS else None
     return Reading(lead=frozenset(e.instrument for _, e in events["lead"]),
                    bass=frozenset(e.instrument for _, e in events["bass"]),
                    harmony=frozenset(e.instrument for _, e in events["harmony"]),
                    kits=frozenset(e.instrument for _, e in events["drums"]), sixteenth=sixteenth,
                    grid_share=max(shares.values()), onsets=len(onsets),
                    melody=tuple(e.pitches[0] % 12 for _, e in events["lead"]),
-                   noise_events=int(((codes == NOISE) | (codes == DISTORT)).sum()))
+                   noise_events=int(((codes == NOISE) | (codes == DISTORT)).sum()),
+                   notes=tuple(len(events[name]) for name in STREAMS))
+
+
+# ---------------------------------------------------------------- tempo from the beat
+BASS_STEPS = {"root": (0, 6, 8, 14), "octave": tuple(range(0, 16, 2)), "walking": (0, 4, 8, 12), "fifths": (0, 8),
+              "offbeat": (2, 6, 10, 14), "sustained": (0,)}  # where the corpus's bass styles play, in 16ths of a bar
+CHORD_STEPS = {"bar": (0,), "half": (0, 8), "offbeat": (4, 12), "stabs": (0, 6, 10)}
+FILL_STEPS = (0, 12, 13, 14, 15)  # crashes on the downbeat, snare fills in the bar's last beat
+
+
+def _patterns(genre) -> dict[str, frozenset[int]]:
+    drums = {i for pat in genre.groove.values() for i, c in enumerate(pat) if c == "x"} | set(FILL_STEPS)
+    return dict(bass=frozenset(BASS_STEPS[genre.bass_style]), harmony=frozenset(CHORD_STEPS[genre.chord_rhythm]),
+                drums=frozenset(drums))
+
+
+PATTERNS = {name: _patterns(g) for name, g in GENRES.items()}
+
+
+def beat_fit(by_stream: dict[str, list[int]], genre: str, d: int) -> float:
+    """How well the bass, chord and drum onsets (frames) sit where `genre` plays them at d frames per 16th: the mean
+    over those streams that play of the share of their onsets on the genre's steps of the bar (0 … 1)."""
+    fits = [np.mean([(f // d) % 16 in steps for f in by_stream[name]])
+            for name, steps in PATTERNS[genre].items() if by_stream.get(name)]
+    return float(np.mean(fits)) if fits else 0.0
+
+
+def beat_sixteenth(on_grid: list[int], by_stream: dict[str, list[int]]) -> int:
+    """The 16th length (frames) of the clip among the grids its onsets fit. The coarsest fitting grid alone reads a
+    groove without odd-16th onsets at half speed (160 BPM as 80); so each grid is scored by the best `beat_fit` of a
+    genre that has that tempo, and the best-scored grid wins (ties: the coarsest, as before)."""
+    if len(on_grid) == 1:
+        return on_grid[0]
+    score = {d: max((beat_fit(by_stream, name, d) for name, g in GENRES.items() if d in g.tempos), default=0.0)
+             for d in on_grid}
+    return max(on_grid, key=lambda d: (round(score[d], 6), d))
 
 
 # ---------------------------------------------------------------- clean
@@ -99,18 +150,33 @@ def scale_share(melody: tuple[int, ...], scale: tuple[int, ...] | None = None, t
     return sum(counts[(tonic + i) % 12] for i in scale) / len(melody)
 
 
-def clean_parts(r: Reading) -> dict[str, bool]:
-    return dict(no_noise=r.noise_events == 0,
+def parts_needed(caption: str | None) -> tuple[str, ...]:
+    """The streams a clip for `caption` must play: lead, bass and harmony always (every corpus piece has all three,
+    whatever its genre), and drums where the caption's genre always has a kit or the caption asks for drums (and
+    does not say "no drums")."""
+    needed = ["lead", "bass", "harmony"]
+    c = (caption or "").lower()
+    if "no drums" not in c:
+        genre_drums = any(all(g.kits) and g.kits and any(_words(c, w) for w in g.words) for g in GENRES.values())
+        if genre_drums or _drum_checks(c):
+            needed.append("drums")
+    return tuple(needed)
+
+
+def clean_parts(r: Reading, caption: str | None = None) -> dict[str, bool]:
+    """Each condition of `clean`: the parts the caption needs play, no noise, on the grid, in one key."""
+    playing = r.playing
+    return dict(parts=all(playing[p] for p in parts_needed(caption)), no_noise=r.noise_events == 0,
                 on_grid=r.onsets < MIN_ONSETS or r.grid_share >= GRID_SHARE,
                 in_key=len(r.melody) < MIN_ONSETS or scale_share(r.melody) >= SCALE_SHARE)
 
 
-def clean(r: Reading) -> float:
-    return float(all(clean_parts(r).values()))
+def clean(r: Reading, caption: str | None = None) -> float:
+    return float(all(clean_parts(r, caption).values()))
 
 
 # ---------------------------------------------------------------- requests
-Check = Callable[[Reading], bool]
+Check = Callable[[Reading], "bool | None"]  # None: the clip cannot tell (a key with too few melody notes)
 
 
 def _words(text: str, word: str) -> bool:
@@ -118,25 +184,30 @@ def _words(text: str, word: str) -> bool:
 
 
 def genre_fits(r: Reading, name: str) -> bool:
-    """The clip could be of this genre: every stream's instruments, the kit and the tempo are among the genre's."""
+    """The clip could be of this genre: every stream's instruments, the kit and the tempo (when the clip shows one) are
+    among the genre's."""
     g = GENRES[name]
     kits = {k for k in g.kits if k}
+    tempo_fits = r.sixteenth in g.tempos or r.onsets < MIN_ONSETS  # too few onsets show no tempo to hold against it
     return (r.lead <= set(g.lead) and r.bass <= set(g.bass) and r.harmony <= set(g.harmony) and r.kits <= kits
-            and r.sixteenth in g.tempos)
+            and tempo_fits)
 
 
 def _tempo_check(c: str) -> tuple[str, Check] | None:
     m = re.search(r"(\d+(?:\.\d)?) bpm", c)
     if m:
         bpm = float(m.group(1))
-        return f"tempo {bpm:g} BPM", lambda r: r.tempo_bpm is not None and abs(r.tempo_bpm - bpm) < 1
-    if _words(c, "fast"):
-        return "fast", lambda r: r.tempo_bpm is not None and r.tempo_bpm >= FAST_BPM
-    if _words(c, "slow"):
-        return "slow", lambda r: r.tempo_bpm is not None and r.tempo_bpm <= SLOW_BPM
-    if _words(c, "mid-tempo"):
-        return "mid-tempo", lambda r: r.tempo_bpm is not None and SLOW_BPM < r.tempo_bpm < FAST_BPM
-    return None
+        name, fits = f"tempo {bpm:g} BPM", lambda t: abs(t - bpm) < 1
+    elif _words(c, "fast"):
+        name, fits = "fast", lambda t: t >= FAST_BPM
+    elif _words(c, "slow"):
+        name, fits = "slow", lambda t: t <= SLOW_BPM
+    elif _words(c, "mid-tempo"):
+        name, fits = "mid-tempo", lambda t: SLOW_BPM < t < FAST_BPM
+    else:
+        return None
+    # fewer than MIN_ONSETS onsets show no tempo: undecided; an off-grid clip has none: failed
+    return name, lambda r: None if r.onsets < MIN_ONSETS else (r.tempo_bpm is not None and fits(r.tempo_bpm))
 
 
 def _drum_checks(c: str) -> dict[str, Check]:
@@ -159,8 +230,8 @@ def requests(caption: str) -> dict[str, Check]:
     key = KEY_NAME.search(caption)
     if key is not None:
         tonic, scale = KEYS.index(key.group(1)), MODES[key.group(2)]
-        out[f"key {key.group(0)}"] = lambda r: (len(r.melody) >= MIN_ONSETS
-                                               and scale_share(r.melody, scale, tonic) >= SCALE_SHARE)
+        out[f"key {key.group(0)}"] = lambda r: (None if len(r.melody) < MIN_ONSETS
+                                               else scale_share(r.melody, scale, tonic) >= SCALE_SHARE)
     for name, g in GENRES.items():
         if any(_words(c, w) for w in g.words):
             out[f"genre {name}"] = lambda r, name=name: genre_fits(r, name)
@@ -182,10 +253,11 @@ def kind(request: str) -> str:
 # ---------------------------------------------------------------- per clip and per set
 @dataclass(frozen=True)
 class ClipScore:
-    adherence: float | None  # share of checkable requests met; None if the caption has none
+    adherence: float | None  # share of the decided requests met; None if the caption has none the clip can decide
     clean: float  # 0 or 1
-    met: dict[str, bool]  # per request
+    met: dict[str, bool]  # per decided request
     reading: Reading  # what the tokens say (read once, reused by callers)
+    undecided: tuple[str, ...] = ()  # requests this clip cannot decide (a key with too few melody notes)
 
     @property
     def quality(self) -> float | None:
@@ -194,8 +266,10 @@ class ClipScore:
 
 def score_clip(codes: np.ndarray, caption: str) -> ClipScore:
     r = read(codes)
-    met = {name: bool(check(r)) for name, check in requests(caption).items()}
-    return ClipScore(float(np.mean(list(met.values()))) if met else None, clean(r), met, r)
+    verdicts = {name: check(r) for name, check in requests(caption).items()}
+    met = {name: bool(v) for name, v in verdicts.items() if v is not None}
+    undecided = tuple(name for name, v in verdicts.items() if v is None)
+    return ClipScore(float(np.mean(list(met.values()))) if met else None, clean(r, caption), met, r, undecided)
 
 
 def event_distance(a: np.ndarray, b: np.ndarray) -> float:

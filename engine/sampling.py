@@ -30,6 +30,15 @@ def plausible(cond: Tensor, plausibility: float) -> Tensor:
     return cond >= cond.max(dim=-1, keepdim=True).values + math.log(plausibility)
 
 
+def nucleus(logits: Tensor, top_p: float) -> Tensor:
+    """Bool mask (…, V) of the nucleus: the most likely tokens whose probabilities first reach `top_p` (a token is
+    dropped when the tokens ranked above it already cover top_p; the first always stays). The same rule as
+    `sample_next_token`'s top-p, for the distillation teacher."""
+    probs, order = logits.float().softmax(dim=-1).sort(dim=-1, descending=True)
+    keep_sorted = (probs.cumsum(dim=-1) - probs) < top_p
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
 def sample_next_token(logits: Tensor, generator: torch.Generator | None, temperature: float = 1.0,
                       top_k: int = 0, top_p: float = 0.0) -> Tensor:
     """Sample one token per row of `logits` (N, V) -> (N,) long.

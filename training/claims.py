@@ -1,9 +1,14 @@
 """The paper's claims, tested on measured points of `training.evaluate`: one function per claim.
 
 Each takes the measured families on one pair of axes (`Families`: quality and diversity names) and returns a row
-{claim, holds (True/False/None = not testable), detail}. `claims` tests every claim on each pair of `AXES`: the
-exact metrics read from nano's tokens (`engine.exact`) and the learned scorers (the stand-ins for MuLan/CLAP).
-Intervals are 95 % prompt bootstraps of paired differences (the same prompts and seeds for every point).
+{claim, holds, parts, detail}. A claim is split into parts, each tested on a paired comparison over prompts (the
+same prompts and seeds for every point; 95 % prompt-bootstrap interval): a part holds (True) only when its
+interval lies on the claimed side (an inconclusive interval does not hold), and is None when the points cannot
+test it. `verdict` turns the parts into "yes" (every part holds), "no" (no tested part holds), "partly" (some do,
+or every tested part does but some could not be tested) or "not testable" (none could). "Matches" and "at least
+as good" are non-inferiority tests against margins stated in this file before the measurements they judge.
+`claims` tests every claim on each pair of `AXES`: the exact metrics read from nano's tokens (`engine.exact`) and
+the learned scorers (the stand-ins for MuLan/CLAP).
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ AXES = {"exact": ("exact_quality", "event_diversity"), "learned": ("quality", "d
 
 # thresholds of the claims, with reasons
 PAPER_GAMMA = 3.0  # the CFG γ the paper distils and compares against
-QUALITY_MATCH_SEMS = 1.0  # "θ_q matches CFG quality": at most one standard error below it
+YES, PARTLY, NO, UNTESTABLE = "yes", "partly", "no", "not testable"
+# "θ_q matches its teacher's quality" and "λ = 0.5 is at least as good as a β model": the paired 95 % interval of
+# the difference lies above −margin. Quality margins: 0.25 of exact quality (0 … 6: a twentieth of the adherence
+# range, ω = 5) and 0.25 of the learned quality score (its spread over the points is of the same size); diversity:
+# 0.03 of event diversity or of E's diversity (both 0 … 1). Written before the v2 models were measured.
+MARGIN = {"exact_quality": 0.25, "quality": 0.25, "event_diversity": 0.03, "diversity": 0.03}
+HALF_COST_RATIO = 1.5  # "about half the inference cost": the teacher's time per clip is at least 1.5× θ_q's
 HACK_NOISE_RISE = 0.05  # θ_d games E if its share of clips with noise/distortion tokens rises by more than this …
 HACK_DRUMS_RISE = 0.15  # … or its share of clips with drums rises by more than this (drums move E the most)
 
@@ -38,27 +49,32 @@ class Teacher:
     guidance: float = PAPER_GAMMA
     negative: str = DEFAULT_NEGATIVE_PROMPT
     plausibility: float = 0.0
+    top_p: float = 0.0  # nucleus truncation after CFG (0 = off)
+
+    @property
+    def truncation(self) -> str:
+        """", α=0.1" / ", top-p=0.9": what the teacher cuts after guidance ("" for the paper's CFG)."""
+        return (f", α={self.plausibility:g}" if self.plausibility else "") + (f", top-p={self.top_p:g}"
+                                                                             if self.top_p else "")
 
     @property
     def family(self) -> str:
-        """The γ-front this teacher lies on: the paper's CFG, or CFG with the teacher's mask and negative."""
-        if self.plausibility == 0:
-            return CFG_NEG if self.negative else CFG_UNCOND
-        return f"CFG γ ({'negative prompt' if self.negative else 'unconditional'}, α={self.plausibility:g})"
+        """The γ-front this teacher lies on: the paper's CFG, or CFG with the teacher's truncation and negative."""
+        return self.neg_family if self.negative else self.uncond_family
 
     @property
     def neg_family(self) -> str:
-        """The γ-front with the negative prompt and the teacher's mask (the paper's CFG_NEG without a mask)."""
-        return CFG_NEG if self.plausibility == 0 else f"CFG γ (negative prompt, α={self.plausibility:g})"
+        """The γ-front with the negative prompt and the teacher's truncation (the paper's CFG_NEG without one)."""
+        return f"CFG γ (negative prompt{self.truncation})" if self.truncation else CFG_NEG
 
     @property
     def uncond_family(self) -> str:
-        return CFG_UNCOND if self.plausibility == 0 else f"CFG γ (unconditional, α={self.plausibility:g})"
+        return f"CFG γ (unconditional{self.truncation})" if self.truncation else CFG_UNCOND
 
     @property
     def label(self) -> str:
-        mask = f", α = {self.plausibility:g}" if self.plausibility else ""
-        return f"γ = {self.guidance:g}{mask}, {'negative prompt' if self.negative else 'unconditional'}"
+        cut = self.truncation.replace("=", " = ")
+        return f"γ = {self.guidance:g}{cut}, {'negative prompt' if self.negative else 'unconditional'}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +86,7 @@ class Point:
     negative: str = DEFAULT_NEGATIVE_PROMPT
     temperature: float = 1.0
     plausibility: float = 0.0  # CFG's plausibility mask α (0 = the paper's CFG)
+    top_p: float = 0.0  # nucleus truncation (0 = off)
 
     @property
     def label(self) -> str:
@@ -131,6 +148,25 @@ def with_ci(d: tuple[float, tuple[float, float]]) -> str:
     return f"{d[0]:+.3f} (95 % CI {d[1][0]:+.3f} … {d[1][1]:+.3f})"
 
 
+def verdict(parts: dict[str, bool | None]) -> str:
+    """yes / partly / no / not testable from the claim's parts (module docstring)."""
+    tested = [v for v in parts.values() if v is not None]
+    if not tested:
+        return UNTESTABLE
+    if not any(tested):
+        return NO
+    return YES if len(tested) == len(parts) and all(tested) else PARTLY
+
+
+def parts_text(parts: dict[str, bool | None]) -> str:
+    mark = {True: "holds", False: "does not hold", None: "not testable"}
+    return "; ".join(f"{name}: {mark[v]}" for name, v in parts.items())
+
+
+def row(claim: str, parts: dict[str, bool | None], detail: str) -> dict:
+    return dict(claim=claim, holds=verdict(parts), parts=parts, detail=f"{parts_text(parts)}. {detail}")
+
+
 def claim_cfg(f: Families, family: str = CFG_NEG, uncond: str = CFG_UNCOND, name: str = "CFG") -> dict | None:
     cfg = f(family)
     if len(cfg) < 2:
@@ -138,77 +174,87 @@ def claim_cfg(f: Families, family: str = CFG_NEG, uncond: str = CFG_UNCOND, name
     rq = spearman([m.point.x for m in cfg], [m.mean(f.q) for m in cfg])
     rd = spearman([m.point.x for m in cfg], [m.mean(f.d) for m in cfg])
     detail = f"Spearman(γ, quality) = {rq:+.2f}, Spearman(γ, diversity) = {rd:+.2f}"
-    holds = rq > 0 and rd < 0
-    g, u = f.at(family, PAPER_GAMMA), f.at(uncond, PAPER_GAMMA)
+    g, u, off = f.at(family, PAPER_GAMMA), f.at(uncond, PAPER_GAMMA), f.at(family, 1.0) or f.at(CFG_NEG, 1.0)
+    parts: dict[str, bool | None] = dict.fromkeys(("quality rises", "diversity falls", "negative beats unconditional"))
+    if g is not None and off is not None:
+        dq, dd = f.paired(g, off, f.q), f.paired(g, off, f.d)
+        parts |= {"quality rises": dq[1][0] > 0, "diversity falls": dd[1][1] < 0}
+        detail += f"; γ = 3 − no CFG: quality {with_ci(dq)}, diversity {with_ci(dd)}"
     if g is not None and u is not None:
-        diff = g.mean(f.q) - u.mean(f.q)
-        se = np.hypot(g.sem(f.q), u.sem(f.q))
-        detail += f"; at γ = 3, quality with the negative prompt − unconditional = {diff:+.3f} ± {se:.3f}"
-        holds = holds and diff > 0
-    return dict(claim=f"1. {name} raises quality and lowers diversity as γ grows; negative prompting beats "
-                      "unconditional", holds=holds, detail=detail)
+        dn = f.paired(g, u, f.q)
+        parts["negative beats unconditional"] = dn[1][0] > 0
+        detail += f"; at γ = 3, quality with the negative prompt − unconditional {with_ci(dn)}"
+    return row(f"1. {name} raises quality and lowers diversity as γ grows; negative prompting beats unconditional",
+               parts, detail)
 
 
 def claim_distilled(f: Families, speed: dict | None, teacher: Teacher) -> dict | None:
     q0, g = f(LERP_QD)[0], f.at(teacher.family, teacher.guidance)
     if g is None:
         return None
-    diff = q0.mean(f.q) - g.mean(f.q)
+    diff = f.paired(q0, g, f.q)
     ratio = (speed["teacher"] / speed["θ_q"] if speed
              else g.result.sample_s_per_clip / q0.result.sample_s_per_clip)
     timing = f": {speed['teacher'] * 1000:.0f} vs {speed['θ_q'] * 1000:.0f} ms)" if speed else ")"
-    return dict(claim=f"2. θ_q matches its CFG teacher's quality ({teacher.label}) without CFG, at about half the "
-                      f"inference cost",
-                holds=diff >= -QUALITY_MATCH_SEMS * g.sem(f.q),
-                detail=f"quality θ_q {q0.mean(f.q):.3f} ± {q0.sem(f.q):.3f} vs the teacher "
-                       f"{g.mean(f.q):.3f} ± {g.sem(f.q):.3f} (difference {diff:+.3f}); "
-                       f"sampling time per clip teacher / θ_q = {ratio:.2f}× (measured together in this run" + timing)
+    margin = MARGIN.get(f.q, 0.0)
+    parts = {f"quality matches (paired CI above −{margin:g})": diff[1][0] >= -margin,
+             f"cost about half (ratio ≥ {HALF_COST_RATIO:g})": ratio >= HALF_COST_RATIO}
+    return row(f"2. θ_q matches its CFG teacher's quality ({teacher.label}) without CFG, at about half the "
+               f"inference cost", parts,
+               f"quality θ_q {q0.mean(f.q):.3f} vs the teacher {g.mean(f.q):.3f}, θ_q − teacher {with_ci(diff)} "
+               f"(paired over prompts); sampling time per clip teacher / θ_q = {ratio:.2f}× (measured together in "
+               f"this run" + timing)
 
 
 def claim_diversity(f: Families) -> dict:
     base, q0, d1 = f.at(CFG_NEG, 1.0), f(LERP_QD)[0], f(LERP_QD)[-1]
     q_vs_base, qd_div = f.paired(q0, base, f.d), f.paired(d1, q0, f.d)
     qd_qual = f.paired(d1, q0, f.q)
-    return dict(claim="3. CFG distillation alone (β = 0) lowers diversity; β > 0 raises it, with a quality cost",
-                holds=q_vs_base[1][1] < 0 and qd_div[1][0] > 0 and qd_qual[0] < 0,
-                detail=f"diversity base {base.mean(f.d):.3f}, θ_q {q0.mean(f.d):.3f}, "
-                       f"θ_d {d1.mean(f.d):.3f}; quality θ_q {q0.mean(f.q):.3f}, "
-                       f"θ_d {d1.mean(f.q):.3f}. Paired over prompts: diversity θ_q − base {with_ci(q_vs_base)}, "
-                       f"θ_d − θ_q {with_ci(qd_div)}; quality θ_d − θ_q {with_ci(qd_qual)}")
+    parts = {"θ_q less diverse than the base": q_vs_base[1][1] < 0, "θ_d more diverse than θ_q": qd_div[1][0] > 0,
+             "θ_d costs quality": qd_qual[1][1] < 0}
+    return row("3. CFG distillation alone (β = 0) lowers diversity; β > 0 raises it, with a quality cost", parts,
+               f"diversity base {base.mean(f.d):.3f}, θ_q {q0.mean(f.d):.3f}, θ_d {d1.mean(f.d):.3f}; quality θ_q "
+               f"{q0.mean(f.q):.3f}, θ_d {d1.mean(f.q):.3f}. Paired over prompts: diversity θ_q − base "
+               f"{with_ci(q_vs_base)}, θ_d − θ_q {with_ci(qd_div)}; quality θ_d − θ_q {with_ci(qd_qual)}")
 
 
 def claim_pareto(f: Families, teacher: Teacher) -> dict:
-    lerp, parts, holds, compared = f(LERP_QD), [], True, 0
+    lerp, parts, details = f(LERP_QD), {}, []
     for other in dict.fromkeys((CFG_NEG, teacher.family, TEMP_BASE, TEMP_Q)):
         if len(f(other)) < 2 or len(lerp) < 2:
             continue
         fd = f.front_difference(lerp, f(other))
         if fd["x_hi"] <= fd["x_lo"]:
-            parts.append(f"vs {other}: no diversity overlap, not testable")
+            parts[f"vs {other}"] = None
+            details.append(f"vs {other}: no diversity overlap")
             continue
-        compared += 1
-        holds = holds and fd["ci"][0] > 0
-        parts.append(f"vs {other}: area difference {fd['difference']:+.4f} (95 % CI {fd['ci'][0]:+.4f} … "
-                     f"{fd['ci'][1]:+.4f}) over diversity {fd['x_lo']:.3f}–{fd['x_hi']:.3f}")
-    return dict(claim="4. The LERP front Pareto-dominates the CFG γ-fronts and temperature sampling over their overlap",
-                holds=holds and compared > 0, detail="; ".join(parts))
+        parts[f"vs {other}"] = fd["ci"][0] > 0
+        details.append(f"vs {other}: area difference {fd['difference']:+.4f} (95 % CI {fd['ci'][0]:+.4f} … "
+                       f"{fd['ci'][1]:+.4f}) over diversity {fd['x_lo']:.3f}–{fd['x_hi']:.3f}")
+    return row("4. The LERP front Pareto-dominates the CFG γ-fronts and temperature sampling over their overlap",
+               parts, "; ".join(details))
+
+
+def _excess(f: Families, lerp: list[Measured], idx=None) -> float:
+    """Mean normalised quality of the inner λ points above the straight line from θ_q to θ_d."""
+    q_0, q_1 = lerp[0].mean(f.q, idx), lerp[-1].mean(f.q, idx)
+    if q_0 == q_1:
+        return float("nan")
+    return float(np.mean([(m.mean(f.q, idx) - q_1) / (q_0 - q_1) - (1 - m.point.x) for m in lerp[1:-1]]))
 
 
 def _diagonal(f: Families, lerp: list[Measured]) -> tuple[str, bool | None]:
-    """Where quality along λ lies relative to the straight line between θ_q and θ_d (None: no trade-off to test)."""
-    q_0, q_1 = lerp[0].mean(f.q), lerp[-1].mean(f.q)
-    d_0, d_1 = lerp[0].mean(f.d), lerp[-1].mean(f.d)
-    inner = lerp[1:-1]
-    q_excess = [((m.mean(f.q) - q_1) / (q_0 - q_1) - (1 - m.point.x)) if q_0 != q_1 else np.nan for m in inner]
-    d_excess = [((m.mean(f.d) - d_0) / (d_1 - d_0) - m.point.x) if d_1 != d_0 else np.nan for m in inner]
-    if d_1 - d_0 <= lerp[-1].sem(f.d):
-        return (f"diagonal not testable: θ_d is not more diverse than θ_q (diversity {d_0:.3f} → {d_1:.3f}), "
-                f"so there is no trade-off to lie above the diagonal of"), None
-    if q_0 - q_1 <= lerp[0].sem(f.q):
-        return (f"diagonal not testable: θ_d costs no quality (θ_q {q_0:.3f}, θ_d {q_1:.3f}), so there is no "
-                f"trade-off along λ (normalised diversity above the diagonal by {np.nanmean(d_excess):+.3f})"), None
-    return (f"normalised quality above the diagonal by {np.nanmean(q_excess):+.3f} on average "
-            f"(normalised diversity: {np.nanmean(d_excess):+.3f})"), bool(np.nanmean(q_excess) > 0)
+    """Whether quality along λ lies above the straight line between θ_q and θ_d (None: no trade-off to test):
+    the θ_d − θ_q differences must be significant (paired), then the excess's interval must lie above 0."""
+    dd, dq = f.paired(lerp[-1], lerp[0], f.d), f.paired(lerp[0], lerp[-1], f.q)
+    if dd[1][0] <= 0:
+        return (f"diagonal not testable: θ_d is not more diverse than θ_q (θ_d − θ_q {with_ci(dd)}), so there is "
+                f"no trade-off to lie above the diagonal of"), None
+    if dq[1][0] <= 0:
+        return (f"diagonal not testable: θ_d costs no significant quality (θ_q − θ_d {with_ci(dq)}), so there is "
+                f"no trade-off along λ"), None
+    excess = _excess(f, lerp), bootstrap(lambda idx: _excess(f, lerp, idx), f.prompts, reps=f.reps)
+    return f"normalised quality above the diagonal by {with_ci(excess)}", excess[1][0] > 0
 
 
 def claim_lambda(f: Families) -> dict | None:
@@ -216,19 +262,22 @@ def claim_lambda(f: Families) -> dict | None:
     if len(lerp) < 3:
         return None
     detail, diagonal = _diagonal(f, lerp)
-    verdicts = [] if diagonal is None else [diagonal]
+    parts: dict[str, bool | None] = {}
     half = f.at(LERP_QD, 0.5)
     betas = sorted((n for n in f.by_x if n.startswith(BETA_MODEL)), key=lambda n: float(n[len(BETA_MODEL):]))
     if not betas:
+        parts["λ = 0.5 at least as good as an intermediate β"] = None
         detail += "; no intermediate-β models to compare λ = 0.5 with"
     for name in betas:
         if f(name) and half is not None:
             dq, dd = f.paired(half, f(name)[0], f.q), f.paired(half, f(name)[0], f.d)
-            # "at least as good": λ = 0.5 is not significantly worse than the β model on either axis
-            verdicts.append(dq[1][1] >= 0 and dd[1][1] >= 0)
+            mq, md = MARGIN.get(f.q, 0.0), MARGIN.get(f.d, 0.0)
+            parts[f"λ = 0.5 at least as good as {name} (CIs above −{mq:g} / −{md:g})"] = (dq[1][0] >= -mq
+                                                                                       and dd[1][0] >= -md)
             detail += f"; λ = 0.5 − {name}: quality {with_ci(dq)}, diversity {with_ci(dd)} (paired over prompts)"
-    return dict(claim="5. λ = 0.5 is at least as good as intermediate β; quality along λ lies above the diagonal",
-                holds=all(verdicts) if verdicts else None, detail=detail)
+    parts["quality along λ above the diagonal"] = diagonal
+    return row("5. λ = 0.5 is at least as good as intermediate β; quality along λ lies above the diagonal", parts,
+               detail)
 
 
 def claim_no_hacking(f: Families) -> dict:
@@ -241,15 +290,16 @@ def claim_no_hacking(f: Families) -> dict:
                       and d1.mean("diversity") > q0.mean("diversity"))
     gamed = d.degraded > q.degraded + HACK_NOISE_RISE or d.drums > q.drums + HACK_DRUMS_RISE or musically_flat
     return dict(claim="Reward hacking check: does θ_d game E (drums, noise) rather than become musically diverse?",
-                holds=not gamed, detail=detail + (" — signs of gaming" if gamed else " — no sign of gaming"))
+                holds=NO if gamed else YES, parts={"no sign of gaming": not gamed},
+                detail=detail + (" — signs of gaming" if gamed else " — no sign of gaming"))
 
 
 def claims_on(f: Families, speed: dict | None, teacher: Teacher) -> list[dict]:
     """Every claim the measured families can test, on the axes of `f`."""
     out = [claim_cfg(f, name="CFG (the paper's)")]
-    if teacher.plausibility > 0:
-        out.append(claim_cfg(f, teacher.neg_family, teacher.uncond_family, f"CFG with the teacher's mask (α = "
-                                                                              f"{teacher.plausibility:g})"))
+    if teacher.truncation:
+        out.append(claim_cfg(f, teacher.neg_family, teacher.uncond_family,
+                             f"CFG with the teacher's truncation ({teacher.truncation[2:]})"))
     if f(LERP_QD) and f(CFG_NEG):
         out += [claim_distilled(f, speed, teacher), claim_diversity(f), claim_pareto(f, teacher), claim_lambda(f)]
     return [c for c in out if c is not None]

@@ -84,6 +84,8 @@ class DistillConfig:
     negative_prompt: str = setting(DEFAULT_NEGATIVE_PROMPT, "the teacher's negative prompt ('' = unconditional)")
     plausibility: float = setting(0.0, "the teacher's plausibility mask α (our addition; 0 = the paper's CFG): "
                                        "tokens with p_cond < α · max p_cond are masked before CFG")
+    top_p: float = setting(0.0, "the teacher's nucleus (top-p) truncation after CFG and temperature (our addition, "
+                                "keeps melody onsets the mask removes; 0 = off)")
     reward: str = setting("embedding", "diversity reward r_D: 'embedding' (1 − cosine of E's embeddings, the paper's) "
                                        "or 'events' (nano only: the share of differing note events, read from the "
                                        "tokens by engine.exact; our addition)", choices=REWARDS)
@@ -103,6 +105,8 @@ class DistillConfig:
             raise ValueError(f"guidance must be ≥ 1, got {self.guidance}")
         if not 0 <= self.plausibility < 1:
             raise ValueError(f"plausibility must be in [0, 1) (0 = off), got {self.plausibility}")
+        if not 0 <= self.top_p < 1:
+            raise ValueError(f"top_p must be in [0, 1) (0 = off), got {self.top_p}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.prompts < 1 or self.samples < 1:
@@ -282,7 +286,7 @@ class Distiller:
             with torch.no_grad():
                 teacher_logits = self._teacher_logits(inputs, cond)
         kl = cfg_distillation_kl(student_logits, teacher_logits[:B], teacher_logits[B:], cfg.guidance, mask,
-                                 cfg.temperature, cfg.plausibility)
+                                 cfg.temperature, cfg.plausibility, cfg.top_p)
         loss = kl.mean()
         metrics = dict(kl=kl.mean().item(), kl_std=kl.std().item() if B > 1 else 0.0, beta=cfg.beta_at(step))
         if cfg.beta > 0:
@@ -336,6 +340,7 @@ EVAL_FIELDS = ["step", "model", "heldout_kl", "exact_quality", "exact_quality_se
 
 def teacher_name(config: DistillConfig) -> str:
     mask = f" α={config.plausibility:g}" if config.plausibility else ""
+    mask += f" top-p={config.top_p:g}" if config.top_p else ""
     neg = "" if config.negative_prompt else " unconditional"
     return f"base+CFG γ={config.guidance:g}{mask}{neg}"
 
@@ -357,7 +362,7 @@ def eval_rows(distiller: Distiller, step: int, prompts: list[str], settings: Hel
         # the teacher's mask belongs to the teacher: the base and the student are sampled plainly
         result = measure(distiller.sampler(decoder, name), prompts, settings, scorers,
                          is_readable(distiller.base.codec), guidance=gamma, negative=cfg.negative_prompt,
-                         plausibility=cfg.plausibility if gamma > 1 else 0.0)
+                         plausibility=cfg.plausibility if gamma > 1 else 0.0, top_p=cfg.top_p if gamma > 1 else 0.0)
         row = dict(step=step, model=name, **result.summary())
         # the held-out KL is the student's: it is the base's only while the student is still the base
         if name == "student" or (name == "base" and started_from_base):

@@ -58,8 +58,8 @@ from training.settings import parse, setting
 GAMMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
 TEMPERATURES = [0.7, 0.85, 1.0, 1.15, 1.3]
 CACHED = ("quality", "diversity", "vendi", "event_diversity", "drums", "degraded", "sample_s_per_clip", "adherence",
-          "audio_quality", "exact_quality", "exact_adherence", "clean", "requests")
-METRICS_VERSION = "exact-1"  # part of every cache key: bump when what a point measures changes
+          "audio_quality", "exact_quality", "exact_adherence", "clean", "requests", "lead_plays", "parts")
+METRICS_VERSION = "exact-2"  # part of every cache key: bump when what a point measures changes
 __all__ = ["CFG_NEG", "CFG_UNCOND", "LERP_QB", "LERP_QD", "TEMP_BASE", "TEMP_Q", "Measured", "Point", "claims"]
 
 
@@ -109,7 +109,7 @@ class EvalSettings:
         if not path.exists():
             return Teacher()
         t = json.loads(path.read_text())
-        return Teacher(float(t["guidance"]), t["negative_prompt"], float(t["plausibility"]))
+        return Teacher(float(t["guidance"]), t["negative_prompt"], float(t["plausibility"]), float(t.get("top_p", 0)))
 
 
 def file_hash(path: Path) -> str:
@@ -165,7 +165,7 @@ class Evaluator:
         result = measure(self.sampler(p), self.prompts, self.settings.heldout(), self.scorers,
                          readable=is_readable(self.service.model.codec),
                          temperature=p.temperature, guidance=p.guidance, negative=p.negative,
-                         plausibility=p.plausibility)
+                         plausibility=p.plausibility, top_p=p.top_p)
         rec = dict(key=key, point=asdict(p), **{k: getattr(result, k) for k in CACHED})
         self.cache[key] = rec
         with open(self.cache_path, "a") as f:
@@ -178,7 +178,8 @@ class Evaluator:
         for i, prompt in enumerate(self.prompts[:4]):
             req = Request(prompt, s.clips, s.seconds, seed=repeat * 1000 + i, negative_prompt=teacher.negative,
                           guidance=teacher.guidance if name == "teacher" else 1.0,
-                          plausibility=teacher.plausibility if name == "teacher" else 0.0)
+                          plausibility=teacher.plausibility if name == "teacher" else 0.0,
+                          top_p=teacher.top_p if name == "teacher" else 0.0)
             gen = (self.service.generate_base(req) if name == "teacher"
                    else self.service.generate_merged(req, Blend.lerp("q", "d", 0.0)))
             total += gen.timings["sampling"]
@@ -204,10 +205,11 @@ def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple
     lerp = lambda a, b, lam: tuple((n, w) for n, w in ((a, 1 - lam), (b, lam)) if w > 0)
     pts = [Point(CFG_NEG, g, guidance=g) for g in gammas]
     pts += [Point(CFG_UNCOND, g, guidance=g, negative="") for g in gammas if g > 1]
-    if teacher.plausibility > 0:  # the teacher's mask: CFG with the negative prompt and unconditional, along γ
-        a = teacher.plausibility
-        pts += [Point(teacher.neg_family, g, guidance=g, plausibility=a) for g in gammas]
-        pts += [Point(teacher.uncond_family, g, guidance=g, negative="", plausibility=a) for g in gammas if g > 1]
+    if teacher.truncation:  # the teacher's mask or top-p: CFG with the negative prompt and unconditional, along γ
+        a, top = teacher.plausibility, teacher.top_p
+        pts += [Point(teacher.neg_family, g, guidance=g, plausibility=a, top_p=top) for g in gammas]
+        pts += [Point(teacher.uncond_family, g, guidance=g, negative="", plausibility=a, top_p=top)
+                for g in gammas if g > 1]
     pts += [Point(TEMP_BASE, t, temperature=t) for t in temps]
     if have["q"]:
         pts += [Point(TEMP_Q, t, blend=(("q", 1.0),), temperature=t) for t in temps]
@@ -240,10 +242,11 @@ def point_rows(results: dict[str, list[Measured]]) -> list[dict]:
         for m in sorted(ms, key=lambda m: m.point.x):
             p, r = m.point, m.result
             row = dict(family=family, x=p.x, blend=" + ".join(f"{w:g}·{n}" for n, w in p.blend), guidance=p.guidance,
-                       negative=p.negative, plausibility=p.plausibility, temperature=p.temperature)
+                       negative=p.negative, plausibility=p.plausibility, top_p=p.top_p, temperature=p.temperature)
             for name in POINT_COLUMNS:
                 row[name], row[name + "_sem"] = m.mean(name), m.sem(name)
-            rows.append(dict(row, drums=r.drums, degraded=r.degraded, sample_s_per_clip=r.sample_s_per_clip))
+            rows.append(dict(row, drums=r.drums, degraded=r.degraded, lead_plays=r.lead_plays, parts=r.parts,
+                             sample_s_per_clip=r.sample_s_per_clip))
     return rows
 
 
@@ -288,7 +291,7 @@ def write_figures(results: dict[str, list[Measured]], s: EvalSettings, out: Path
 
 
 def claims_table(table: list[dict]) -> list[str]:
-    verdict = {True: "yes", False: "**no**", None: "not testable"}
+    verdict = {"yes": "yes", "partly": "partly", "no": "**no**", "not testable": "not testable"}
     by_claim: dict[str, dict] = {}
     for c in table:
         by_claim.setdefault(c["claim"], {})[c["axis"]] = c
@@ -379,8 +382,7 @@ def main(argv=None) -> None:
     text = report(table, rows, s, figures, command, cached, time.time() - t0, agree, teacher)
     save_bytes(text.encode(), out / "report.md")
     for c in table:
-        verdict = {True: "HOLDS", False: "FAILS", None: "N/A  "}[c["holds"]]
-        print(f"{verdict}  [{c['axis']}] {c['claim']}\n       {c['detail']}")
+        print(f"{c['holds'].upper():12s} [{c['axis']}] {c['claim']}\n       {c['detail']}")
     for axis, a in agree.items():
         print(f"learned vs exact {axis}: Spearman {a['rho']:+.2f} ({a['ci'][0]:+.2f} … {a['ci'][1]:+.2f})")
     print(f"wrote {out}/report.md in {(time.time() - t0) / 60:.1f} min")

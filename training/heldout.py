@@ -61,6 +61,8 @@ class HeldoutResult:
     exact_adherence: list[float] = field(default_factory=list)  # share of the caption's checkable requests met
     clean: list[float] = field(default_factory=list)  # share of clips without degradation, on grid, in key
     requests: int = 0  # checkable requests over all prompts (each checked on every clip)
+    lead_plays: float = float("nan")  # share of clips whose lead plays at least one note (nano tokens)
+    parts: float = float("nan")  # share of clips in which every part their caption calls for plays
 
     def mean(self, name: str, idx=None) -> float:
         v = np.asarray(getattr(self, name), dtype=float)
@@ -91,7 +93,7 @@ def _score(result: HeldoutResult, scorers: Scorers, gen: Generation, prompt: str
         result.vendi.append(s.vendi)
 
 
-def _read_tokens(result: HeldoutResult, codes: np.ndarray, prompt: str, readings: list[exact.Reading]) -> None:
+def _read_tokens(result: HeldoutResult, codes: np.ndarray, prompt: str, readings: list) -> None:
     result.event_diversity.append(exact.event_diversity(codes))
     scores = [exact.score_clip(c, prompt) for c in codes]
     checkable = scores[0].adherence is not None
@@ -99,18 +101,18 @@ def _read_tokens(result: HeldoutResult, codes: np.ndarray, prompt: str, readings
     result.exact_quality.append(float(np.mean([s.quality for s in scores])) if checkable else float("nan"))
     result.clean.append(float(np.mean([s.clean for s in scores])))
     result.requests += len(scores[0].met)
-    readings += [s.reading for s in scores]
+    readings += [(s.reading, prompt) for s in scores]
 
 
 def measure(sample: Sampler, prompts: list[str], settings: HeldoutSettings, scorers: Scorers | None,
             readable: bool, temperature: float = 1.0, guidance: float = 1.0,
-            negative: str = DEFAULT_NEGATIVE_PROMPT, plausibility: float = 0.0) -> HeldoutResult:
+            negative: str = DEFAULT_NEGATIVE_PROMPT, plausibility: float = 0.0, top_p: float = 0.0) -> HeldoutResult:
     """Evaluate one way of sampling (`sample` with these temperature/CFG settings) on `prompts`.
     `readable`: the clips are nano score-codec tokens, so the exact metrics, drums and noise are read from them."""
     result, readings, sample_s = HeldoutResult(), [], 0.0
     for i, prompt in enumerate(prompts):
         req = Request(prompt, settings.clips, settings.seconds, seed=settings.prompt_seed(i), temperature=temperature,
-                      guidance=guidance, negative_prompt=negative, plausibility=plausibility)
+                      guidance=guidance, negative_prompt=negative, plausibility=plausibility, top_p=top_p)
         gen = sample(req)
         sample_s += gen.timings["sampling"]
         if scorers is not None:
@@ -118,8 +120,10 @@ def measure(sample: Sampler, prompts: list[str], settings: HeldoutSettings, scor
         if readable:
             _read_tokens(result, gen.codes.numpy(), prompt, readings)
     if readings:
-        result.drums = float(np.mean([r.drums for r in readings]))
-        result.degraded = float(np.mean([r.noise_events > 0 for r in readings]))
+        result.drums = float(np.mean([r.drums for r, _ in readings]))
+        result.degraded = float(np.mean([r.noise_events > 0 for r, _ in readings]))
+        result.lead_plays = float(np.mean([r.playing["lead"] for r, _ in readings]))
+        result.parts = float(np.mean([exact.clean_parts(r, prompt)["parts"] for r, prompt in readings]))
     result.sample_s_per_clip = sample_s / (len(prompts) * settings.clips)
     return result
 

@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.sampling import cfg_logits
+from engine.sampling import cfg_logits, nucleus
 
 MASKED_TEACHER_FLOOR = 1e-4  # teacher mass spread uniformly over the vocabulary when the plausibility mask is on
 
 
 def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tensor, guidance: float, mask: Tensor,
-                        temperature: float = 1.0, plausibility: float = 0.0) -> Tensor:
+                        temperature: float = 1.0, plausibility: float = 0.0, top_p: float = 0.0) -> Tensor:
     """Per-sequence KL(student ‖ CFG teacher), summed over real positions and codebooks: (B,).
 
     Logits are (B, K, L, V); mask (B, K, L) is True at real (non delay-padding) positions.
@@ -37,16 +37,22 @@ def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tens
     distribution, finite everywhere, whose KL charges each unit of student mass on a masked token about
     log(V/ε) ≈ 15 nats (V = 512), so the gradient drives that mass away without exploding."""
     log_p = F.log_softmax(student.float() / temperature, dim=-1)
-    log_q = teacher_log_probs(teacher_cond, teacher_neg, guidance, temperature, plausibility)
+    log_q = teacher_log_probs(teacher_cond, teacher_neg, guidance, temperature, plausibility, top_p)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, K, L)
     return (kl * mask).sum(dim=(1, 2))
 
 
 def teacher_log_probs(cond: Tensor, neg: Tensor, guidance: float, temperature: float = 1.0,
-                      plausibility: float = 0.0) -> Tensor:
-    """log q of the CFG teacher at `temperature` (…, V); with α > 0 the floored masked teacher (see above)."""
-    log_q = F.log_softmax(cfg_logits(cond, neg, guidance, plausibility).float() / temperature, dim=-1)
-    if plausibility > 0:
+                      plausibility: float = 0.0, top_p: float = 0.0) -> Tensor:
+    """log q of the CFG teacher at `temperature` (…, V); with α > 0 the floored masked teacher (see above); with
+    0 < top_p < 1 the CFG distribution truncated to its nucleus after the temperature (as the sampler does), floored
+    the same way."""
+    z = cfg_logits(cond, neg, guidance, plausibility).float() / temperature
+    truncated = plausibility > 0 or 0 < top_p < 1
+    if 0 < top_p < 1:
+        z = z.masked_fill(~nucleus(z, top_p), float("-inf"))
+    log_q = F.log_softmax(z, dim=-1)
+    if truncated:
         vocab = log_q.shape[-1]
         log_q = torch.logaddexp(log_q + math.log1p(-MASKED_TEACHER_FLOOR),
                                 torch.full_like(log_q, math.log(MASKED_TEACHER_FLOOR / vocab)))

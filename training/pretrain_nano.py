@@ -5,8 +5,8 @@ The corpus is generated on the fly from (seed, index): every batch is fresh musi
 (`corpus.noisy_caption`: generic captions, wrong attributes, at rates fixed in `training.corpus`) unless
 `--no-caption-noise`; they go through frozen all-MiniLM-L6-v2 and a trained projection; a fraction is dropped to
 the null condition (zero states, no attention) so that classifier-free guidance works. Runs on a CUDA GPU when
-there is one (`--workers` processes then make the batches ahead). Loss: cross-entropy per codebook over the real (non-padding) positions of
-MusicGen's delay pattern.
+there is one (`--workers` processes then make the batches ahead). Loss: cross-entropy per codebook over the real
+(non-padding) positions of MusicGen's delay pattern.
 
     python -m training.pretrain_nano --out runs/nano --minutes 80
     python -m training.pretrain_nano --out runs/nano --batch 64 --workers 12   # on a GPU
