@@ -153,16 +153,19 @@ class Result:
 
 @dataclass(frozen=True)
 class CfgSetting:
-    """A CFG setting: γ, negative prompt ("" = unconditional) and plausibility mask α (0 = the paper's CFG)."""
+    """A CFG setting: γ, negative prompt ("" = unconditional), plausibility mask α and top-p after guidance (0 = off:
+    the paper's CFG)."""
 
     guidance: float = 3.0
     negative: str = DEFAULT_NEGATIVE_PROMPT
     plausibility: float = 0.0
+    top_p: float = 0.0
 
     @property
     def label(self) -> str:
-        mask = f" α={self.plausibility:g}" if self.plausibility else ""
-        return f"base + CFG γ={self.guidance:g}{mask}{'' if self.negative else ' unconditional'}"
+        cut = (f" α={self.plausibility:g}" if self.plausibility else "") + (f" top-p={self.top_p:g}"
+                                                                              if self.top_p else "")
+        return f"base + CFG γ={self.guidance:g}{cut}{'' if self.negative else ' unconditional'}"
 
 
 PAPER_CFG = CfgSetting()
@@ -174,7 +177,8 @@ def load_teacher(path: str | Path | None) -> CfgSetting:
         return PAPER_CFG
     try:
         t = json.loads(Path(path).read_text())
-        return CfgSetting(float(t["guidance"]), str(t["negative_prompt"]), float(t["plausibility"]))
+        return CfgSetting(float(t["guidance"]), str(t["negative_prompt"]), float(t["plausibility"]),
+                          float(t.get("top_p", 0.0)))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a teacher file ({e})") from None
 
@@ -210,13 +214,15 @@ class System:
     guidance: float = 1.0
     negative: str = DEFAULT_NEGATIVE_PROMPT
     plausibility: float = 0.0
+    top_p: float = 0.0
 
 
 def ab_systems(with_soup: bool, soup: list[str], teacher: CfgSetting = PAPER_CFG) -> list[System]:
     out = [System(f"merged λ={x:g}", Blend.lerp("q", "d", x)) for x in (0, 0.5, 1)]
     out += [System("base")]
     for cfg in dict.fromkeys((teacher, PAPER_CFG)):  # the chosen teacher first
-        out.append(System(cfg.label, guidance=cfg.guidance, negative=cfg.negative, plausibility=cfg.plausibility))
+        out.append(System(cfg.label, guidance=cfg.guidance, negative=cfg.negative, plausibility=cfg.plausibility,
+                          top_p=cfg.top_p))
     return out + ([System(SOUP, Blend.soup(soup))] if with_soup else [])
 
 
@@ -348,7 +354,7 @@ class Studio:
         return "Stopped."
 
     def generate(self, prompt: str, num_clips, duration, seed, temperature, mode: str, lam, compare: bool, guidance,
-                 negative: str, plausibility=0.0, session: str = "", progress=None,
+                 negative: str, plausibility=0.0, top_p=0.0, session: str = "", progress=None,
                  submitted: float | None = None) -> Result:
         cancel = self.stop_signal(session, submitted)
         # 1. every argument checked before any work (the CFG side too: the same prompt and seed)
@@ -359,7 +365,7 @@ class Studio:
         if _flag("compare", compare):
             cfg_req = Request(req.prompt, req.num_clips, req.duration_s, seed, req.temperature,
                               guidance=_real("γ", guidance), negative_prompt=_text("negative prompt", negative),
-                              plausibility=_real("α", plausibility))
+                              plausibility=_real("α", plausibility), top_p=_real("top-p", top_p))
         blend = self.blend(mode, lam)
         # 2. the clips, then their scores and files
         label = f"{mode} λ={float(lam):.2f}" if mode != SOUP else SOUP
@@ -377,7 +383,8 @@ class Studio:
                         label=label)
         if cfg_req is not None:
             result.base = self.service.generate_base(cfg_req, progress=hook("base + CFG"), cancel=cancel)
-            result.base_label = CfgSetting(cfg_req.guidance, cfg_req.negative_prompt, cfg_req.plausibility).label
+            result.base_label = CfgSetting(cfg_req.guidance, cfg_req.negative_prompt, cfg_req.plausibility,
+                                           cfg_req.top_p).label
         return result
 
     def _score(self, result: Result) -> None:
@@ -423,7 +430,7 @@ class Studio:
 
     def _generate_system(self, system: System, req: Request) -> Generation:
         req = dataclasses.replace(req, guidance=system.guidance, negative_prompt=system.negative,
-                                  plausibility=system.plausibility)
+                                  plausibility=system.plausibility, top_p=system.top_p)
         if system.blend is None:
             return self.service.generate_base(req)
         return self.service.generate_merged(req, system.blend)
@@ -514,7 +521,8 @@ def clip_comment(gen: Generation, i: int, played_clip: dict | None = None) -> st
     req = gen.request
     text = f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} temperature={req.temperature:g}"
     if req.guidance > 1:
-        text += f" guidance={req.guidance:g} negative={req.negative_prompt!r} plausibility={req.plausibility:g}"
+        text += (f" guidance={req.guidance:g} negative={req.negative_prompt!r} plausibility={req.plausibility:g}"
+                 f" top_p={req.top_p:g}")
     if played_clip is not None:
         text += f" tempo={played_clip['tempo']!r} key={played_clip['key']!r}"
     return text
@@ -609,17 +617,23 @@ def heard_markdown(prompt: str) -> str:
 
 
 def played_markdown(result: Result) -> str:
-    """Per clip, what nano played (read from its tokens), with ✓/✗ for each checkable request of the prompt."""
-    rows = []
+    """Per clip, what nano played (read from its tokens): its parts, instruments, drums, tempo and key, with ✓/✗ for
+    each checkable request of what nano heard in the prompt (? where the clip cannot tell, e.g. a key with too few
+    melody notes)."""
+    rows, checked_as = [], ""
     for key, title in (("merged", result.label), ("base", result.base_label)):
         for i, p in enumerate(result.played.get(key, [])):
-            checks = " ".join(f"{'✓' if ok else '✗'} {name}" for name, ok in p["met"].items()) or "–"
-            rows.append(f"| {title} {i + 1} | {', '.join(p['instruments']) or '–'} | {', '.join(p['drums'])} | "
-                        f"{p['tempo']} | {p['key'] or '–'} | {', '.join(p['problems']) or 'none'} | {checks} |")
+            checks = " ".join([f"{'✓' if ok else '✗'} {name}" for name, ok in p["met"].items()]
+                              + [f"? {name}" for name in p["undecided"]]) or "–"
+            checked_as = p["checked_as"]
+            rows.append(f"| {title} {i + 1} | {', '.join(p['parts']) or 'silence'} | "
+                        f"{', '.join(p['instruments']) or '–'} | {', '.join(p['drums'])} | {p['tempo']} | "
+                        f"{p['key'] or '–'} | {', '.join(p['problems']) or 'none'} | {checks} |")
     if not rows:
         return ""
-    return ("**What each clip played** (read from its notes)\n\n| clip | instruments | drums | tempo | key | problems "
-            "| what the prompt asked |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    asked = f" Checked against what nano heard: *{checked_as}*." if checked_as else ""
+    return (f"**What each clip played** (read from its notes).{asked}\n\n| clip | parts playing | instruments | drums "
+            "| tempo | key | problems | what the prompt asked |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def summary_markdown(result: Result) -> str:
@@ -794,21 +808,21 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
 
     @readable
     def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
-                 plausibility, request: gr.Request,
+                 plausibility, top_p, request: gr.Request,
                  progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
         """The API: the seed as sent (blank = a fresh one); errors as errors."""
         return render(studio.generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance,
-                                      negative, plausibility, _session(request), progress,
+                                      negative, plausibility, top_p, _session(request), progress,
                                       submitted=_enqueued_at()))
 
     def generate_ui(prompt, num_clips, duration, seed, lock, temperature, mode, lam, compare, guidance, negative,
-                    plausibility, request: gr.Request,
+                    plausibility, top_p, request: gr.Request,
                     progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
         """The button: new takes each press unless the seed is locked; a refusal or a Stop is a message in place,
         and the previous takes stay."""
         try:
             r = studio.generate(prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare,
-                                guidance, negative, plausibility, _session(request), progress,
+                                guidance, negative, plausibility, top_p, _session(request), progress,
                                 submitted=_enqueued_at())
         except GenerationCancelled as e:
             LOG.info("generate: %s by the user", e)
@@ -937,6 +951,11 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                                          info="Our addition: CFG may only choose among notes the model itself finds "
                                               "at least α times as likely as its favourite, so guidance cannot "
                                               "push notes off the beat. Defaults: the teacher chosen by measurement.")
+                top_p = gr.Slider(0.0, 0.99, value=teacher.top_p, step=0.01,
+                                  label="Keep only the likeliest notes (top-p; 0 = off)",
+                                  info="Our addition: after guidance, play only from the likeliest notes that together "
+                                       "make up this share of the probability (0.9 = the likeliest 90 %). Unlike a "
+                                       "strict mask it keeps the melody; the teacher chosen by measurement uses it.")
             with gr.Row():
                 go = gr.Button("Generate new takes", variant="primary", elem_id="generate")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -1003,7 +1022,8 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                 export_btn = gr.Button("Export CSV")
             export_file = gr.File(label="ratings.csv")
 
-        inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative, plausibility]
+        inputs = [prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative, plausibility,
+                  top_p]
         outputs = (merged_audio + base_audio + [info, scores, heat_merged, heat_base, qd, files, seed, played_panel,
                                                 message])
         # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit

@@ -41,7 +41,8 @@ def _post(url: str, body: dict) -> dict:
 def generate(api: str, i: int) -> bool:
     """One generation from a new session; True if it returned a clip."""
     session = f"soak-{i}-{os.getpid()}"
-    data = ["Rock song.", 1, 0.5, str(i), 1.0, "θ_q ↔ θ_d", (i % 11) / 10, False, 5.0, "", 0.1]
+    data = ["Rock song.", 1, 0.5, str(i), 1.0, "θ_q ↔ θ_d", (i % 11) / 10, False, 3.0, "Bad audio quality.", 0.0,
+            0.9]
     event = _post(f"{api}/call/generate", {"data": data, "session_hash": session})["event_id"]
     with urllib.request.urlopen(f"{api}/call/generate/{event}", timeout=120) as r:
         ok = "event: complete" in r.read().decode()

@@ -256,13 +256,21 @@ def key_of(melody: tuple[int, ...]) -> str | None:
     return max(scored)[-1]
 
 
+PART_NAMES = {"lead": "melody", "bass": "bass", "harmony": "chords", "drums": "drums"}
+
+
 def played(codes, prompt: str) -> dict:
-    """One clip, as a musician would describe it, with ✓/✗ per checkable request of the prompt."""
-    score = exact.score_clip(codes, prompt)
+    """One clip, as a musician would describe it, with ✓/✗ per checkable request of what nano heard in the prompt
+    (`hear(prompt).rewritten()`: "130 bpm" is checked as nano's 120 BPM, "lullaby" as calm, slow, bells, no drums)."""
+    checked = hear(prompt).rewritten() if prompt else ""
+    score = exact.score_clip(codes, checked)
     r = score.reading
-    parts = exact.clean_parts(r)
-    problems = [p for p, ok in (("noise or distortion", parts["no_noise"]), ("off the beat", parts["on_grid"]),
-                                ("wrong notes", parts["in_key"])) if not ok]
+    parts = exact.clean_parts(r, checked)
+    missing = [PART_NAMES[p] for p in exact.parts_needed(checked) if not r.playing[p]]
+    problems = [f"no {m}" for m in missing]
+    problems += [p for p, ok in (("noise or distortion", parts["no_noise"]), ("off the beat", parts["on_grid"]),
+                                 ("wrong notes", parts["in_key"])) if not ok]
     return dict(instruments=sorted(r.instruments), drums=sorted(KIT_NAMES[k] for k in r.kits) or ["none"],
+                parts=[PART_NAMES[p] for p, on in r.playing.items() if on],
                 tempo=f"{r.tempo_bpm:g} BPM" if r.tempo_bpm else "no steady tempo", key=key_of(r.melody),
-                problems=problems, met=score.met)
+                problems=problems, met=score.met, undecided=list(score.undecided), checked_as=checked)

@@ -295,6 +295,10 @@ def test_teacher_file_sets_the_cfg_default_and_the_ab_systems(tmp_path):
     assert app.load_teacher(tmp_path / "missing.json") == app.PAPER_CFG
     labels = [s.label for s in app.ab_systems(False, [], teacher)]
     assert labels.index(teacher.label) < labels.index("base + CFG γ=3")
+    path.write_text('{"guidance": 3, "negative_prompt": "Bad audio quality.", "plausibility": 0, "top_p": 0.9}')
+    nucleus = app.load_teacher(path)
+    assert nucleus.top_p == 0.9 and nucleus.label == "base + CFG γ=3 top-p=0.9"
+    assert next(s for s in app.ab_systems(False, [], nucleus) if s.label == nucleus.label).top_p == 0.9
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a teacher file"):
         app.load_teacher(tmp_path / "bad.json")
@@ -331,7 +335,7 @@ def test_the_plot_compares_like_with_like(studio, monkeypatch):
 def test_the_generate_button_reports_problems_in_place_and_keeps_the_takes(studio, monkeypatch):
     demo = build_ui(studio)
     button = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "generate_ui")
-    args = ("x" * 600, 2, 0.5, "", False, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, None)
+    args = ("x" * 600, 2, 0.5, "", False, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None)
     out = button(*args)
     assert "the limit is 500" in out[-1] and all(o == {"__type__": "update"} for o in out[:-1])  # skipped outputs
 

@@ -80,3 +80,21 @@ def test_possible_captions_are_the_captions_true_of_a_piece():
     shared = possible_captions(a.attributes) & possible_captions(b.attributes)
     assert any(c.endswith(".") and len(c.split()) <= 3 for c in shared)  # e.g. "Rock." fits both
     assert not any("bpm" in c.lower() for c in shared)  # a tempo names one of them only
+
+
+def test_noisy_captions_follow_the_stated_rates_and_leave_the_music_alone():
+    from training import corpus  # noqa: PLC0415
+    pieces = [corpus.generate_piece(0, i, 64) for i in range(1, 1200) if i % 20]
+    clean = [p for p in pieces if not p.attributes["degraded"]]
+    generic = np.mean([p.noisy_caption in corpus.GENERIC_CAPTIONS for p in clean])
+    assert abs(generic - corpus.GENERIC_SHARE) < 0.04
+    # a noisy caption names a wrong genre about WRONG_SHARE of the time when it names one
+    named = [(p, g) for p in clean for g in corpus.GENRES
+             if any(f" {w} " in f" {p.noisy_caption.lower().strip('.')} " for w in corpus.GENRES[g].words)]
+    wrong = np.mean([g != p.attributes["genre"] for p, g in named])
+    assert 0.15 < wrong < 0.35
+    # the true caption and the music are those of a piece made without any noise (own random stream)
+    p = corpus.generate_piece(0, 5, 64)
+    assert p.caption in corpus.possible_captions(p.attributes)
+    degraded = next(p for p in pieces if p.attributes["degraded"])
+    assert degraded.noisy_caption == degraded.caption in corpus.BAD_CAPTIONS

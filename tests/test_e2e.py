@@ -107,8 +107,7 @@ def test_two_api_clients_at_different_lambdas(server):
     def call(lam, seed):
         client = Client(server, verbose=False)
         out = client.predict("Rock song.", 2, 1.0, str(seed), 1.0, "θ_q ↔ θ_d", lam, False, 3.0, "Bad audio quality.",
-                             0.0,
-                             api_name="/generate")
+                             0.0, 0.0, api_name="/generate")
         return [sf.read(o["value"] if isinstance(o, dict) else o)[0] for o in out[:2]]
 
     alone = {lam: call(lam, seed) for lam, seed in ((0.0, 5), (1.0, 6))}

@@ -149,3 +149,11 @@ def test_teacher_sweep_chooses_a_cfg_setting_on_validation_prompts(setup, tmp_pa
     chosen = json.loads((tmp_path / "teacher.json").read_text())
     assert chosen["guidance"] == 2.0 and chosen["distill_flags"][:2] == ["--guidance", "2"]
     assert "Chosen teacher" in (tmp_path / "sweep.md").read_text()
+
+
+def test_the_teacher_sweep_disqualifies_a_setting_that_silences_a_part():
+    row = lambda q, lead, parts, g=3.0: dict(guidance=g, exact_quality=q, lead_plays=lead, parts=parts)  # noqa: E731
+    rows = [row(4.6, 0.06, 0.06), row(4.5, 0.95, 0.85), row(4.4, 0.98, 0.97), row(4.9, 1.0, 1.0, g=1.0)]
+    assert teacher_sweep.chosen(rows) == rows[2]  # the mask's silent lead, then a missing part, then no CFG: skipped
+    with pytest.raises(SystemExit, match="keeps the lead"):
+        teacher_sweep.chosen(rows[:2])

@@ -52,8 +52,15 @@ def test_what_a_clip_played():
     assert p["instruments"] == ["electric bass", "guitar"] and p["drums"] == ["drums"] and p["tempo"] == "96 BPM"
     assert p["key"] == "C major" and p["problems"] == []
     assert p["met"] == {"instrument piano": False, "no drums": False, "fast": False, "genre rock": False}
+    assert p["parts"] == ["melody", "bass", "chords", "drums"]
     late = played(grid(shift=1), "")
     assert late["problems"] == ["off the beat"] and late["met"] == {}
+    # checked against what nano heard: 130 bpm is nano's 120 BPM, which the clip (d = 4) plays
+    heard_tempo = played(grid(d=4), "upbeat piano at 130 bpm")
+    assert heard_tempo["met"]["tempo 120 BPM"] and "120 BPM" in heard_tempo["checked_as"]
+    silent = grid()
+    silent[0] = 1  # HOLD (token 1) everywhere in the lead: no melody
+    assert "no melody" in played(silent, "Rock song.")["problems"]
     assert key_of((0, 2)) is None  # too few notes to tell
 
 

@@ -116,3 +116,21 @@ def test_kl_against_a_masked_teacher_is_finite_and_pushes_mass_off_masked_tokens
     assert cfg_distillation_kl(teacher, c, n, 3.0, mask, 1.0, 0.3).abs().max() < 1e-3
     assert torch.allclose(teacher.exp().sum(-1), torch.ones(()))
     assert (teacher.exp()[~keep] <= MASKED_TEACHER_FLOOR).all()
+
+
+def test_a_top_p_teacher_keeps_its_nucleus_and_floors_the_rest():
+    from engine.sampling import nucleus  # noqa: PLC0415 (the rule the teacher shares with the sampler)
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert nucleus(probs.log(), 0.75).tolist() == [[True, True, False, False]]  # as sample_next_token's top-p
+    s, c, n = _logits(0), _logits(1), _logits(2)
+    mask = torch.ones(s.shape[:-1], dtype=torch.bool)
+    assert torch.equal(cfg_distillation_kl(s, c, n, 3.0, mask, 1.0, 0.0, 0.0), cfg_distillation_kl(s, c, n, 3.0, mask))
+    teacher = teacher_log_probs(c, n, 3.0, 1.0, 0.0, 0.6)
+    keep = nucleus(cfg_logits(c, n, 3.0), 0.6)
+    assert torch.allclose(teacher.exp().sum(-1), torch.ones(())) and (~keep).any()
+    assert (teacher.exp()[~keep] <= MASKED_TEACHER_FLOOR).all()
+    # inside the nucleus, the teacher is the CFG distribution renormalised on it
+    cfg = torch.softmax(cfg_logits(c, n, 3.0), -1) * keep
+    assert torch.allclose(teacher.exp() * keep, (cfg / cfg.sum(-1, keepdim=True)) * (1 - MASKED_TEACHER_FLOOR),
+                          atol=1e-4)
+    assert cfg_distillation_kl(teacher, c, n, 3.0, mask, 1.0, 0.0, 0.6).abs().max() < 1e-3

@@ -15,7 +15,7 @@ import pytest
 
 from bench.server import running_app
 
-GOOD = ["Rock song.", 1, 0.5, "5", 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1]  # the 11 inputs of /generate
+GOOD = ["Rock song.", 1, 0.5, "5", 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1, 0.0]  # the 12 inputs of /generate
 
 
 class App:

@@ -39,10 +39,13 @@ from engine.scorers import OMEGA, Scorers
 from engine.service import MusicService, Request
 from training.claims import (
     AXES,
+    BETA_MODEL,
     CFG_NEG,
     CFG_UNCOND,
+    HALF_COST_RATIO,
     LERP_QB,
     LERP_QD,
+    MARGIN,
     TEMP_BASE,
     TEMP_Q,
     Measured,
@@ -58,7 +61,8 @@ from training.settings import parse, setting
 GAMMAS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
 TEMPERATURES = [0.7, 0.85, 1.0, 1.15, 1.3]
 CACHED = ("quality", "diversity", "vendi", "event_diversity", "drums", "degraded", "sample_s_per_clip", "adherence",
-          "audio_quality", "exact_quality", "exact_adherence", "clean", "requests", "lead_plays", "parts")
+          "audio_quality", "exact_quality", "exact_adherence", "clean", "requests", "lead_plays", "parts",
+          "by_kind")
 METRICS_VERSION = "exact-2"  # part of every cache key: bump when what a point measures changes
 __all__ = ["CFG_NEG", "CFG_UNCOND", "LERP_QB", "LERP_QD", "TEMP_BASE", "TEMP_Q", "Measured", "Point", "claims"]
 
@@ -306,8 +310,34 @@ def claims_table(table: list[dict]) -> list[str]:
     return lines
 
 
+KINDS = ("instrument", "drums", "kit", "tempo", "key", "genre")
+
+
+def key_points(results: dict[str, list[Measured]], teacher: Teacher) -> list[tuple[str, Measured]]:
+    """The points the adherence table shows: base without and with the paper's CFG, the teacher, θ_q, λ = 0.5, θ_d
+    and the β models, where measured."""
+    find = lambda family, x: next((m for m in results.get(family, []) if m.point.x == x), None)  # noqa: E731
+    named = [("base (no CFG)", find(CFG_NEG, 1.0)), ("base + the paper's CFG (γ = 3)", find(CFG_NEG, 3.0)),
+             (f"the teacher ({teacher.label})", find(teacher.family, teacher.guidance)),
+             ("base at temperature 0.85", find(TEMP_BASE, 0.85)), ("θ_q", find(LERP_QD, 0.0)),
+             ("λ = 0.5", find(LERP_QD, 0.5)), ("θ_d", find(LERP_QD, 1.0))]
+    named += [(family, ms[0]) for family, ms in sorted(results.items()) if family.startswith(BETA_MODEL) and ms]
+    return [(name, m) for name, m in named if m is not None]
+
+
+def adherence_table(results: dict[str, list[Measured]], teacher: Teacher) -> list[str]:
+    lines = ["| point | " + " | ".join(KINDS) + " | melody plays | all parts play |",
+             "|---|" + "---|" * (len(KINDS) + 2)]
+    for name, m in key_points(results, teacher):
+        k = m.result.by_kind
+        cells = [f"{k[c][0] / k[c][1]:.2f} (n={k[c][1]})" if c in k and k[c][1] else "–" for c in KINDS]
+        lines.append(f"| {name} | {' | '.join(cells)} | {m.result.lead_plays:.2f} | {m.result.parts:.2f} |")
+    return lines
+
+
 def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[str, bool], command: list[str],
-           cached: int, elapsed: float, agree: dict, teacher: Teacher) -> str:
+           cached: int, elapsed: float, agree: dict, teacher: Teacher, results: dict | None = None) -> str:
+    results = results or {}
     lines = ["# Quality–diversity evaluation of MusicGen-nano", "",
              f"Command: `python -m training.evaluate {' '.join(command)}`  ",
              f"Wall time of this run: {elapsed / 60:.1f} min on {torch.get_num_threads()} CPU thread(s), {cached} of "
@@ -317,8 +347,21 @@ def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[s
              f"mean pairwise event distance) and **learned** (quality = {OMEGA:g}·adherence + audio quality of the "
              f"learned scorers; diversity = mean pairwise r_D with E). The CFG teacher ({teacher.label}) was chosen "
              f"by `training.teacher_sweep` on validation prompts disjoint from the test prompts. ± are standard "
-             f"errors over prompts; intervals are 95 % prompt bootstraps.", "", "## Claims", ""]
+             f"errors over prompts; intervals are 95 % prompt bootstraps.", "", "## Claims", "",
+             "Each claim is split into parts, each tested on a difference **paired over prompts** (the same prompts "
+             "and seeds for every point) with a 95 % prompt-bootstrap interval: a part holds only when its interval "
+             "lies on the claimed side. **yes** = every part holds; **partly** = some do, or every tested part does "
+             "but another could not be tested; **no** = no tested part holds; **not testable** = none could be "
+             "tested. \"Matches\" and \"at least as good\" are non-inferiority tests against margins written in "
+             f"`training/claims.py` before these models were measured: quality {MARGIN['exact_quality']:g} (exact) / "
+             f"{MARGIN['quality']:g} (learned), diversity {MARGIN['event_diversity']:g}; \"about half the cost\" = "
+             f"the teacher takes ≥ {HALF_COST_RATIO:g}× θ_q's sampling time.", ""]
     lines += claims_table(table)
+    lines += ["", "## Adherence by request type and parts playing", "",
+              "Share of the decided requests met, per request type, over all clips of the point; then the share of "
+              "clips in which the melody (lead) plays and in which every part the caption calls for plays "
+              "(`engine.exact.parts_needed`).", ""]
+    lines += adherence_table(results, teacher)
     lines += ["", "## Do the learned scorers agree with the exact metrics?", "",
               "Spearman rank correlation across all evaluated points (95 % prompt-bootstrap interval):", ""]
     lines += [f"- {axis}: ρ = {a['rho']:+.2f} ({a['ci'][0]:+.2f} … {a['ci'][1]:+.2f}) over {a['points']} points"
@@ -326,12 +369,14 @@ def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[s
     lines += ["", "![fronts, exact axes](fronts_exact.png)", "", "![fronts, learned scores](fronts.png)", ""]
     lines += ["![lambda](lambda.png)", ""] if figures["lambda_plot"] else []
     lines += ["![training](training.png)", ""] if figures["training"] else []
-    lines += ["## Points", "", "| family | x | exact quality | clean | event diversity | learned quality | E diversity "
-              "| Vendi | drums | noise | s/clip |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Points", "", "| family | x | exact quality | clean | melody plays | all parts | event diversity "
+              "| learned quality | E diversity | Vendi | drums | noise | s/clip |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['family']} | {r['x']:g} | {r['exact_quality']:.3f} ± {r['exact_quality_sem']:.3f} | "
-              f"{r['clean']:.3f} | {r['event_diversity']:.3f} ± {r['event_diversity_sem']:.3f} | {r['quality']:.3f} ± "
-              f"{r['quality_sem']:.3f} | {r['diversity']:.3f} ± {r['diversity_sem']:.3f} | {r['vendi']:.2f} | "
-              f"{r['drums']:.2f} | {r['degraded']:.2f} | {r['sample_s_per_clip']:.3f} |" for r in rows]
+              f"{r['clean']:.3f} | {r['lead_plays']:.2f} | {r['parts']:.2f} | {r['event_diversity']:.3f} ± "
+              f"{r['event_diversity_sem']:.3f} | {r['quality']:.3f} ± {r['quality_sem']:.3f} | {r['diversity']:.3f} ± "
+              f"{r['diversity_sem']:.3f} | {r['vendi']:.2f} | {r['drums']:.2f} | {r['degraded']:.2f} | "
+              f"{r['sample_s_per_clip']:.3f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -379,7 +424,7 @@ def main(argv=None) -> None:
     rows = point_rows(results)
     save_csv(rows, list(rows[0]), out / "points.csv")
     figures = write_figures(results, s, out)
-    text = report(table, rows, s, figures, command, cached, time.time() - t0, agree, teacher)
+    text = report(table, rows, s, figures, command, cached, time.time() - t0, agree, teacher, results)
     save_bytes(text.encode(), out / "report.md")
     for c in table:
         print(f"{c['holds'].upper():12s} [{c['axis']}] {c['claim']}\n       {c['detail']}")

@@ -63,6 +63,7 @@ class HeldoutResult:
     requests: int = 0  # checkable requests over all prompts (each checked on every clip)
     lead_plays: float = float("nan")  # share of clips whose lead plays at least one note (nano tokens)
     parts: float = float("nan")  # share of clips in which every part their caption calls for plays
+    by_kind: dict = field(default_factory=dict)  # request kind -> [met, decided] over all clips (nano tokens)
 
     def mean(self, name: str, idx=None) -> float:
         v = np.asarray(getattr(self, name), dtype=float)
@@ -101,6 +102,11 @@ def _read_tokens(result: HeldoutResult, codes: np.ndarray, prompt: str, readings
     result.exact_quality.append(float(np.mean([s.quality for s in scores])) if checkable else float("nan"))
     result.clean.append(float(np.mean([s.clean for s in scores])))
     result.requests += len(scores[0].met)
+    for s in scores:
+        for name, ok in s.met.items():
+            counts = result.by_kind.setdefault(exact.kind(name), [0, 0])
+            counts[0] += int(ok)
+            counts[1] += 1
     readings += [(s.reading, prompt) for s in scores]
 
 

@@ -218,8 +218,18 @@ def export(run: Path, dest: Path) -> None:
                                degraded_fraction=corpus.DEGRADED_FRACTION, held_out_every=corpus.HELD_OUT_EVERY,
                                text_dropout=settings.text_dropout,
                                caption_noise=dict(generic=corpus.GENERIC_SHARE, wrong_attribute=corpus.WRONG_SHARE)
-                               if settings.caption_noise else None)),
+                               if settings.caption_noise else None),
+                   first_stage=_first_stage(settings)),
               dest / NANO_CONFIG)
+
+
+def _first_stage(settings: NanoSettings) -> dict | None:
+    """The run a second stage started from (--init): its settings and how far it got, for the model card."""
+    if settings.init is None or not (Path(settings.init) / "state.json").exists():
+        return None
+    first = Path(settings.init)
+    config = {k: v for k, v in json.loads((first / "config.json").read_text()).items() if k != "decoder"}
+    return dict(settings=config, state=json.loads((first / "state.json").read_text()))
 
 
 class Pretraining:
