@@ -40,7 +40,9 @@ OMEGA = 5.0  # exact quality = OMEGA · adherence + clean, the shape of the pape
 GRID_SHARE = 0.95  # onsets on one 16th grid for a clip to count as in time (erratic timing moves ~half of them)
 SCALE_SHARE = 0.95  # melody notes in one scale for a clip to count as in key (wrong notes move a third of them)
 MIN_ONSETS = 3  # fewer onsets (or melody notes) say nothing about timing (or key): not held against a clip
-MIN_PART_NOTES = 1  # a part plays if it has at least one note-on (chord, drum hit) in the clip
+MIN_PART_NOTES = 1  # a part plays if it has at least one note-on (chord, drum hit) in the clip …
+MELODY_SHARE = 0.25  # … and the melody only with a quarter of the onsets its genre's density gives the clip's 16ths
+# (a distilled model once kept "a melody" of one note in 4 s: playing at all is too weak a test for the lead)
 FAST_BPM, SLOW_BPM = 120.0, 80.0  # the corpus's words: fast ≥ 120 BPM, slow ≤ 80, mid-tempo between
 KIT_WORDS = {"drum machine": "electronic", "dusty drums": "lofi"}
 INSTRUMENT_WORDS = ("piano", "guitar", "organ", "saw lead", "square lead", "bells", "flute", "strings", "pad",
@@ -64,6 +66,7 @@ class Reading:
     melody: tuple[int, ...]  # pitch classes of the lead's notes, in order
     noise_events: int  # NOISE and DISTORT tokens
     notes: tuple[int, int, int, int] = (0, 0, 0, 0)  # note-ons (chords, drum hits) of lead, bass, harmony, drums
+    frames: int = 0  # the clip's length
 
     @property
     def playing(self) -> dict[str, bool]:
@@ -101,7 +104,7 @@ def read(codes: np.ndarray) -> Reading:
                    grid_share=max(shares.values()), onsets=len(onsets),
                    melody=tuple(e.pitches[0] % 12 for _, e in events["lead"]),
                    noise_events=int(((codes == NOISE) | (codes == DISTORT)).sum()),
-                   notes=tuple(len(events[name]) for name in STREAMS))
+                   notes=tuple(len(events[name]) for name in STREAMS), frames=codes.shape[1])
 
 
 # ---------------------------------------------------------------- tempo from the beat
@@ -163,9 +166,26 @@ def parts_needed(caption: str | None) -> tuple[str, ...]:
     return tuple(needed)
 
 
+def caption_genre(caption: str | None):
+    """The genre the caption names (the first, in nano_world's order), or None."""
+    c = (caption or "").lower()
+    return next((g for g in GENRES.values() if any(_words(c, w) for w in g.words)), None)
+
+
+def melody_floor(r: Reading, caption: str | None, frames: int) -> int:
+    """The fewest melody notes that count as playing the lead: MELODY_SHARE of the onsets the caption's genre's melody
+    density gives the clip's 16th steps (the slowest genre's density and tempo when the caption names no genre or the
+    clip shows no tempo), at least MIN_PART_NOTES."""
+    genre = caption_genre(caption)
+    density = genre.melody_density if genre else min(g.melody_density for g in GENRES.values())
+    sixteenth = r.sixteenth or (max(genre.tempos) if genre else max(TEMPOS))
+    return max(MIN_PART_NOTES, int(MELODY_SHARE * density * frames / sixteenth))
+
+
 def clean_parts(r: Reading, caption: str | None = None) -> dict[str, bool]:
-    """Each condition of `clean`: the parts the caption needs play, no noise, on the grid, in one key."""
-    playing = r.playing
+    """Each condition of `clean`: the parts the caption needs play (the melody with at least `melody_floor` notes),
+    no noise, on the grid, in one key."""
+    playing = dict(r.playing, lead=r.notes[0] >= melody_floor(r, caption, r.frames))
     return dict(parts=all(playing[p] for p in parts_needed(caption)), no_noise=r.noise_events == 0,
                 on_grid=r.onsets < MIN_ONSETS or r.grid_share >= GRID_SHARE,
                 in_key=len(r.melody) < MIN_ONSETS or scale_share(r.melody) >= SCALE_SHARE)

@@ -66,7 +66,7 @@ from engine.scorers import Scorers, load_quality_scorer
 from engine.service import DEFAULT_NEGATIVE_PROMPT, Generation, Request, generate
 from training.corpus import heldout_prompts, training_prompts
 from training.heldout import HeldoutSettings, is_readable, measure
-from training.losses import baselines, cfg_distillation_kl, per_sample_rewards, reinforce_surrogate
+from training.losses import DIVERGENCES, baselines, cfg_distillation_kl, per_sample_rewards, reinforce_surrogate
 from training.settings import parse, setting
 
 Embedder = Callable[[Tensor, int], Tensor]  # (waveforms (B, samples), sample rate) -> embeddings (B, D)
@@ -86,6 +86,9 @@ class DistillConfig:
                                        "tokens with p_cond < α · max p_cond are masked before CFG")
     top_p: float = setting(0.0, "the teacher's nucleus (top-p) truncation after CFG and temperature (our addition, "
                                 "keeps melody onsets the mask removes; 0 = off)")
+    divergence: str = setting("reverse", "the distillation divergence: 'reverse' = KL(student ‖ teacher), the "
+                                        "paper's (mode-seeking), or 'forward' = KL(teacher ‖ student) (mass-covering; "
+                                        "our option)", choices=DIVERGENCES)
     reward: str = setting("embedding", "diversity reward r_D: 'embedding' (1 − cosine of E's embeddings, the paper's) "
                                        "or 'events' (nano only: the share of differing note events, read from the "
                                        "tokens by engine.exact; our addition)", choices=REWARDS)
@@ -117,6 +120,8 @@ class DistillConfig:
             raise ValueError("baseline 'loo' needs samples ≥ 3 (with 2 samples every advantage is zero); use 'batch'")
         if self.beta > 0 and self.baseline == "batch" and self.prompts < 2:
             raise ValueError("baseline 'batch' needs prompts ≥ 2")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
         if self.baseline not in ("loo", "batch"):
@@ -286,7 +291,7 @@ class Distiller:
             with torch.no_grad():
                 teacher_logits = self._teacher_logits(inputs, cond)
         kl = cfg_distillation_kl(student_logits, teacher_logits[:B], teacher_logits[B:], cfg.guidance, mask,
-                                 cfg.temperature, cfg.plausibility, cfg.top_p)
+                                 cfg.temperature, cfg.plausibility, cfg.top_p, cfg.divergence)
         loss = kl.mean()
         metrics = dict(kl=kl.mean().item(), kl_std=kl.std().item() if B > 1 else 0.0, beta=cfg.beta_at(step))
         if cfg.beta > 0:
