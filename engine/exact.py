@@ -182,10 +182,15 @@ def melody_floor(r: Reading, caption: str | None, frames: int) -> int:
     return max(MIN_PART_NOTES, int(MELODY_SHARE * density * frames / sixteenth))
 
 
+def parts_playing(r: Reading, caption: str | None = None) -> dict[str, bool]:
+    """Which parts play their part: bass, chords and drums with any note, the melody with `melody_floor` notes."""
+    return dict(r.playing, lead=r.notes[0] >= melody_floor(r, caption, r.frames))
+
+
 def clean_parts(r: Reading, caption: str | None = None) -> dict[str, bool]:
     """Each condition of `clean`: the parts the caption needs play (the melody with at least `melody_floor` notes),
     no noise, on the grid, in one key."""
-    playing = dict(r.playing, lead=r.notes[0] >= melody_floor(r, caption, r.frames))
+    playing = parts_playing(r, caption)
     return dict(parts=all(playing[p] for p in parts_needed(caption)), no_noise=r.noise_events == 0,
                 on_grid=r.onsets < MIN_ONSETS or r.grid_share >= GRID_SHARE,
                 in_key=len(r.melody) < MIN_ONSETS or scale_share(r.melody) >= SCALE_SHARE)

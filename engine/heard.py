@@ -266,8 +266,9 @@ def played(codes, prompt: str) -> dict:
     score = exact.score_clip(codes, checked)
     r = score.reading
     parts = exact.clean_parts(r, checked)
-    missing = [PART_NAMES[p] for p in exact.parts_needed(checked) if not r.playing[p]]
-    problems = [f"no {m}" for m in missing]
+    playing = exact.parts_playing(r, checked)
+    problems = [("too little melody" if p == "lead" and r.playing[p] else f"no {PART_NAMES[p]}")
+                for p in exact.parts_needed(checked) if not playing[p]]
     problems += [p for p, ok in (("noise or distortion", parts["no_noise"]), ("off the beat", parts["on_grid"]),
                                  ("wrong notes", parts["in_key"])) if not ok]
     return dict(instruments=sorted(r.instruments), drums=sorted(KIT_NAMES[k] for k in r.kits) or ["none"],

@@ -134,3 +134,17 @@ def test_a_top_p_teacher_keeps_its_nucleus_and_floors_the_rest():
     assert torch.allclose(teacher.exp() * keep, (cfg / cfg.sum(-1, keepdim=True)) * (1 - MASKED_TEACHER_FLOOR),
                           atol=1e-4)
     assert cfg_distillation_kl(teacher, c, n, 3.0, mask, 1.0, 0.0, 0.6).abs().max() < 1e-3
+
+
+def test_the_forward_divergence_is_the_teachers_cross_entropy_to_the_student():
+    s, c, n = _logits(0), _logits(1), _logits(2)
+    mask = torch.ones(s.shape[:-1], dtype=torch.bool)
+    q = teacher_log_probs(c, n, 3.0, 1.0, 0.0, 0.8)
+    fwd = cfg_distillation_kl(s, c, n, 3.0, mask, 1.0, 0.0, 0.8, divergence="forward")
+    expected = (q.exp() * (q - torch.log_softmax(s, -1))).sum(-1).sum(dim=(1, 2))
+    assert torch.allclose(fwd, expected, atol=1e-4) and (fwd >= 0).all()
+    # mass-covering: a student that puts everything on the teacher's mode pays more forward than reverse
+    mode = torch.full_like(s, -30.0).scatter(-1, q.argmax(-1, keepdim=True), 0.0)
+    rev_mode = cfg_distillation_kl(mode, c, n, 3.0, mask, 1.0, 0.0, 0.8)
+    fwd_mode = cfg_distillation_kl(mode, c, n, 3.0, mask, 1.0, 0.0, 0.8, divergence="forward")
+    assert (fwd_mode > rev_mode).all()

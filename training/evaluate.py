@@ -63,7 +63,7 @@ TEMPERATURES = [0.7, 0.85, 1.0, 1.15, 1.3]
 CACHED = ("quality", "diversity", "vendi", "event_diversity", "drums", "degraded", "sample_s_per_clip", "adherence",
           "audio_quality", "exact_quality", "exact_adherence", "clean", "requests", "lead_plays", "parts",
           "by_kind")
-METRICS_VERSION = "exact-2"  # part of every cache key: bump when what a point measures changes
+METRICS_VERSION = "exact-3"  # part of every cache key: bump when what a point measures changes
 __all__ = ["CFG_NEG", "CFG_UNCOND", "LERP_QB", "LERP_QD", "TEMP_BASE", "TEMP_Q", "Measured", "Point", "claims"]
 
 

@@ -61,7 +61,7 @@ class HeldoutResult:
     exact_adherence: list[float] = field(default_factory=list)  # share of the caption's checkable requests met
     clean: list[float] = field(default_factory=list)  # share of clips without degradation, on grid, in key
     requests: int = 0  # checkable requests over all prompts (each checked on every clip)
-    lead_plays: float = float("nan")  # share of clips whose lead plays at least one note (nano tokens)
+    lead_plays: float = float("nan")  # share of clips whose melody plays its part (`exact.melody_floor` notes)
     parts: float = float("nan")  # share of clips in which every part their caption calls for plays
     by_kind: dict = field(default_factory=dict)  # request kind -> [met, decided] over all clips (nano tokens)
 
@@ -128,7 +128,7 @@ def measure(sample: Sampler, prompts: list[str], settings: HeldoutSettings, scor
     if readings:
         result.drums = float(np.mean([r.drums for r, _ in readings]))
         result.degraded = float(np.mean([r.noise_events > 0 for r, _ in readings]))
-        result.lead_plays = float(np.mean([r.playing["lead"] for r, _ in readings]))
+        result.lead_plays = float(np.mean([exact.parts_playing(r, prompt)["lead"] for r, prompt in readings]))
         result.parts = float(np.mean([exact.clean_parts(r, prompt)["parts"] for r, prompt in readings]))
     result.sample_s_per_clip = sample_s / (len(prompts) * settings.clips)
     return result

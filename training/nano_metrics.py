@@ -100,7 +100,8 @@ def parser_accuracy(clean: list, degraded: list) -> dict:
                      for k in ("parts", "no_noise", "on_grid", "in_key")} for label, pieces in kinds}
     flag = {label: float(np.mean([exact.clean(exact.read(p.codes), p.caption) for p in pieces]))
             for label, pieces in kinds}
-    playing = {name: float(np.mean([exact.read(p.codes).playing[name] for p in clean])) for name in STREAMS}
+    playing = {name: float(np.mean([exact.parts_playing(exact.read(p.codes), p.caption)[name] for p in clean]))
+               for name in STREAMS}
     return dict(own_caption=_shares(own), other_caption=_shares(other), clean_parts=parts, clean_flag=flag,
                 playing=playing, undecided_requests=undecided,
                 no_checkable_request=sum(not exact.requests(p.caption) for p in clean), pieces=len(clean),
@@ -119,7 +120,7 @@ def generation_metrics(service: MusicService, pieces: list, s: NanoMetricsSettin
                 met[exact.kind(name)].append(ok)
             for k, ok in exact.clean_parts(score.reading, piece.caption).items():
                 parts[k].append(ok)
-            for k, ok in score.reading.playing.items():
+            for k, ok in exact.parts_playing(score.reading, piece.caption).items():
                 playing[k].append(ok)
             quality += [score.quality] if score.quality is not None else []
     return dict(requests_met=_shares(met), clean_parts={k: float(np.mean(v)) for k, v in parts.items()},
