@@ -55,8 +55,7 @@ def app(tmp_path_factory):
 def test_a_no_clip_is_lost_while_outputs_are_pruned(app):
     """8 threads × 25 requests of one clip, 4 output folders kept: every request gets its clip, downloadable."""
     def one(i: int) -> str:
-        kind, out = app.call("generate", ["Rock song.", 1, 0.5, str(i), 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1],
-                             session=f"load-{i}")
+        kind, out = app.call("generate", ["Rock song.", 1, 0.5, str(i), *GOOD[4:]], session=f"load-{i}")
         if kind != "complete":
             return f"request {i}: {kind} {out}"
         clip = out[0].get("value") or {}  # an update of the first audio component
@@ -72,7 +71,7 @@ def test_a_no_clip_is_lost_while_outputs_are_pruned(app):
 
 def test_b_stop_reaches_a_queued_job_before_it_samples(app):
     blockers = [threading.Thread(target=app.call, args=("generate", ["Rock song.", 8, 4.0, str(i), 1.0, "θ_q ↔ θ_d",
-                                                                      0.5, True, 5.0, "", 0.1], f"blocker-{i}"))
+                                                                      0.5, True, 5.0, "", 0.1, 0.0], f"blocker-{i}"))
                 for i in range(2)]  # both model slots busy (concurrency 2)
     for t in blockers:
         t.start()
@@ -104,8 +103,8 @@ MALFORMED = {  # what a hand-made request sends -> what the error must say
     "duration 20 s": ([*GOOD[:2], 20, *GOOD[3:]], "at most 4 s"),
     "duration -3 s": ([*GOOD[:2], -3, *GOOD[3:]], "duration_s must be > 0"),
     "clips 100": (["Rock song.", 100, *GOOD[2:]], "between 1 and 8"),
-    "too few values": (GOOD[:3], "generate takes 11 values"),
-    "too many values": ([*GOOD, 1], "generate takes 11 values"),
+    "too few values": (GOOD[:3], "generate takes 12 values"),
+    "too many values": ([*GOOD, 1], "generate takes 12 values"),
 }
 
 
@@ -138,7 +137,7 @@ def test_c_an_unknown_endpoint_is_a_404_with_a_reason(app):
 def test_e_one_limit_for_all_model_running_endpoints(app):
     """Two generations and two blind pairs at once with --concurrency 2: never more than two run together."""
     start = len(app.log_text())
-    jobs = [("generate", ["Rock song.", 4, 2.0, str(i), 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1]) for i in range(2)]
+    jobs = [("generate", ["Rock song.", 4, 2.0, str(i), *GOOD[4:]]) for i in range(2)]
     jobs += [("new_pair", ["Rock song.", "base", "merged λ=0.5", 4, 2.0]) for _ in range(2)]
     with ThreadPoolExecutor(4) as pool:
         kinds = [k for k, _ in pool.map(lambda job: app.call(*job), jobs)]
