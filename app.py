@@ -667,8 +667,9 @@ def exact_markdown(result: Result) -> list[str]:
         asked = result.exact["merged"]
         lines.append(f"- checked in the notes: {', '.join(asked.requests) or 'nothing'}"
                      + (f"; not checkable: {', '.join(asked.unchecked)}" if asked.unchecked else ""))
-        lines += ["- exact quality = 5 · share of the checkable requests met + clean (no noise, on the 16th grid, in "
-                  "one key); exact diversity = mean share of differing note events between two clips", ""]
+        lines += ["- exact quality = 5 · share of the checkable requests met + clean (every part the prompt calls for "
+                  "playing, the melody with enough notes; no noise, on the 16th grid, in one key); exact diversity = "
+                  "mean share of differing note events between two clips", ""]
     return lines
 
 
