@@ -92,6 +92,8 @@ class EvalSettings:
                                  "them (for choices, e.g. which β model is θ_d)", choices=("test", "validation"))
     quick: bool = setting(False, "few prompts, few points: a smoke test in minutes")
     out: str = setting("weights/eval", "output folder (and its cache)")
+    notes: str = setting("", "a Markdown file appended to the report (e.g. which prompts each choice used and the "
+                             "diagnoses of failed claims, written by whoever ran it)")
 
     def __post_init__(self):
         if not 0 < self.lambda_step <= 1:
@@ -425,6 +427,8 @@ def main(argv=None) -> None:
     save_csv(rows, list(rows[0]), out / "points.csv")
     figures = write_figures(results, s, out)
     text = report(table, rows, s, figures, command, cached, time.time() - t0, agree, teacher, results)
+    if s.notes:
+        text += "\n" + Path(s.notes).read_text()
     save_bytes(text.encode(), out / "report.md")
     for c in table:
         print(f"{c['holds'].upper():12s} [{c['axis']}] {c['claim']}\n       {c['detail']}")
