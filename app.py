@@ -951,7 +951,8 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
                                          label="Plausibility mask α (0 = the paper's CFG)",
                                          info="Our addition: CFG may only choose among notes the model itself finds "
                                               "at least α times as likely as its favourite, so guidance cannot "
-                                              "push notes off the beat. Defaults: the teacher chosen by measurement.")
+                                              "push notes off the beat. On nano even 0.1 silences the melody (its "
+                                              "notes are each less likely than holding), so the teacher uses 0.")
                 top_p = gr.Slider(0.0, 0.99, value=teacher.top_p, step=0.01,
                                   label="Keep only the likeliest notes (top-p; 0 = off)",
                                   info="Our addition: after guidance, play only from the likeliest notes that together "

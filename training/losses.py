@@ -44,7 +44,7 @@ def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tens
     `divergence` "forward" (our option, not the paper's) takes KL(teacher ‖ student) on the same on-policy
     positions instead: mass-covering where the paper's reverse KL is mode-seeking. On nano the reverse KL drove the
     student to hold notes rather than risk a melody note (a melody onset's mass is spread over many pitches, HOLD is
-    the mode): θ_q distilled from a teacher that plays 5.8 melody notes per 4 s clip played 1.2."""
+    the mode): θ_q's melody played its part in 49 % of validation clips, its teacher's in 94 %."""
     log_p = F.log_softmax(student.float() / temperature, dim=-1)
     log_q = teacher_log_probs(teacher_cond, teacher_neg, guidance, temperature, plausibility, top_p)
     if divergence == "forward":  # KL(teacher ‖ student): mass-covering (our option; see the docstring)
