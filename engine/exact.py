@@ -11,7 +11,8 @@ sit, which notes the melody plays, whether noise or distortion events occur. So,
 - *adherence* = the fraction of the decidable checkable requests the clip satisfies (None when there is none); a
   key is decided only on MIN_ONSETS melody notes or more, else it is counted as unchecked, neither met nor failed;
 - *clean* = 1 if every part the caption calls for plays (`parts_needed`: lead, bass and harmony always, the corpus's
-  pieces all have them; drums where the caption's genre always has them or the caption asks for drums), the clip
+  pieces all have them, the melody with at least `melody_floor` notes; drums where the caption's genre always has
+  them or the caption asks for drums), the clip
   has no noise/distortion events, its onsets sit on a 16th-note grid and its melody fits one diatonic scale (the
   corpus's degradations: noise bursts, distortion, erratic timing, wrong notes), else 0. A clip missing a part is
   not clean however tidy the rest: a silent lead once passed every other check;
@@ -172,19 +173,19 @@ def caption_genre(caption: str | None):
     return next((g for g in GENRES.values() if any(_words(c, w) for w in g.words)), None)
 
 
-def melody_floor(r: Reading, caption: str | None, frames: int) -> int:
+def melody_floor(r: Reading, caption: str | None) -> int:
     """The fewest melody notes that count as playing the lead: MELODY_SHARE of the onsets the caption's genre's melody
     density gives the clip's 16th steps (the slowest genre's density and tempo when the caption names no genre or the
     clip shows no tempo), at least MIN_PART_NOTES."""
     genre = caption_genre(caption)
     density = genre.melody_density if genre else min(g.melody_density for g in GENRES.values())
     sixteenth = r.sixteenth or (max(genre.tempos) if genre else max(TEMPOS))
-    return max(MIN_PART_NOTES, int(MELODY_SHARE * density * frames / sixteenth))
+    return max(MIN_PART_NOTES, int(MELODY_SHARE * density * r.frames / sixteenth))
 
 
 def parts_playing(r: Reading, caption: str | None = None) -> dict[str, bool]:
     """Which parts play their part: bass, chords and drums with any note, the melody with `melody_floor` notes."""
-    return dict(r.playing, lead=r.notes[0] >= melody_floor(r, caption, r.frames))
+    return dict(r.playing, lead=r.notes[0] >= melody_floor(r, caption))
 
 
 def clean_parts(r: Reading, caption: str | None = None) -> dict[str, bool]:

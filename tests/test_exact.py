@@ -163,9 +163,9 @@ def test_one_melody_note_in_a_rock_clip_is_not_a_melody():
     sparse = groove("rock", d=3, melody=False)  # 144 frames at 160 BPM: rock's density asks for a real tune
     sparse[0, 48] = note_token("lead", "guitar", 64)
     r = exact.read(sparse)
-    assert r.playing["lead"] and exact.melody_floor(r, "Rock song.", r.frames) > 1
+    assert r.playing["lead"] and exact.melody_floor(r, "Rock song.") > 1
     assert not exact.clean_parts(r, "Rock song.")["parts"]
     tune = groove("rock", d=3, melody=True)  # a note on every beat
     assert exact.clean_parts(exact.read(tune), "Rock song.")["parts"]
     # ambient's sparse melodies: one note is its part in a short clip
-    assert exact.melody_floor(exact.read(grid(d=8, kit="")), "ambient piece", 128) == 1
+    assert exact.melody_floor(exact.read(grid(d=8, kit="")), "ambient piece") == 1
