@@ -37,7 +37,7 @@ import numpy as np
 from engine.nano_world import GENRES, KEYS, MODES, MOODS
 from engine.score_codec import DISTORT, FIRST_EVENT, HOLD, NOISE, STREAMS, TEMPOS, parse_token
 
-OMEGA = 5.0  # exact quality = OMEGA · adherence + clean, the shape of the paper's quality score
+OMEGA = 5.0  # quality = ω · adherence + clean: the paper's weight (s_quality = ω·s_MuLan + s_UserPreference, ω = 5)
 GRID_SHARE = 0.95  # onsets on one 16th grid for a clip to count as in time (erratic timing moves ~half of them)
 SCALE_SHARE = 0.95  # melody notes in one scale for a clip to count as in key (wrong notes move a third of them)
 MIN_ONSETS = 3  # fewer onsets (or melody notes) say nothing about timing (or key): not held against a clip

@@ -22,7 +22,9 @@ from engine.decoder import FastDecoder
 
 @dataclass(frozen=True)
 class Blend:
-    """A weighted average of named checkpoints; weights are non-negative and sum to 1.
+    """An affine combination of named checkpoints: finite weights that sum to 1. A weighted average when every
+    weight is ≥ 0 (LERP, soups); a negative weight extrapolates (task arithmetic: θ_q + λ·(θ_d − base) is
+    q: 1, d: λ, base: −λ), which `WeightMixer` computes the same way.
 
     Zero-weight entries are dropped, so λ = 0 and λ = 1 are plain copies of one endpoint."""
 
@@ -35,12 +37,12 @@ class Blend:
         if len(set(names)) != len(names):
             raise ValueError(f"a checkpoint appears twice in the blend: {names}")
         for name, w in self.parts:
-            if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise ValueError(f"blend weight of {name!r} must be a finite number ≥ 0, got {w!r}")
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ValueError(f"blend weight of {name!r} must be a finite number, got {w!r}")
         total = sum(w for _, w in self.parts)
         if abs(total - 1) > 1e-6:
             raise ValueError(f"blend weights must sum to 1, got {total}")
-        object.__setattr__(self, "parts", tuple((n, float(w)) for n, w in self.parts if w > 0))
+        object.__setattr__(self, "parts", tuple((n, float(w)) for n, w in self.parts if w != 0))
 
     @staticmethod
     def lerp(a: str, b: str, lam: float) -> "Blend":

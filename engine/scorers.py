@@ -33,9 +33,9 @@ from transformers import ClapModel, ClapProcessor
 from engine.checkpoint import CheckpointError, load_state
 from engine.diversity import mean_diversity, pairwise_diversity, vendi_score
 from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
+from engine.exact import OMEGA
 from engine.model import minilm_encoder
 
-OMEGA = 5.0  # paper: s_quality = ω·s_MuLan + s_UserPreference
 QUALITY_CONFIG = "model.json"
 QUALITY_WEIGHTS = "quality.safetensors"
 

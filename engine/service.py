@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -23,13 +24,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
 from engine.generate import SamplingParams, generate_codes, stop_if_cancelled
 from engine.merge import Blend, WeightMixer
 from engine.model import MusicModel, load_model, parse_dtype
 
-DEFAULT_NEGATIVE_PROMPT = "Bad audio quality."
 MAX_CLIPS = 8
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**63 - 1
@@ -92,15 +93,18 @@ class Request:
         check_number("top_k", self.top_k, integer=True)
         if self.top_k < 0:
             raise ValueError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
-        check_number("top_p", self.top_p)
-        if not 0 <= self.top_p <= 1:
-            raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
-        check_number("guidance", self.guidance)
-        if self.guidance < 1:
-            raise ValueError(f"guidance γ must be ≥ 1 (1 = no CFG), got {self.guidance}")
-        check_number("plausibility", self.plausibility)
-        if not 0 <= self.plausibility < 1:
-            raise ValueError(f"plausibility α must be in [0, 1) (0 = off), got {self.plausibility}")
+        for name in ("top_p", "guidance", "plausibility"):
+            check_number(name, getattr(self, name))
+        CfgSetting(self.guidance, self.negative_prompt, self.plausibility, self.top_p)  # γ, α, top-p: engine.cfg
+
+    @property
+    def cfg(self) -> CfgSetting:
+        """This request's guidance: γ, negative prompt, plausibility mask and top-p (γ = 1: none)."""
+        return CfgSetting(self.guidance, self.negative_prompt, self.plausibility, self.top_p)
+
+    def with_cfg(self, cfg: CfgSetting) -> "Request":
+        """The same request under another CFG setting (the prompt, clips, length, seed and temperature kept)."""
+        return dataclasses.replace(self, **cfg.request_fields())
 
 
 @dataclass

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 import torch
 
-import app
 import engine.decoder
 import engine.kernels
-from app import SOUP, Studio, bf16_tip, build_ui, kernel_tip, make_studio, parse_args
+from app import build_ui, parse_args
+from engine.cfg import PAPER_CFG, CfgSetting
 from engine.decoder import cpu_has_bf16, cpu_row_block
 from engine.embedding import AudioEmbedder
 from engine.generate import GenerationCancelled
@@ -22,6 +22,14 @@ from engine.ratings import RatingStore
 from engine.score_codec import ScoreCodec
 from engine.scorers import QualityConfig, QualityScorer, Scorers, SentenceEncoder
 from engine.service import MusicService
+from engine.studio import MAX_SESSIONS, Janitor, Studio, ab_systems, make_studio, pages, prune
+from engine.studio.startup import bf16_tip, kernel_tip
+
+SOUP = "soup"
+
+
+def keys(modes):
+    return [m.key for m in modes]
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +69,10 @@ def test_generate_clips_scores_and_wavs(studio):
     with sf.SoundFile(wavs[0]) as f:  # no CFG settings on a clip made without CFG; nano's tempo and key
         assert "seed=7" in f.comment and f.title == "rock song" and "guidance" not in f.comment
         assert "tempo=" in f.comment and "key=" in f.comment
-    assert "Seed 7" in app.summary_markdown(r) and "mean diversity" in app.scores_markdown(r)
-    heat, none = app.heatmaps(r)
+    assert "Seed 7" in pages.summary_markdown(r) and "mean diversity" in pages.scores_markdown(r)
+    heat, none = pages.heatmaps(r)
     assert heat.size[0] > 100 and none is None
-    assert app.qd_figure(studio.fronts, r) is not None
+    assert pages.qd_figure(studio.fronts, r) is not None
 
 
 def test_same_settings_same_clips_and_lambda_matters(studio):
@@ -84,7 +92,7 @@ def test_compare_with_cfg_uses_the_same_seed(studio):
     r = run(studio, compare=True, seed=None)
     assert r.base is not None and r.base.seed == r.merged.seed and r.base.request.guidance == 3.0
     assert len(r.files) == 7 and any("_cfg3_clip" in f for f in r.files)  # a ZIP and 3 + 3 WAVs
-    assert "CFG costs" in app.summary_markdown(r) and set(r.scores) == {"merged", "base"}
+    assert "CFG costs" in pages.summary_markdown(r) and set(r.scores) == {"merged", "base"}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -108,7 +116,7 @@ def test_merge_reports_time_and_soup_needs_three(studio):
     assert "λ = 0.25" in studio.merge("θ_q ↔ θ_d", 0.25)
     assert "already merged" in studio.merge("θ_q ↔ θ_d", 0.25)
     assert "merged in" in studio.merge("θ_q ↔ θ_d", 0.3)
-    assert SOUP not in studio.modes and SOUP not in studio.systems()
+    assert SOUP not in keys(studio.modes) and "uniform soup" not in studio.systems()
 
 
 def test_stop_interrupts_a_generation(studio):
@@ -142,9 +150,9 @@ def test_stop_after_sampling_writes_no_files(studio, monkeypatch):
 
 
 def test_stop_times_are_kept_for_a_bounded_number_of_sessions(studio):
-    for i in range(app.MAX_SESSIONS + 10):
+    for i in range(MAX_SESSIONS + 10):
         studio.stop(f"many-{i}")
-    assert len(studio._stops) == app.MAX_SESSIONS and "many-0" not in studio._stops
+    assert len(studio._stops) == MAX_SESSIONS and "many-0" not in studio._stops
 
 
 def test_blind_pair_rating_and_results(studio, tmp_path):
@@ -207,9 +215,9 @@ def test_old_output_folders_are_pruned_oldest_first(tmp_path):
     for age, name in ((300, "pair-x"), (200, "20260101-000000-aaaaaa"), (100, "pair-y")):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
-    app.prune(tmp_path, keep=2)
+    prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
-    app.prune(tmp_path, keep=1, spare=tmp_path / "20260101-000000-aaaaaa")  # the folder being written stays
+    prune(tmp_path, keep=1, spare=tmp_path / "20260101-000000-aaaaaa")  # the folder being written stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
 
 
@@ -227,7 +235,7 @@ def test_pruning_survives_folders_that_vanish_meanwhile(tmp_path, monkeypatch):
         return real_stat(path, *args, **kwargs)
 
     monkeypatch.setattr(type(tmp_path), "stat", stat)
-    app.prune(tmp_path, keep=1)  # no error
+    prune(tmp_path, keep=1)  # no error
 
 
 def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
@@ -237,9 +245,9 @@ def test_shipped_nano_brings_its_thetas_and_scorers(tmp_path):
     assert studio.scorers.has_diversity and studio.scorers.has_quality
     assert not any("No θ_" in line for line in studio.banner)
     assert not torch.equal(studio.service.mixer.endpoints["q"], studio.service.mixer.endpoints["d"])
-    assert SOUP in studio.modes  # the shipped β = 15 model makes the uniform soup of three
+    assert SOUP in keys(studio.modes)  # the shipped β = 15 model makes the uniform soup of three
     bare = make_studio(parse_args(["--base", "weights/nano", "--soup", "--ratings-db", str(tmp_path / "s.sqlite")]))
-    assert SOUP not in bare.modes
+    assert SOUP not in keys(bare.modes)
 
 
 def test_bf16_tip_only_for_a_real_musicgen_in_fp32_where_bf16_pays(monkeypatch, tmp_path):
@@ -280,35 +288,35 @@ def test_nano_clips_get_exact_scores_and_the_plot_uses_the_exact_axes(studio):
     assert set(e.requests) == {"instrument guitar", "drums", "fast", "genre rock"} and len(e.quality) == 3
     assert all(0 <= q <= 6 for q in e.quality) and 0 <= e.diversity <= 1
     assert r.base_label == "base + CFG γ=2 α=0.1" and r.base.request.plausibility == 0.1
-    assert "exact quality" in app.scores_markdown(r) and "checked in the notes" in app.scores_markdown(r)
+    assert "exact quality" in pages.scores_markdown(r) and "checked in the notes" in pages.scores_markdown(r)
     fronts_exact = {"CFG": [(0.5, 3.0), (0.4, 4.0)]}
-    assert app.qd_figure({}, r, fronts_exact) is not None
+    assert pages.qd_figure({}, r, fronts_exact) is not None
     mood_only = run(studio, prompt="a dreamy piece")
-    assert mood_only.exact["merged"].mean_quality is None and "dreamy" in app.scores_markdown(mood_only)
+    assert mood_only.exact["merged"].mean_quality is None and "dreamy" in pages.scores_markdown(mood_only)
 
 
 def test_teacher_file_sets_the_cfg_default_and_the_ab_systems(tmp_path):
     path = tmp_path / "teacher.json"
     path.write_text('{"guidance": 2.5, "negative_prompt": "", "plausibility": 0.1}')
-    teacher = app.load_teacher(path)
-    assert teacher == app.CfgSetting(2.5, "", 0.1) and teacher.label == "base + CFG γ=2.5 α=0.1 unconditional"
-    assert app.load_teacher(tmp_path / "missing.json") == app.PAPER_CFG
-    labels = [s.label for s in app.ab_systems(False, [], teacher)]
+    teacher = CfgSetting.load(path)
+    assert teacher == CfgSetting(2.5, "", 0.1) and teacher.label == "base + CFG γ=2.5 α=0.1 unconditional"
+    assert CfgSetting.load(tmp_path / "missing.json") == PAPER_CFG
+    labels = [s.label for s in ab_systems(["q", "d"], teacher)]
     assert labels.index(teacher.label) < labels.index("base + CFG γ=3")
     path.write_text('{"guidance": 3, "negative_prompt": "Bad audio quality.", "plausibility": 0, "top_p": 0.9}')
-    nucleus = app.load_teacher(path)
+    nucleus = CfgSetting.load(path)
     assert nucleus.top_p == 0.9 and nucleus.label == "base + CFG γ=3 top-p=0.9"
-    assert next(s for s in app.ab_systems(False, [], nucleus) if s.label == nucleus.label).top_p == 0.9
+    assert next(s for s in ab_systems(["q", "d"], nucleus) if s.label == nucleus.label).cfg.top_p == 0.9
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a teacher file"):
-        app.load_teacher(tmp_path / "bad.json")
+        CfgSetting.load(tmp_path / "bad.json")
 
 
 def test_the_janitor_deletes_served_files_once_old_and_keeps_the_pages_own(tmp_path):
     own = tmp_path / "page" / "plot.webp"  # made while the UI was built
     own.parent.mkdir()
     own.write_bytes(b"x")
-    janitor = app.Janitor(tmp_path, lifetime=60, started=time.time() + 1)
+    janitor = Janitor(tmp_path, lifetime=60, started=time.time() + 1)
     time.sleep(1.1)
     old, new = tmp_path / "a1" / "clip.wav", tmp_path / "b2" / "clip.wav"
     for f in (old, new):
@@ -324,11 +332,11 @@ def test_the_plot_compares_like_with_like(studio, monkeypatch):
     r = run(studio, compare=True)  # 3 takes of 0.5 s
     fronts = {"CFG": [(0.5, 3.0), (0.4, 4.0)]}
     drawn = []
-    monkeypatch.setattr(app, "quality_diversity_plot", lambda shown, points, **kw: drawn.append((shown, points, kw)))
-    app.qd_figure(fronts, r, {}, dict(prompts=32, clips=4, seconds=4.0))  # measured otherwise: fronts hidden
+    monkeypatch.setattr(pages, "quality_diversity_plot", lambda shown, points, **kw: drawn.append((shown, points, kw)))
+    pages.qd_figure(fronts, r, {}, dict(prompts=32, clips=4, seconds=4.0))  # measured otherwise: fronts hidden
     shown, points, kw = drawn[-1]
     assert shown == {} and len(points) == 2 and "fronts hidden" in kw["note"]  # this prompt: trained vs CFG
-    app.qd_figure(fronts, r, {}, dict(prompts=32, clips=3, seconds=0.5))
+    pages.qd_figure(fronts, r, {}, dict(prompts=32, clips=3, seconds=0.5))
     assert drawn[-1][0] == fronts and "32 test prompts" in drawn[-1][2]["note"]
 
 
@@ -336,12 +344,13 @@ def test_the_generate_button_reports_problems_in_place_and_keeps_the_takes(studi
     demo = build_ui(studio)
     button = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "generate_ui")
     args = ("x" * 600, 2, 0.5, "", False, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None)
-    out = button(*args)
-    assert "the limit is 500" in out[-1] and all(o == {"__type__": "update"} for o in out[:-1])  # skipped outputs
+    out = button(*args)  # only the message changes: every other output is left as it was
+    assert len(out) == 1 and "the limit is 500" in next(iter(out.values()))
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(studio, "generate", broken)
     out = button("rock", *args[1:])
-    assert "Something went wrong (RuntimeError)" in out[-1] and all(o == {"__type__": "update"} for o in out[:-1])
+    assert len(out) == 1 and "Something went wrong (RuntimeError)" in next(iter(out.values()))
+    assert "previous takes are kept" in next(iter(out.values()))

@@ -1,5 +1,6 @@
 """One step of diversity-rewarded CFG distillation on the tiny random model."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -35,13 +36,13 @@ def base():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(beta=-1), "beta must be ≥ 0"),
-    (dict(guidance=0.5), "guidance must be ≥ 1"),
+    (dict(guidance=0.5), "guidance γ must be ≥ 1"),
     (dict(temperature=0), "temperature must be > 0"),
     (dict(beta=5, samples=2), "needs samples ≥ 3"),
     (dict(beta=5, samples=1), "samples ≥ 2"),
     (dict(beta=5, baseline="batch", prompts=1), "prompts ≥ 2"),
     (dict(baseline="mean"), "baseline must be"),
-    (dict(reward="clap"), "reward must be one of"),
+    (dict(reward="clap"), "unknown reward .clap."),
 ])
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -123,7 +124,7 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
     # so the rewards are small but positive; the columns must be filled
     assert all(float(r["reward_mean"]) > 0 and float(r["embed_s"]) > 0 and r["fwd_bwd_s"] for r in rows[0])
     evals = list(csv.DictReader(open(tmp_path / "a" / "eval.csv")))
-    assert [(e["step"], e["model"]) for e in evals] == [("0", "base"), ("0", "base+CFG γ=3"), ("2", "student"),
+    assert [(e["step"], e["model"]) for e in evals] == [("0", "base"), ("0", "base + CFG γ=3"), ("2", "student"),
                                                        ("3", "student")]
     assert all(e["quality"] and e["diversity"] and e["vendi"] for e in evals)
     assert evals[0]["heldout_kl"] and not evals[1]["heldout_kl"]
@@ -132,7 +133,7 @@ def test_cli_trains_resumes_exactly_and_exports(tmp_path, tiny_scorers):
     # re-evaluation after the fact: the references at step 0, then every snapshot
     eval_snapshots.main(["--run", str(tmp_path / "a"), "--embedding", tiny_scorers[0], "--quality", tiny_scorers[1]])
     again = list(csv.DictReader(open(tmp_path / "a" / "eval.csv")))
-    assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base+CFG γ=3"), ("2", "student")]
+    assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base + CFG γ=3"), ("2", "student")]
     assert again[0]["quality"] == evals[0]["quality"] and again[0]["heldout_kl"] == evals[0]["heldout_kl"]
     # snapshots are fp16: the same model up to rounding
     assert float(again[2]["heldout_kl"]) == pytest.approx(float(evals[2]["heldout_kl"]), rel=0.05)
@@ -151,14 +152,14 @@ def test_cli_can_start_the_student_from_other_weights(tmp_path, tiny_scorers):
     after = read_safetensors(tmp_path / "d" / "decoder.safetensors")
     assert all(torch.allclose(after[k].float(), start[k].float(), atol=1e-3) for k in start)  # lr ~0: still θ_q
     evals = list(csv.DictReader(open(tmp_path / "d" / "eval.csv")))
-    assert [(e["step"], e["model"]) for e in evals] == [("0", "base"), ("0", "base+CFG γ=3"), ("0", "student"),
+    assert [(e["step"], e["model"]) for e in evals] == [("0", "base"), ("0", "base + CFG γ=3"), ("0", "student"),
                                                        ("1", "student")]
     # the held-out KL belongs to the student, not to the base it no longer is
     assert not evals[0]["heldout_kl"] and not evals[1]["heldout_kl"] and evals[2]["heldout_kl"]
     # re-evaluation after the fact starts from the --init weights too (config.json), not from the base
     eval_snapshots.main(["--run", str(tmp_path / "d"), "--embedding", tiny_scorers[0], "--quality", tiny_scorers[1]])
     again = list(csv.DictReader(open(tmp_path / "d" / "eval.csv")))
-    assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base+CFG γ=3"), ("0", "student")]
+    assert [(e["step"], e["model"]) for e in again] == [("0", "base"), ("0", "base + CFG γ=3"), ("0", "student")]
     assert again[2]["heldout_kl"] == evals[2]["heldout_kl"] and again[2]["quality"] == evals[2]["quality"]
     with pytest.raises(Exception, match="nowhere"):
         distill.main(tiny + ["--out", str(tmp_path / "e"), "--init", str(tmp_path / "nowhere"), "--steps", "1"])
@@ -204,6 +205,7 @@ def test_cli_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path, tiny_scor
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+@pytest.mark.slow  # two launcher processes importing torch: `make test-slow`
 @pytest.mark.parametrize("launch, processes", [
     (["--cpu", "--num_processes", "2"], 1),  # accelerate 1.x starts one process for --cpu without MPI (accelerate#2741)
     (["--multi_gpu", "--num_processes", "2"], 2),  # torchrun: two real processes, gloo on a CPU-only machine
@@ -225,8 +227,8 @@ def test_a_masked_teacher_gives_a_finite_kl_and_its_name(base):
     d = Distiller(base, DistillConfig(guidance=5.0, plausibility=0.1, negative_prompt="", samples=2, seconds=0.2))
     loss, metrics = d.step_loss(PROMPTS, 0, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and metrics["kl"] >= 0
-    assert distill.teacher_name(d.config) == "base+CFG γ=5 α=0.1 unconditional"
-    with pytest.raises(ValueError, match="plausibility must be in"):
+    assert distill.teacher_name(d.config) == "base + CFG γ=5 α=0.1 unconditional"
+    with pytest.raises(ValueError, match="plausibility α must be in"):
         DistillConfig(plausibility=1.0)
 
 
@@ -276,3 +278,47 @@ def test_cli_takes_autocast_checkpointing_and_a_prompts_file(tmp_path, tiny_scor
     with pytest.raises(SystemExit, match="not a prompts file"):
         distill.main(tiny_args(tiny_scorers, "--prompts-file", str(bad)) + ["--out", str(tmp_path / "b"),
                                                                             "--steps", "1"])
+
+
+class DistinctTokens:
+    """A set-level reward written in this test module: each clip's share of the other clips of its prompt that
+    differ from it somewhere (a stand-in for Vendi-like set scores)."""
+
+    pairwise = False
+
+    def __call__(self, codes):  # (P, N, K, T) -> (P, N)
+        flat = codes.flatten(2)
+        differs = (flat[:, :, None] != flat[:, None]).any(-1).float()  # (P, N, N), zero diagonal
+        return differs.sum(-1) / (codes.shape[1] - 1)
+
+    def take_timings(self):
+        return {}
+
+
+@pytest.fixture
+def distinct_reward():
+    from training import rewards  # noqa: PLC0415
+
+    kind = rewards.register(rewards.RewardKind("distinct", "share of the other takes that differ (a test reward)",
+                                               lambda model, embedder: DistinctTokens(), pairwise=False))
+    yield kind
+    rewards.unregister(kind.key)
+
+
+def test_a_reward_registered_here_trains_through_the_objective_and_the_command(base, distinct_reward, tmp_path,
+                                                                              tiny_scorers):
+    """Adding a diversity reward is one registry entry: the objective and the trainer's command take it as is."""
+    with pytest.raises(ValueError, match="pairwise"):  # a set-level reward has no leave-one-out baseline
+        DistillConfig(beta=5, reward="distinct", baseline="loo")
+    d = Distiller(base, DistillConfig(beta=5, beta_warmup=0, samples=3, seconds=0.2, reward="distinct",
+                                      baseline="batch"))
+    codes = d.sample(PROMPTS, torch.Generator().manual_seed(1))
+    loss, metrics = d.loss_on(codes, PROMPTS, 0)
+    loss.backward()
+    assert metrics["reward_mean"] == pytest.approx(float(DistinctTokens()(codes.view(2, 3, *codes.shape[1:])).mean()))
+    assert all(torch.isfinite(p.grad).all() for p in d.student_model.parameters() if p.grad is not None)
+    distill.main(tiny_args(tiny_scorers, "--beta", "5", "--reward", "distinct", "--baseline", "batch",
+                           "--eval-every", "0") + ["--out", str(tmp_path / "run"), "--steps", "1"])
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert len(rows) == 1 and float(rows[0]["reward_mean"]) >= 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["reward"] == "distinct"

@@ -11,6 +11,8 @@ import soundfile as sf
 
 from bench.server import running_app
 
+pytestmark = pytest.mark.slow  # a real server (and a browser): run by `make test-slow`, CI's own step
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 
@@ -106,7 +108,8 @@ def test_two_api_clients_at_different_lambdas(server):
 
     def call(lam, seed):
         client = Client(server, verbose=False)
-        out = client.predict("Rock song.", 2, 1.0, str(seed), 1.0, "θ_q ↔ θ_d", lam, False, 3.0, "Bad audio quality.",
+        mode = "q-d" if lam else "θ_q ↔ θ_d"  # the mode's key, or its earlier API value (an alias)
+        out = client.predict("Rock song.", 2, 1.0, str(seed), 1.0, mode, lam, False, 3.0, "Bad audio quality.",
                              0.0, 0.0, api_name="/generate")
         return [sf.read(o["value"] if isinstance(o, dict) else o)[0] for o in out[:2]]
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.cfg import CfgSetting
 from engine.checkpoint import save_state
 from engine.model import load_model
 from engine.scorers import Scorers
@@ -110,7 +111,7 @@ def test_verdicts_follow_the_stated_rules():
 
 def test_matching_the_teacher_is_a_paired_non_inferiority_test():
     from training import claims as c  # noqa: PLC0415
-    teacher = c.Teacher(guidance=3.0)
+    teacher = CfgSetting(guidance=3.0)
     def families(theta_q_quality):  # noqa: E306
         results, args = _results(d_quality=2.5, d_diversity=0.70)
         results[evaluate.LERP_QD][0] = _measured(evaluate.LERP_QD, 0.0, theta_q_quality, 0.60)
@@ -132,7 +133,7 @@ def test_the_trainer_and_the_evaluation_measure_a_point_alike(setup, tmp_path):
     distiller = Distiller(ev.service.model, DistillConfig(seconds=1.0, prompts=2, samples=2))
     held = HeldoutSettings(prompts=3, clips=2, seconds=1.0, seed=0)
     rows = eval_rows(distiller, 0, heldout_prompts(0, 3), held, Scorers.from_folders(setup / "E", setup / "Q"))
-    assert [r["model"] for r in rows] == ["base", "base+CFG γ=3"]
+    assert [r["model"] for r in rows] == ["base", "base + CFG γ=3"]
     for row, gamma in zip(rows, (1.0, 3.0), strict=True):
         point = ev.measure(evaluate.Point(evaluate.CFG_NEG, gamma, guidance=gamma)).result.summary()
         for name in ("quality", "quality_sem", "diversity", "diversity_sem", "vendi", "event_diversity"):

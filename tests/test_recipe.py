@@ -3,9 +3,11 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 import app
 from engine.service import MusicService, Request
+from engine.studio import make_studio
 from training import recipe
 from training.recipe_prompts import make_prompts
 
@@ -33,13 +35,14 @@ def test_the_whole_recipe_on_a_tiny_random_musicgen_then_the_app_serves_it(tmp_p
     assert gen.audio.shape[0] == 2
     args = app.parse_args(["--base", "debug", "--theta-q", str(out / "theta_q"), "--theta-d", str(out / "theta_d"),
                            "--embedding", str(out / "embedding"), "--ratings-db", str(tmp_path / "r.sqlite")])
-    studio = app.make_studio(args)
+    studio = make_studio(args)
     result = studio.generate("calm piano", 2, 0.5, 3, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "Bad audio quality.")
     assert result.scores["merged"].diversity.shape == (2, 2) and len(result.files) == 3
     assert not studio.readable and str(out / "theta_d") in studio.models  # nothing nano-specific for this base
     assert "**Quality**: none (no CLAP model configured" in studio.models and "Diversity" in studio.models
 
 
+@pytest.mark.slow  # trains E for real on nano's clips (about 20 s): `make test-slow`
 def test_e_learns_from_clips_the_base_generates(tmp_path):
     """E on clips nano generates for recipe prompts: held-out retrieval far above chance, training loss falling."""
     out = tmp_path / "nano"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine import shipped
 from engine.embedding import load_embedder
 from engine.model import load_model
 from training.corpus import training_prompts
@@ -24,8 +25,8 @@ from training.settings import parse, setting
 
 @dataclass(frozen=True)
 class BenchSettings:
-    base: str = setting("weights/nano", "base model")
-    embedding: str = setting("weights/embedding", "E for the diversity reward")
+    base: str = setting(shipped.NANO, "base model")
+    embedding: str = setting(shipped.EMBEDDING, "E for the diversity reward")
     steps: int = setting(5, "timed steps (after one warm-up step)")
 
 

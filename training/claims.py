@@ -13,24 +13,25 @@ the learned scorers (the stand-ins for MuLan/CLAP).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.service import DEFAULT_NEGATIVE_PROMPT
+from engine.cfg import DEFAULT_NEGATIVE_PROMPT, PAPER_CFG, PAPER_GAMMA, CfgSetting
+from engine.modes import MERGE_MODES
 from training.frontier import area_difference, bootstrap, spearman
 from training.heldout import HeldoutResult
 
 # the evaluation's families of points
 CFG_NEG, CFG_UNCOND = "CFG γ (negative prompt)", "CFG γ (unconditional)"
-LERP_QD, LERP_QB = "LERP(θ_q, θ_d)", "LERP(θ_q, base)"
+LERP_QD, LERP_QB = MERGE_MODES["q-d"].family, MERGE_MODES["q-base"].family  # the merge modes' fronts
 TEMP_BASE, TEMP_Q = "temperature (base)", "temperature (θ_q)"
 BETA_MODEL = "β model "  # families "β model N": models trained with β = N, between θ_q (β = 0) and θ_d
 
 AXES = {"exact": ("exact_quality", "event_diversity"), "learned": ("quality", "diversity")}  # (quality, diversity)
 
 # thresholds of the claims, with reasons
-PAPER_GAMMA = 3.0  # the CFG γ the paper distils and compares against
 YES, PARTLY, NO, UNTESTABLE = "yes", "partly", "no", "not testable"
 # "θ_q matches its teacher's quality" and "λ = 0.5 is at least as good as a β model": the paired 95 % interval of
 # the difference lies above −margin. Quality margins: 0.25 of exact quality (0 … 6: a twentieth of the adherence
@@ -42,39 +43,10 @@ HACK_NOISE_RISE = 0.05  # θ_d games E if its share of clips with noise/distorti
 HACK_DRUMS_RISE = 0.15  # … or its share of clips with drums rises by more than this (drums move E the most)
 
 
-@dataclass(frozen=True)
-class Teacher:
-    """The CFG setting θ_q is distilled from (chosen by `training.teacher_sweep`; default: the paper's)."""
-
-    guidance: float = PAPER_GAMMA
-    negative: str = DEFAULT_NEGATIVE_PROMPT
-    plausibility: float = 0.0
-    top_p: float = 0.0  # nucleus truncation after CFG (0 = off)
-
-    @property
-    def truncation(self) -> str:
-        """", α=0.1" / ", top-p=0.9": what the teacher cuts after guidance ("" for the paper's CFG)."""
-        return (f", α={self.plausibility:g}" if self.plausibility else "") + (f", top-p={self.top_p:g}"
-                                                                             if self.top_p else "")
-
-    @property
-    def family(self) -> str:
-        """The γ-front this teacher lies on: the paper's CFG, or CFG with the teacher's truncation and negative."""
-        return self.neg_family if self.negative else self.uncond_family
-
-    @property
-    def neg_family(self) -> str:
-        """The γ-front with the negative prompt and the teacher's truncation (the paper's CFG_NEG without one)."""
-        return f"CFG γ (negative prompt{self.truncation})" if self.truncation else CFG_NEG
-
-    @property
-    def uncond_family(self) -> str:
-        return f"CFG γ (unconditional{self.truncation})" if self.truncation else CFG_UNCOND
-
-    @property
-    def label(self) -> str:
-        cut = self.truncation.replace("=", " = ")
-        return f"γ = {self.guidance:g}{cut}, {'negative prompt' if self.negative else 'unconditional'}"
+def teacher_fronts(teacher: CfgSetting) -> tuple[str, str]:
+    """The γ-fronts with the teacher's cuts (α, top-p): with the negative prompt and unconditional."""
+    return (dataclasses.replace(teacher, negative=DEFAULT_NEGATIVE_PROMPT).family,
+            dataclasses.replace(teacher, negative="").family)
 
 
 @dataclass(frozen=True)
@@ -188,7 +160,7 @@ def claim_cfg(f: Families, family: str = CFG_NEG, uncond: str = CFG_UNCOND, name
                parts, detail)
 
 
-def claim_distilled(f: Families, speed: dict | None, teacher: Teacher) -> dict | None:
+def claim_distilled(f: Families, speed: dict | None, teacher: CfgSetting) -> dict | None:
     q0, g = f(LERP_QD)[0], f.at(teacher.family, teacher.guidance)
     if g is None:
         return None
@@ -199,7 +171,7 @@ def claim_distilled(f: Families, speed: dict | None, teacher: Teacher) -> dict |
     margin = MARGIN.get(f.q, 0.0)
     parts = {f"quality matches (paired CI above −{margin:g})": diff[1][0] >= -margin,
              f"cost about half (ratio ≥ {HALF_COST_RATIO:g})": ratio >= HALF_COST_RATIO}
-    return row(f"2. θ_q matches its CFG teacher's quality ({teacher.label}) without CFG, at about half the "
+    return row(f"2. θ_q matches its CFG teacher's quality ({teacher.description}) without CFG, at about half the "
                f"inference cost", parts,
                f"quality θ_q {q0.mean(f.q):.3f} vs the teacher {g.mean(f.q):.3f}, θ_q − teacher {with_ci(diff)} "
                f"(paired over prompts); sampling time per clip teacher / θ_q = {ratio:.2f}× (measured together in "
@@ -218,7 +190,7 @@ def claim_diversity(f: Families) -> dict:
                f"{with_ci(q_vs_base)}, θ_d − θ_q {with_ci(qd_div)}; quality θ_d − θ_q {with_ci(qd_qual)}")
 
 
-def claim_pareto(f: Families, teacher: Teacher) -> dict:
+def claim_pareto(f: Families, teacher: CfgSetting) -> dict:
     lerp, parts, details = f(LERP_QD), {}, []
     for other in dict.fromkeys((CFG_NEG, teacher.family, TEMP_BASE, TEMP_Q)):
         if len(f(other)) < 2 or len(lerp) < 2:
@@ -294,22 +266,22 @@ def claim_no_hacking(f: Families) -> dict:
                 detail=detail + (" — signs of gaming" if gamed else " — no sign of gaming"))
 
 
-def claims_on(f: Families, speed: dict | None, teacher: Teacher) -> list[dict]:
+def claims_on(f: Families, speed: dict | None, teacher: CfgSetting) -> list[dict]:
     """Every claim the measured families can test, on the axes of `f`."""
     out = [claim_cfg(f, name="CFG (the paper's)")]
-    if teacher.truncation:
-        out.append(claim_cfg(f, teacher.neg_family, teacher.uncond_family,
-                             f"CFG with the teacher's truncation ({teacher.truncation[2:]})"))
+    if teacher.cuts:
+        out.append(claim_cfg(f, *teacher_fronts(teacher),
+                             f"CFG with the teacher's truncation ({teacher.cuts.strip().replace(' ', ', ')})"))
     if f(LERP_QD) and f(CFG_NEG):
         out += [claim_distilled(f, speed, teacher), claim_diversity(f), claim_pareto(f, teacher), claim_lambda(f)]
     return [c for c in out if c is not None]
 
 
 def claims(results: dict[str, list[Measured]], settings, speed: dict | None = None,
-           teacher: Teacher | None = None) -> list[dict]:
+           teacher: CfgSetting | None = None) -> list[dict]:
     """The claims on every pair of axes the points measured (`settings`: prompts and bootstrap repetitions), each
     row with its `axis`; then the reward-hacking check (axis-free)."""
-    teacher = teacher or Teacher()
+    teacher = teacher or PAPER_CFG
     some = next(m for ms in results.values() for m in ms)
     out = []
     for axis, (q, d) in AXES.items():

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import shipped
 from engine.checkpoint import CheckpointError, save_csv
 from training.corpus import heldout_prompts
 from training.distill import EVAL_FIELDS, DistillConfig, RunSettings, build_distiller, eval_rows
@@ -25,8 +26,8 @@ from training.settings import parse, setting
 @dataclass(frozen=True)
 class SnapshotSettings:
     run: str = setting("runs/distill", "the run folder (config.json, snapshots/)")
-    embedding: str = setting("weights/embedding", "E for diversity ('' = none)")
-    quality: str = setting("weights/quality", "quality scorer ('' = none)")
+    embedding: str = setting(shipped.EMBEDDING, "E for diversity ('' = none)")
+    quality: str = setting(shipped.QUALITY, "quality scorer ('' = none)")
 
 
 def run_settings(folder: Path, settings: SnapshotSettings) -> tuple[DistillConfig, RunSettings, int]:

@@ -31,10 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine import shipped
+from engine.cfg import CfgSetting
 from engine.checkpoint import data_digest, save_bytes, save_csv, save_json
 from engine.figures import lambda_plot, quality_diversity_plot
 from engine.merge import Blend
 from engine.model import load_model
+from engine.modes import MERGE_MODES
 from engine.scorers import OMEGA, Scorers
 from engine.service import MusicService, Request
 from training.claims import (
@@ -50,8 +53,8 @@ from training.claims import (
     TEMP_Q,
     Measured,
     Point,
-    Teacher,
     claims,
+    teacher_fronts,
 )
 from training.corpus import heldout_prompts, validation_prompts
 from training.frontier import bootstrap, spearman
@@ -69,15 +72,15 @@ __all__ = ["CFG_NEG", "CFG_UNCOND", "LERP_QB", "LERP_QD", "TEMP_BASE", "TEMP_Q",
 
 @dataclass(frozen=True)
 class EvalSettings:
-    base: str = setting("weights/nano", "base model")
-    theta_q: str = setting("weights/theta_q", "θ_q decoder")
-    theta_d: str = setting("weights/theta_d", "θ_d decoder")
-    extra: list[str] = setting([], "more models as NAME=PATH: bN = a β model (β = N, θ_d's reward; claim 5 and the "
-                                   "soup), any other name = a model evaluated on its own (e.g. E50=... for a θ_d "
-                                   "trained with another reward)")
+    base: str = setting(shipped.NANO, "base model")
+    theta_q: str = setting(shipped.THETA_Q, "θ_q decoder")
+    theta_d: str = setting(shipped.THETA_D, "θ_d decoder")
+    extra: list[str] = setting([], "more models as NAME=PATH: a β model when its config.json (the trainer's) has "
+                                   "β > 0 and θ_d's reward (claim 5 and the soup); any other one is evaluated on its "
+                                   "own (e.g. E50=... for a θ_d trained with another reward)")
     runs: list[str] = setting([], "training runs whose snapshots to evaluate (runs/theta_d ...)")
-    embedding: str = setting("weights/embedding", "E")
-    quality: str = setting("weights/quality", "quality scorer")
+    embedding: str = setting(shipped.EMBEDDING, "E")
+    quality: str = setting(shipped.QUALITY, "quality scorer")
     prompts: int = setting(32, "held-out prompts")
     clips: int = setting(4, "clips per prompt")
     seconds: float = setting(4.0, "clip length (s)")
@@ -86,12 +89,12 @@ class EvalSettings:
     lambda_step: float = setting(0.05, "λ grid of the LERP fronts")
     gammas: list[float] = setting(list(GAMMAS), "CFG γ values of the γ-fronts")
     temperatures: list[float] = setting(TEMPERATURES, "temperatures of the temperature-sampling baselines")
-    teacher: str = setting("weights/eval/teacher_sweep/teacher.json",
+    teacher: str = setting(shipped.TEACHER,
                            "the chosen CFG teacher (training.teacher_sweep); missing: the paper's γ = 3")
     split: str = setting("test", "prompts: the held-out test prompts (reported) or validation prompts disjoint from "
                                  "them (for choices, e.g. which β model is θ_d)", choices=("test", "validation"))
     quick: bool = setting(False, "few prompts, few points: a smoke test in minutes")
-    out: str = setting("weights/eval", "output folder (and its cache)")
+    out: str = setting(shipped.EVAL, "output folder (and its cache)")
     notes: str = setting("", "a Markdown file appended to the report (e.g. which prompts each choice used and the "
                              "diagnoses of failed claims, written by whoever ran it)")
 
@@ -110,12 +113,8 @@ class EvalSettings:
     def heldout(self) -> HeldoutSettings:
         return HeldoutSettings(self.prompts, self.clips, self.seconds, self.seed)
 
-    def load_teacher(self) -> Teacher:
-        path = Path(self.teacher)
-        if not path.exists():
-            return Teacher()
-        t = json.loads(path.read_text())
-        return Teacher(float(t["guidance"]), t["negative_prompt"], float(t["plausibility"]), float(t.get("top_p", 0)))
+    def load_teacher(self) -> CfgSetting:
+        return CfgSetting.load(self.teacher)
 
 
 def file_hash(path: Path) -> str:
@@ -178,21 +177,19 @@ class Evaluator:
             f.write(json.dumps(rec) + "\n")
         return Measured(p, result)
 
-    def sampling_time(self, name: str, repeat: int, teacher: Teacher) -> float:
+    def sampling_time(self, name: str, repeat: int, teacher: CfgSetting) -> float:
         """Sampling seconds per clip of θ_q (no CFG) or of the base with the teacher's CFG on four prompts."""
         s, total = self.settings, 0.0
+        cfg = teacher if name == "teacher" else CfgSetting(1.0, teacher.negative)
         for i, prompt in enumerate(self.prompts[:4]):
-            req = Request(prompt, s.clips, s.seconds, seed=repeat * 1000 + i, negative_prompt=teacher.negative,
-                          guidance=teacher.guidance if name == "teacher" else 1.0,
-                          plausibility=teacher.plausibility if name == "teacher" else 0.0,
-                          top_p=teacher.top_p if name == "teacher" else 0.0)
+            req = Request(prompt, s.clips, s.seconds, seed=repeat * 1000 + i, **cfg.request_fields())
             gen = (self.service.generate_base(req) if name == "teacher"
                    else self.service.generate_merged(req, Blend.lerp("q", "d", 0.0)))
             total += gen.timings["sampling"]
         return total / (4 * s.clips)
 
 
-def compare_speed(ev: Evaluator, teacher: Teacher, repeats: int = 3) -> dict:
+def compare_speed(ev: Evaluator, teacher: CfgSetting, repeats: int = 3) -> dict:
     """Sampling seconds per clip of θ_q (no CFG) and of the base with the teacher's CFG, measured now, interleaved,
     on the same prompts (cached points may have been measured under other load)."""
     times = {"θ_q": [], "teacher": []}
@@ -203,35 +200,48 @@ def compare_speed(ev: Evaluator, teacher: Teacher, repeats: int = 3) -> dict:
 
 
 def plan(s: EvalSettings, have: dict[str, bool], snapshots: dict[str, list[tuple[int, Path]]],
-         teacher: Teacher) -> list[Point]:
+         teacher: CfgSetting, betas: dict[str, float] | None = None) -> list[Point]:
+    """The points to measure. `betas`: the β of each loaded β model (`beta_models`), by name."""
+    betas = betas or {}
     gammas = tuple(dict.fromkeys((1.0, 3.0, teacher.guidance))) if s.quick else tuple(s.gammas)
     temps = (1.0,) if s.quick else tuple(s.temperatures)
-    steps = int(round(1 / s.lambda_step))
-    lams = (0.0, 0.5, 1.0) if s.quick else tuple(round(x, 3) for x in np.linspace(0, 1, steps + 1))
-    lerp = lambda a, b, lam: tuple((n, w) for n, w in ((a, 1 - lam), (b, lam)) if w > 0)
     pts = [Point(CFG_NEG, g, guidance=g) for g in gammas]
     pts += [Point(CFG_UNCOND, g, guidance=g, negative="") for g in gammas if g > 1]
-    if teacher.truncation:  # the teacher's mask or top-p: CFG with the negative prompt and unconditional, along γ
+    if teacher.cuts:  # the teacher's mask or top-p: CFG with the negative prompt and unconditional, along γ
         a, top = teacher.plausibility, teacher.top_p
-        pts += [Point(teacher.neg_family, g, guidance=g, plausibility=a, top_p=top) for g in gammas]
-        pts += [Point(teacher.uncond_family, g, guidance=g, negative="", plausibility=a, top_p=top)
-                for g in gammas if g > 1]
+        neg, uncond = teacher_fronts(teacher)
+        pts += [Point(neg, g, guidance=g, plausibility=a, top_p=top) for g in gammas]
+        pts += [Point(uncond, g, guidance=g, negative="", plausibility=a, top_p=top) for g in gammas if g > 1]
     pts += [Point(TEMP_BASE, t, temperature=t) for t in temps]
     if have["q"]:
         pts += [Point(TEMP_Q, t, blend=(("q", 1.0),), temperature=t) for t in temps]
-    if have["q"] and have["d"]:
-        pts += [Point(LERP_QD, lam, blend=lerp("q", "d", lam)) for lam in lams]
-    if have["q"] and not s.quick:
-        pts += [Point(LERP_QB, lam, blend=lerp("q", "base", lam)) for lam in lams[::4]]
-    extras = sorted((n for n in have if n[0] == "b" and n[1:].isdigit() and have[n]), key=lambda n: int(n[1:]))
-    pts += [Point(f"β model {n[1:]}", float(n[1:]), blend=((n, 1.0),)) for n in extras]
-    if have["q"] and have["d"] and extras:
-        names = ["q", *extras, "d"]
-        pts.append(Point("uniform soup", len(names), blend=tuple((n, 1 / len(names)) for n in names)))
+    extras = sorted((n for n in betas if have.get(n)), key=lambda n: betas[n])
+    models = [n for n in ("q", *extras, "d") if have.get(n)]
+    pts += mode_points(s, models, with_lambda=True)
+    pts += [Point(f"{BETA_MODEL}{betas[n]:g}", betas[n], blend=((n, 1.0),)) for n in extras]
+    pts += mode_points(s, models, with_lambda=False)
     others = sorted(n for n in have if n not in ("q", "d", *extras) and have[n])
     pts += [Point(f"{OTHER_MODEL}{n}", 1.0, blend=((n, 1.0),)) for n in others]  # e.g. another reward's θ_d
     for run, snaps in snapshots.items():
         pts += [Point(f"training {run}", step, blend=((f"{run}@{step}", 1.0),)) for step, _ in snaps]
+    return pts
+
+
+def mode_points(s: EvalSettings, models: list[str], with_lambda: bool) -> list[Point]:
+    """The fronts of the merge modes with λ (`engine.modes`): every n-th λ of the grid their `eval_every` asks for
+    (--quick: λ = 0, 0.5, 1, and no coarse references); or one point per mode without λ (the soup of `models`, x =
+    their count)."""
+    steps = int(round(1 / s.lambda_step))
+    lams = (0.0, 0.5, 1.0) if s.quick else tuple(round(x, 3) for x in np.linspace(0, 1, steps + 1))
+    pts = []
+    for mode in MERGE_MODES.values():
+        if (not mode.family or mode.uses_lambda != with_lambda or not mode.available(models)
+                or (s.quick and mode.eval_every > 1)):
+            continue
+        if not mode.uses_lambda:
+            pts.append(Point(mode.family, len(models), blend=mode.blend(None, models).parts))
+            continue
+        pts += [Point(mode.family, lam, blend=mode.blend(lam, models).parts) for lam in lams[::mode.eval_every]]
     return pts
 
 
@@ -315,19 +325,19 @@ def claims_table(table: list[dict]) -> list[str]:
 KINDS = ("instrument", "drums", "kit", "tempo", "key", "genre")
 
 
-def key_points(results: dict[str, list[Measured]], teacher: Teacher) -> list[tuple[str, Measured]]:
+def key_points(results: dict[str, list[Measured]], teacher: CfgSetting) -> list[tuple[str, Measured]]:
     """The points the adherence table shows: base without and with the paper's CFG, the teacher, θ_q, λ = 0.5, θ_d
     and the β models, where measured."""
     find = lambda family, x: next((m for m in results.get(family, []) if m.point.x == x), None)  # noqa: E731
     named = [("base (no CFG)", find(CFG_NEG, 1.0)), ("base + the paper's CFG (γ = 3)", find(CFG_NEG, 3.0)),
-             (f"the teacher ({teacher.label})", find(teacher.family, teacher.guidance)),
+             (f"the teacher ({teacher.description})", find(teacher.family, teacher.guidance)),
              ("base at temperature 0.85", find(TEMP_BASE, 0.85)), ("θ_q", find(LERP_QD, 0.0)),
              ("λ = 0.5", find(LERP_QD, 0.5)), ("θ_d", find(LERP_QD, 1.0))]
     named += [(family, ms[0]) for family, ms in sorted(results.items()) if family.startswith(BETA_MODEL) and ms]
     return [(name, m) for name, m in named if m is not None]
 
 
-def adherence_table(results: dict[str, list[Measured]], teacher: Teacher) -> list[str]:
+def adherence_table(results: dict[str, list[Measured]], teacher: CfgSetting) -> list[str]:
     lines = ["| point | " + " | ".join(KINDS) + " | melody plays | all parts play |",
              "|---|" + "---|" * (len(KINDS) + 2)]
     for name, m in key_points(results, teacher):
@@ -338,7 +348,7 @@ def adherence_table(results: dict[str, list[Measured]], teacher: Teacher) -> lis
 
 
 def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[str, bool], command: list[str],
-           cached: int, elapsed: float, agree: dict, teacher: Teacher, results: dict | None = None) -> str:
+           cached: int, elapsed: float, agree: dict, teacher: CfgSetting, results: dict | None = None) -> str:
     results = results or {}
     lines = ["# Quality–diversity evaluation of MusicGen-nano", "",
              f"Command: `python -m training.evaluate {' '.join(command)}`  ",
@@ -347,8 +357,8 @@ def report(table: list[dict], rows: list[dict], s: EvalSettings, figures: dict[s
              f"{s.seconds:g} s per point. Two pairs of axes: **exact** (read from nano's tokens, `engine.exact`: "
              f"exact quality = 5 · adherence to the caption's checkable requests + clean, 0 … 6; exact diversity = "
              f"mean pairwise event distance) and **learned** (quality = {OMEGA:g}·adherence + audio quality of the "
-             f"learned scorers; diversity = mean pairwise r_D with E). The CFG teacher ({teacher.label}) was chosen "
-             f"by `training.teacher_sweep` on validation prompts disjoint from the test prompts. ± are standard "
+             f"learned scorers; diversity = mean pairwise r_D with E). The CFG teacher ({teacher.description}) was "
+             f"chosen by `training.teacher_sweep` on validation prompts disjoint from the test prompts. ± are standard "
              f"errors over prompts; intervals are 95 % prompt bootstraps.", "", "## Claims", "",
              "Each claim is split into parts, each tested on a difference **paired over prompts** (the same prompts "
              "and seeds for every point) with a 95 % prompt-bootstrap interval: a part holds only when its interval "
@@ -401,6 +411,21 @@ def load_points(ev: Evaluator, s: EvalSettings) -> tuple[dict[str, bool], dict[s
     return have, snapshots
 
 
+def beta_models(s: EvalSettings) -> dict[str, float]:
+    """The β of each --extra model trained like θ_d with β > 0 (its config.json, the trainer's: θ_d's reward): the
+    models between θ_q (β = 0) and θ_d that claim 5 and the soup use. Read from the models, not from their names."""
+    def config(path: str | Path) -> dict:
+        file = Path(path) / "config.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+    reward = config(s.theta_d).get("reward", "embedding")
+    betas = {}
+    for name, path in (e.split("=", 1) for e in s.extra):
+        c = config(path)
+        if float(c.get("beta", 0)) > 0 and c.get("reward", "embedding") == reward:
+            betas[name] = float(c["beta"])
+    return betas
+
+
 def main(argv=None) -> None:
     (requested,) = parse([EvalSettings], argv, description=__doc__)
     command = list(argv if argv is not None else sys.argv[1:])
@@ -411,7 +436,7 @@ def main(argv=None) -> None:
     ev = Evaluator(s, s.split)
     have, snapshots = load_points(ev, s)
     teacher = s.load_teacher()
-    points = plan(s, have, snapshots, teacher)
+    points = plan(s, have, snapshots, teacher, beta_models(s))
     cached = sum(ev.key(pt) in ev.cache for pt in points)
     results: dict[str, list[Measured]] = {}
     for i, pt in enumerate(points):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine import shipped
 from engine.checkpoint import save_json
 from engine.embedding import load_embedder
 from engine.model import load_model
@@ -35,9 +36,9 @@ def mean_pairwise_cosine(grads: list[torch.Tensor]) -> float:
 
 @dataclass(frozen=True)
 class SnrSettings:
-    base: str = setting("weights/nano", "base model")
+    base: str = setting(shipped.NANO, "base model")
     init: str | None = setting(None, "student weights (default: the base)")
-    embedding: str = setting("weights/embedding", "E for the diversity reward")
+    embedding: str = setting(shipped.EMBEDDING, "E for the diversity reward")
     batches: int = setting(4, "independent batches (the cosine is between batches)")
     seed: int = setting(0, "seed of prompts and samples")
     out: str | None = setting(None, "write the result as JSON here")

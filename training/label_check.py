@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import exact
+from engine import exact, shipped
 from engine.model import load_model
 from engine.nano_world import KEYS
 from engine.score_codec import STREAMS, parse_token
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("dump")
-    d.add_argument("--model", default="weights/nano")
+    d.add_argument("--model", default=shipped.NANO)
     d.add_argument("--out", default="runs/labels.json")
     d.add_argument("--per-setting", type=int, default=10)
     d.add_argument("--seconds", type=float, default=4.0)

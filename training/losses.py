@@ -27,6 +27,7 @@ MASKED_TEACHER_FLOOR = 1e-4  # teacher mass spread uniformly over the vocabulary
 
 
 DIVERGENCES = ("reverse", "forward")
+BASELINES = ("loo", "batch")  # REINFORCE baselines (see the module docstring)
 
 
 def cfg_distillation_kl(student: Tensor, teacher_cond: Tensor, teacher_neg: Tensor, guidance: float, mask: Tensor,
@@ -81,12 +82,15 @@ def per_sample_rewards(distances: Tensor) -> Tensor:
     return distances.sum(-1) / (N - 1)
 
 
-def baselines(distances: Tensor, rewards: Tensor, kind: str) -> Tensor:
-    """Baselines b (P, N) independent of each sample's own generation (see the module docstring)."""
+def baselines(distances: Tensor | None, rewards: Tensor, kind: str) -> Tensor:
+    """Baselines b (P, N) independent of each sample's own generation (see the module docstring). `distances`
+    (P, N, N) of a pairwise reward ('loo' needs them; None for a set-level reward)."""
     P, N = rewards.shape
     if kind == "loo":
         if N < 3:
             raise ValueError("the leave-one-out baseline needs N ≥ 3 samples per prompt (with N = 2 use 'batch')")
+        if distances is None:
+            raise ValueError("the leave-one-out baseline needs a pairwise reward's distances; use 'batch'")
         r = distances  # (P, N, N)
         total = r.sum(dim=(-1, -2))  # (P,) sum over ordered pairs
         without_j = total[:, None] - 2 * r.sum(-1)  # remove the pairs that involve j
@@ -96,7 +100,7 @@ def baselines(distances: Tensor, rewards: Tensor, kind: str) -> Tensor:
             raise ValueError("the batch baseline needs at least 2 prompts in the batch")
         per_prompt = rewards.sum(-1)  # (P,)
         return ((per_prompt.sum() - per_prompt) / ((P - 1) * N))[:, None].expand(P, N)
-    raise ValueError(f"unknown baseline {kind!r}; use 'loo' or 'batch'")
+    raise ValueError(f"unknown baseline {kind!r}; use one of {BASELINES}")
 
 
 def reinforce_surrogate(log_probs: Tensor, advantages: Tensor) -> Tensor:

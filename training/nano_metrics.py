@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine import exact
+from engine import exact, shipped
 from engine.checkpoint import save_json
 from engine.model import load_model
 from engine.score_codec import STREAMS, TEMPOS
@@ -35,7 +35,7 @@ from training.settings import parse, setting
 
 @dataclass(frozen=True)
 class NanoMetricsSettings:
-    model: str = setting("weights/nano", "the nano folder")
+    model: str = setting(shipped.NANO, "the nano folder")
     seed: int = setting(0, "corpus seed of the held-out captions")
     prompts: int = setting(48, "held-out clean captions to prompt with")
     split: str = setting("validation", "which held-out captions prompt: 'validation' (after the test prompts) or "

@@ -36,21 +36,22 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
+from engine.cfg import DEFAULT_NEGATIVE_PROMPT, PAPER_GAMMA, CfgSetting
 from engine.checkpoint import save_json
 from engine.embedding import AudioEmbedder
 from engine.figures import quality_diversity_plot
 from engine.model import load_model
 from engine.scorers import Scorers
-from engine.service import DEFAULT_NEGATIVE_PROMPT, MusicService, Request, generate
+from engine.service import MusicService, Request, generate
 from training import distill, export
 from training.frontier import standard_error
 from training.heldout import HeldoutResult, HeldoutSettings, measure
 from training.recipe_prompts import make_prompts
-from training.settings import parse, setting
+from training.settings import parse, setting, to_flags
 from training.train_embedding import EmbeddingSettings, TowerSettings, fit, retrieval_top1
 
 STAGES = ("prompts", "embedding", "theta_q", "theta_d", "evaluate")
-PAPER_GAMMA, PAPER_BETA = 3.0, 15.0
+PAPER_BETA = 15.0
 
 
 @dataclass(frozen=True)
@@ -186,33 +187,41 @@ class Recipe:
             return self.s.autocast
         return "bf16" if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else "none"
 
-    def distill_args(self, beta: float, steps: int, run: Path) -> list[str]:
-        s = self.s
-        args = ["--base", s.base, "--beta", f"{beta:g}", "--steps", str(steps), "--guidance", f"{s.guidance:g}",
-                "--negative-prompt", s.negative_prompt, "--prompts", str(s.prompts_per_step), "--samples",
-                str(s.samples), "--seconds", f"{s.seconds:g}", "--accumulate", str(s.accumulate), "--lr", f"{s.lr:g}",
-                "--seed", str(s.seed), "--prompts-file", str(self.out / "prompts" / "prompts.json"),
-                "--embedding", str(self.out / "embedding"), "--quality", "", "--eval-every", "0",
-                "--eval-prompts", str(s.eval_prompts), "--eval-samples", str(s.eval_clips),
-                "--snapshot-every", "0", "--save-every", str(max(steps // 10, 1)), "--beta-warmup",
-                str(max(steps // 10, 1)), "--autocast", self.autocast, "--out", str(run)]
-        return args + (["--checkpointing"] if s.checkpointing else [])
+    def distill_settings(self, beta: float, steps: int, run: Path, init: Path | None = None) -> tuple:
+        """The trainer's settings for one distillation stage: (DistillConfig, RunSettings)."""
+        s, every = self.s, max(steps // 10, 1)
+        objective = distill.DistillConfig(beta=beta, beta_warmup=every, guidance=self.teacher.guidance,
+                                          negative_prompt=self.teacher.negative, prompts=s.prompts_per_step,
+                                          samples=s.samples, seconds=s.seconds, lr=s.lr)
+        settings = distill.RunSettings(base=s.base, init=str(init) if init else None, seed=s.seed, steps=steps,
+                                       embedding=str(self.out / "embedding"), quality="", accumulate=s.accumulate,
+                                       prompts_file=str(self.out / "prompts" / "prompts.json"), eval_every=0,
+                                       eval_prompts=s.eval_prompts, eval_samples=s.eval_clips, snapshot_every=0,
+                                       save_every=every, autocast=self.autocast, checkpointing=s.checkpointing,
+                                       out=str(run))
+        return objective, settings
+
+    @property
+    def teacher(self) -> CfgSetting:
+        """The CFG setting θ_q is distilled from (the paper's by default)."""
+        return CfgSetting(self.s.guidance, self.s.negative_prompt)
 
     def stage_theta_q(self, t0: float) -> None:
-        self._distill("theta_q", self.distill_args(0.0, self.s.q_steps, self.out / "runs" / "theta_q"), t0)
+        self._distill("theta_q", *self.distill_settings(0.0, self.s.q_steps, self.out / "runs" / "theta_q"), t0)
 
     def stage_theta_d(self, t0: float) -> None:
-        args = self.distill_args(self.s.beta, self.s.d_steps, self.out / "runs" / "theta_d")
-        self._distill("theta_d", args + ["--init", str(self.out / "theta_q")], t0)
+        settings = self.distill_settings(self.s.beta, self.s.d_steps, self.out / "runs" / "theta_d",
+                                         init=self.out / "theta_q")
+        self._distill("theta_d", *settings, t0)
 
-    def _distill(self, stage: str, args: list[str], t0: float) -> None:
+    def _distill(self, stage: str, objective: distill.DistillConfig, settings: distill.RunSettings, t0: float) -> None:
         if self.s.allow_download:
             print("note: the trainer loads the base from the local cache (run once with --allow-download first)")
+        flags = to_flags(objective, settings)
         print("[{}] python -m training.distill {}".format(stage, " ".join(repr(a) if " " in a or not a else a
-                                                                         for a in args)), flush=True)
-        distill.main(args)
-        run = Path(args[args.index("--out") + 1])
-        export.export_distill(run, self.out / stage)
+                                                                         for a in flags)), flush=True)
+        distill.run(objective, settings)
+        export.export_distill(Path(settings.out), self.out / stage)
         self.finish(stage, t0)
 
     def stage_evaluate(self, t0: float) -> None:
@@ -224,8 +233,7 @@ class Recipe:
         settings = HeldoutSettings(s.eval_prompts, s.eval_clips, s.eval_seconds, s.seed)
         prompts = self.prompts()["heldout"][:s.eval_prompts]
         points = {"base": (service.generate_base, {}),
-                  f"base + CFG γ={s.guidance:g}": (service.generate_base, dict(guidance=s.guidance,
-                                                                               negative=s.negative_prompt)),
+                  self.teacher.label: (service.generate_base, dict(guidance=s.guidance, negative=s.negative_prompt)),
                   "θ_q (λ = 0)": (lambda r: service.generate_merged(r, 0.0), {}),
                   "λ = 0.5": (lambda r: service.generate_merged(r, 0.5), {}),
                   "θ_d (λ = 1)": (lambda r: service.generate_merged(r, 1.0), {})}

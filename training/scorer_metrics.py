@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine import shipped
 from engine.checkpoint import save_json
 from engine.model import load_model
 from engine.score_codec import FRAME_RATE, ScoreCodec
@@ -48,9 +49,9 @@ def summary(x) -> dict:
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    embedding: str = setting("weights/embedding", "E")
-    quality: str = setting("weights/quality", "quality scorer")
-    model: str = setting("weights/nano", "base model for the generation-based measurements")
+    embedding: str = setting(shipped.EMBEDDING, "E")
+    quality: str = setting(shipped.QUALITY, "quality scorer")
+    model: str = setting(shipped.NANO, "base model for the generation-based measurements")
     seed: int = setting(0, "corpus seed")
     candidates: int = setting(100, "retrieval: pieces each query is compared with")
     retrieval_pieces: int = setting(1000, "held-out pieces for retrieval (groups of --candidates)")

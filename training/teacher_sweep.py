@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine import shipped
+from engine.cfg import CfgSetting
 from engine.checkpoint import save_bytes, save_csv, save_json
 from engine.service import DEFAULT_NEGATIVE_PROMPT
 from training.claims import Measured, Point
@@ -40,9 +42,9 @@ MIN_PLAYING = 0.9  # a teacher must keep the lead, and every part its captions c
 
 @dataclass(frozen=True)
 class SweepSettings:
-    base: str = setting("weights/nano", "base model (the teacher is the base with CFG)")
-    embedding: str = setting("weights/embedding", "E, for the learned diversity column")
-    quality: str = setting("weights/quality", "the learned quality scorer, for its column")
+    base: str = setting(shipped.NANO, "base model (the teacher is the base with CFG)")
+    embedding: str = setting(shipped.EMBEDDING, "E, for the learned diversity column")
+    quality: str = setting(shipped.QUALITY, "the learned quality scorer, for its column")
     prompts: int = setting(32, "validation prompts")
     clips: int = setting(4, "clips per prompt")
     seconds: float = setting(4.0, "clip length (s): the trainer's")
@@ -147,8 +149,8 @@ def main(argv=None) -> list[dict]:
     save_csv(rows, list(rows[0]), out / "sweep.csv")
     save_bytes(report(rows, s, command, time.time() - t0).encode(), out / "sweep.md")
     best = chosen(rows)
-    save_json(dict(family=best["family"], guidance=best["guidance"], negative_prompt=best["negative"],
-                   plausibility=best["plausibility"], top_p=best["top_p"], exact_quality=best["exact_quality"],
+    cfg = CfgSetting(best["guidance"], best["negative"], best["plausibility"], best["top_p"])
+    save_json(dict(family=best["family"], **cfg.to_json(), exact_quality=best["exact_quality"],
                    lead_plays=best["lead_plays"], parts=best["parts"],
                    distill_flags=teacher_flags(best), settings=dataclasses.asdict(s)), out / "teacher.json")
     print(f"chosen teacher: {best['family']} γ={best['guidance']:g} (exact quality {best['exact_quality']:.3f})")

@@ -1,0 +1,325 @@
+"""The Studio: the app's state shared by all sessions (models, scorers, ratings) and what each button does, free of
+Gradio, so that tests drive it without a browser.
+
+Each browser session's settings (λ included) travel with its own requests, so users never share a λ, and the
+engine's blend gate makes every generation use exactly the weights its own λ asks for. Merge modes come from
+`engine.modes`, CFG settings are `engine.cfg.CfgSetting`s.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import logging
+import math
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine import exact
+from engine.cfg import PAPER_CFG, CfgSetting
+from engine.checkpoint import CheckpointError
+from engine.generate import GenerationCancelled, stop_if_cancelled
+from engine.heard import played
+from engine.merge import Blend
+from engine.modes import MergeMode, available_modes, merge_mode
+from engine.ratings import VOTES, RatingStore
+from engine.score_codec import ScoreCodec
+from engine.scorers import Scorers, SetScores
+from engine.service import Generation, MusicService, Request
+from engine.studio import inputs
+from engine.studio.files import MAX_OUTPUT_FOLDERS, prune, write_pair_wavs, write_set_wavs
+
+LOG = logging.getLogger("cfg_distill.app")
+MAX_PAIR_CLIPS = 4
+MAX_SESSIONS = 256  # sessions whose state the server keeps (Gradio's and the Stop times here); older ones are dropped
+MAX_PAIRS = 10_000  # blind pairs waiting for a vote; the oldest are forgotten
+
+
+@dataclass
+class Result:
+    """What one press of Generate produced."""
+    merged: Generation
+    base: Generation | None = None
+    scores: dict[str, SetScores] = field(default_factory=dict)
+    exact: dict[str, ExactScores] = field(default_factory=dict)  # nano only: read from the clips' tokens
+    files: list[str] = field(default_factory=list)
+    label: str = ""
+    base_label: str = ""
+    played: dict[str, list[dict]] = field(default_factory=dict)  # nano: what each clip played (engine.heard.played)
+
+    def sets(self) -> list[tuple[str, str, Generation | None]]:
+        """(key, title, generation) of the trained model's set and the CFG comparison's (None when off)."""
+        return [("merged", self.label, self.merged), ("base", self.base_label, self.base)]
+
+
+@dataclass(frozen=True)
+class ExactScores:
+    """Exact metrics of one set of nano clips for its prompt (`engine.exact`)."""
+
+    quality: list[float | None]  # per clip: 5 · adherence + clean, None if the prompt has no checkable request
+    adherence: list[float | None]
+    clean: list[float]
+    diversity: float  # mean pairwise event distance
+    requests: list[str]  # what the prompt asks for that the tokens can check
+    unchecked: list[str]  # words the tokens cannot check (moods, a mode without a key)
+
+    @property
+    def mean_quality(self) -> float | None:
+        return None if self.quality[0] is None else float(np.mean(self.quality))
+
+    @classmethod
+    def of(cls, codes: np.ndarray, prompt: str) -> ExactScores:
+        scores = [exact.score_clip(c, prompt) for c in codes]
+        return cls([s.quality for s in scores], [s.adherence for s in scores], [s.clean for s in scores],
+                   exact.event_diversity(codes), list(scores[0].met), exact.unchecked(prompt))
+
+
+@dataclass(frozen=True)
+class System:
+    """A way of generating that the blind A/B compares: the base's weights (blend None) or a blend, with CFG."""
+
+    label: str  # display only
+    blend: Blend | None = None
+    cfg: CfgSetting | None = None  # None: no guidance
+
+
+def ab_systems(models: list[str], teacher: CfgSetting = PAPER_CFG) -> list[System]:
+    """The blind A/B's systems: each merge mode's (`MergeMode.ab_systems`), the base, the base with the chosen
+    teacher's CFG and with the paper's; modes without λ (the soup) last."""
+    modes = available_modes(models)
+    out = [System(label, blend) for m in modes if m.uses_lambda for label, blend in m.ab_systems(models)]
+    out += [System("base")] + [System(cfg.label, cfg=cfg) for cfg in dict.fromkeys((teacher, PAPER_CFG))]
+    return out + [System(label, blend) for m in modes if not m.uses_lambda for label, blend in m.ab_systems(models)]
+
+
+class StopSignal:
+    """Whether the session pressed Stop after this request was submitted: a Stop reaches a request that is still
+    queued (it never starts) as well as one that is sampling or decoding, and never a later request."""
+
+    def __init__(self, stops: dict[str, float], session: str, submitted: float):
+        self._stops, self.session, self.submitted = stops, session, submitted
+
+    def is_set(self) -> bool:
+        return self._stops.get(self.session, -math.inf) >= self.submitted
+
+
+def explain_failure(what: str, error: BaseException) -> tuple[str, str]:
+    """(kind, message) of a failed request, with one log line: "stopped" (the user's Stop), "rejected" (bad input or
+    a bad checkpoint: the message says what) or "failed" (a bug: named, without internals). The one place the app
+    turns exceptions into words."""
+    if isinstance(error, GenerationCancelled):
+        LOG.info("%s: %s by the user", what, error)
+        return "stopped", "Stopped."
+    if isinstance(error, (ValueError, CheckpointError)):
+        LOG.info("%s: rejected: %s", what, error)
+        return "rejected", str(error)
+    LOG.error("%s: failed: %s: %s", what, type(error).__name__, error)
+    return "failed", f"Something went wrong ({type(error).__name__}); the server log has the details."
+
+
+class Studio:
+    """The app's state shared by all sessions (models, scorers, ratings) and its callbacks, free of Gradio."""
+
+    def __init__(self, service: MusicService, scorers: Scorers | None = None, ratings: RatingStore | None = None,
+                 fronts: dict | None = None, banner: list[str] | None = None, out_dir: str | Path | None = None,
+                 soup: list[str] | None = None, fronts_exact: dict | None = None, teacher: CfgSetting = PAPER_CFG,
+                 concurrency: int = 2, keep_outputs: int = MAX_OUTPUT_FOLDERS, measured: dict | None = None):
+        self.service, self.scorers, self.ratings = service, scorers or Scorers(), ratings
+        self.fronts, self.fronts_exact, self.banner = fronts or {}, fronts_exact or {}, banner or []
+        self.teacher = teacher
+        self.measured = measured or {}  # how the fronts were measured (prompts, clips, seconds)
+        self.models = ""  # which models are loaded, for the page (make_studio fills it)
+        self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
+        self.trained = ["q", "d", *(soup or [])]  # the trained checkpoints the merge modes blend
+        if out_dir is None:  # a folder of this process's own, removed when it exits
+            out_dir = tempfile.mkdtemp(prefix="cfg-distill-")
+            atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
+        self.out_dir = Path(out_dir)
+        self.keep_outputs = inputs.whole("keep_outputs", keep_outputs)
+        self.running = 0  # jobs running the models now
+        self.concurrency = inputs.whole("concurrency", concurrency)
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be ≥ 1, got {concurrency}")
+        self._stops: collections.OrderedDict[str, float] = collections.OrderedDict()  # session -> last Stop
+        self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._systems = {s.label: s for s in ab_systems(self.trained, teacher)}
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def modes(self) -> list[MergeMode]:
+        """The merge modes the loaded checkpoints allow (`engine.modes`), in registry order."""
+        return available_modes(self.trained)
+
+    def mode(self, name) -> MergeMode:
+        """A mode by its key or an earlier API value ("θ_q ↔ θ_d"); unknown or unavailable ones are refused."""
+        return merge_mode(name, self.modes)
+
+    def blend(self, mode, lam) -> Blend:
+        m = self.mode(mode)
+        return m.blend(inputs.real("λ", lam) if m.uses_lambda else None, self.trained)
+
+    def merge(self, mode, lam) -> str:
+        """Merge now (on slider release) so that the next generation starts at once; returns the merge time."""
+        blend = self.blend(mode, lam)
+        with self.service.gate.use(blend) as merge_s:
+            pass
+        what = f"λ = {float(lam):.2f} ({blend.describe()})" if self.mode(mode).uses_lambda else blend.describe()
+        return f"{what}: merged in {merge_s * 1000:.1f} ms." if merge_s else f"{what}: already merged."
+
+    def stop_signal(self, session: str, submitted: float | None = None) -> StopSignal:
+        """The signal of a request of `session` submitted at `submitted` (time.monotonic; default now)."""
+        return StopSignal(self._stops, inputs.text("session", session),
+                          time.monotonic() if submitted is None else submitted)
+
+    def stop(self, session: str) -> str:
+        """Stop every request this session has submitted so far, queued or running."""
+        with self._lock:
+            self._stops[inputs.text("session", session)] = time.monotonic()
+            self._stops.move_to_end(session)
+            while len(self._stops) > MAX_SESSIONS:  # bounded: the oldest sessions' Stop times are forgotten
+                self._stops.popitem(last=False)
+        return "Stopped."
+
+    def generate(self, prompt: str, num_clips, duration, seed, temperature, mode, lam, compare: bool, guidance,
+                 negative: str, plausibility=0.0, top_p=0.0, session: str = "", progress=None,
+                 submitted: float | None = None) -> Result:
+        cancel = self.stop_signal(session, submitted)
+        # 1. every argument checked before any work (the CFG side too: the same prompt and seed)
+        seed = inputs.seed(seed)
+        req = Request(inputs.text("prompt", prompt), inputs.whole("clips", num_clips),
+                      inputs.real("duration", duration), seed, inputs.real("temperature", temperature))
+        cfg = None
+        if inputs.flag("compare", compare):
+            cfg = CfgSetting(inputs.real("γ", guidance), inputs.text("negative prompt", negative),
+                             inputs.real("α", plausibility), inputs.real("top-p", top_p))
+            req.with_cfg(cfg)  # the prompt and the negative prompt as one request checks them
+        blend, m = self.blend(mode, lam), self.mode(mode)
+        # 2. the clips, then their scores and files
+        with self._job("generate", req.num_clips * (1 if cfg is None else 2)):
+            result = self._clips(req, cfg, blend, m.caption(lam), cancel, progress)
+            self._score(result)
+            stop_if_cancelled(cancel, "after scoring")  # no files, nothing returned
+            result.files = self._write_wavs(result, m.file_tag(lam))
+        return result
+
+    def _clips(self, req: Request, cfg: CfgSetting | None, blend: Blend, label: str, cancel: StopSignal,
+               progress) -> Result:
+        hook = (lambda desc: (lambda i, n: progress(i / n, desc=desc))) if progress else (lambda desc: None)
+        result = Result(self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel),
+                        label=label)
+        if cfg is not None:
+            result.base = self.service.generate_base(req.with_cfg(cfg), progress=hook("base + CFG"), cancel=cancel)
+            result.base_label = result.base.request.cfg.label
+        return result
+
+    def _score(self, result: Result) -> None:
+        prompt = result.merged.request.prompt
+        for key, _, gen in result.sets():
+            if gen is not None and (self.scorers.has_diversity or self.scorers.has_quality or self.scorers.clap):
+                result.scores[key] = self.scorers.score(gen.audio, gen.sample_rate, prompt)
+            if gen is not None and self.readable:
+                codes = gen.codes.numpy()
+                result.exact[key] = ExactScores.of(codes, prompt)
+                result.played[key] = [played(c, prompt) for c in codes]
+
+    @contextlib.contextmanager
+    def _job(self, what: str, clips: int):
+        """Count the jobs running the models at once (all endpoints together); one log line per finished job."""
+        with self._lock:
+            self.running += 1
+            at_once = self.running
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+        LOG.info("%s: %d clips in %.2f s; %d job(s) running at its start (limit %d)", what, clips,
+                 time.perf_counter() - t, at_once, self.concurrency)
+
+    def _new_folder(self, name: str) -> Path:
+        """An output folder for one request's files, the oldest beyond `keep_outputs` pruned."""
+        folder = self.out_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        prune(self.out_dir, self.keep_outputs, spare=folder)
+        return folder
+
+    def _write_wavs(self, result: Result, tag: str) -> list[str]:
+        folder = self._new_folder(f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+        return write_set_wavs(folder, result, tag)
+
+    # ------------------------------------------------------------------ blind A/B
+    def systems(self) -> list[str]:
+        """The A/B systems' labels (display only: `system` maps a label to its settings)."""
+        return list(self._systems)
+
+    def system(self, label: str) -> System:
+        if not isinstance(label, str) or label not in self._systems:
+            raise ValueError(f"unknown system {label!r}; choose from {self.systems()}")
+        return self._systems[label]
+
+    def _generate_system(self, system: System, req: Request) -> Generation:
+        req = req.with_cfg(system.cfg or CfgSetting(1.0))
+        if system.blend is None:
+            return self.service.generate_base(req)
+        return self.service.generate_merged(req, system.blend)
+
+    def new_pair(self, prompt: str, system_1: str, system_2: str, num_clips=2, duration=5.0, seed=None):
+        """Two sets, same prompt and seed, in a random hidden order. Returns (token, set A, set B)."""
+        self.system(system_1), self.system(system_2)  # both known, before any work
+        if system_1 == system_2:
+            raise ValueError("choose two different systems to compare")
+        n = inputs.whole("clips", num_clips)
+        if not 1 <= n <= MAX_PAIR_CLIPS:
+            raise ValueError(f"clips per set must be between 1 and {MAX_PAIR_CLIPS}, got {n}")
+        seed = inputs.seed(seed)
+        req = Request(inputs.text("prompt", prompt), n, inputs.real("duration", duration), seed)
+        order = [system_1, system_2]
+        if secrets.randbelow(2):
+            order.reverse()
+        with self._job("new_pair", 2 * n):
+            sets = [self._generate_system(self.system(s), req) for s in order]
+        token = secrets.token_urlsafe(12)
+        with self._lock:
+            self._pairs[token] = dict(prompt=req.prompt, seed=seed, a=order[0], b=order[1])
+            while len(self._pairs) > MAX_PAIRS:
+                self._pairs.popitem(last=False)
+        return token, sets[0], sets[1]
+
+    def write_pair(self, token: str, a: Generation, b: Generation) -> list[str]:
+        """WAVs of a blind pair, named A1…, B1… so that nothing tells the systems apart."""
+        return write_pair_wavs(self._new_folder(f"pair-{token}"), a, b)
+
+    def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
+        """Store a vote on a pair made by `new_pair`; returns which system was which."""
+        if self.ratings is None:
+            raise ValueError("ratings are not enabled on this server")
+        for name, vote in (("quality", quality), ("diversity", diversity)):
+            if not isinstance(vote, str) or vote not in VOTES:
+                raise ValueError(f"choose A, B or tie for {name}")
+        if not isinstance(token, str) or not token:
+            raise ValueError("make a pair first")
+        with self._lock:
+            pair = self._pairs.pop(token, None)
+        if pair is None:
+            raise ValueError("this pair was already rated or has expired: make a new pair")
+        self.ratings.add(pair["prompt"], pair["seed"], pair["a"], pair["b"], quality, diversity, session)
+        return f"Thanks! A was **{pair['a']}**, B was **{pair['b']}**."
+
+    def results_table(self) -> list[list]:
+        return self.ratings.table() if self.ratings is not None else []
+
+    def export_ratings(self) -> str:
+        if self.ratings is None:
+            raise ValueError("ratings are not enabled on this server")
+        path = self.out_dir / f"ratings-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        path.write_text(self.ratings.export_csv())
+        return str(path)

@@ -1,0 +1,142 @@
+"""Files a server writes: the takes' WAVs and ZIP, the blind pairs' WAVs, and the clean-ups that bound them on disk.
+
+Output folders are pruned to the newest `keep` (`prune`); Gradio's own cache of served files is swept by a `Janitor`
+(its `delete_cache` misses audio served through component updates).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+
+from engine.service import Generation
+
+if TYPE_CHECKING:
+    from engine.studio.core import Result
+
+MAX_OUTPUT_FOLDERS = 64  # newest generations whose WAVs stay here (each ≤ 16 clips × 10 s × 32 kB/s = 5 MB for nano)
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
+
+
+def write_set_wavs(folder: Path, result: "Result", merged_tag: str) -> list[str]:
+    """16-bit WAVs of both sets, named after prompt, seed and λ or γ, with what made each clip in its comment (CFG
+    settings only on CFG clips; on nano also the tempo and key it played); then one ZIP of them all, listed first."""
+    files = []
+    for key, gen, tag in (("merged", result.merged, merged_tag), ("base", result.base, None)):
+        if gen is None:
+            continue
+        req = gen.request
+        tag = tag or f"cfg{req.guidance:g}"
+        plays = result.played.get(key) or [None] * len(gen.audio)
+        for i, clip in enumerate(gen.audio):
+            path = folder / f"{slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
+            with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
+                f.title = req.prompt[:200] or "(unconditional)"
+                f.comment = clip_comment(gen, i, plays[i])
+                f.write(np.clip(clip, -1, 1))
+            files.append(str(path))
+    archive = folder / f"{slug(result.merged.request.prompt)}_seed{result.merged.seed}_{merged_tag}_all.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in files:
+            z.write(f, Path(f).name)
+    return [str(archive)] + files
+
+
+def clip_comment(gen: Generation, i: int, played_clip: dict | None = None) -> str:
+    """What made clip i, and (nano) the tempo and key it played."""
+    req = gen.request
+    text = f"prompt={req.prompt!r} seed={gen.seed} model={gen.model} clip={i + 1} temperature={req.temperature:g}"
+    if req.guidance > 1:
+        text += (f" guidance={req.guidance:g} negative={req.negative_prompt!r} plausibility={req.plausibility:g}"
+                 f" top_p={req.top_p:g}")
+    if played_clip is not None:
+        text += f" tempo={played_clip['tempo']!r} key={played_clip['key']!r}"
+    return text
+
+
+def write_pair_wavs(folder: Path, a: Generation, b: Generation) -> list[str]:
+    files = []
+    for letter, gen in (("A", a), ("B", b)):
+        for i, clip in enumerate(gen.audio):
+            path = folder / f"{letter}{i + 1}.wav"
+            sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
+            files.append(str(path))
+    return files
+
+
+def prune(out_dir: Path, keep: int = MAX_OUTPUT_FOLDERS, spare: Path | None = None) -> None:
+    """Keep the newest `keep` output folders, and always `spare` (the one a request is writing). Safe while other
+    requests prune the same folder: one that vanishes between listing and deleting is simply gone already."""
+    folders = []
+    for path in out_dir.iterdir():
+        try:
+            if path.is_dir() and path != spare:
+                folders.append((path.stat().st_mtime, path))
+        except FileNotFoundError:
+            continue
+    folders.sort()
+    for _, old in folders[:max(len(folders) - keep, 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class Janitor:
+    """Deletes the files a server created in `folder` once `lifetime` seconds old (and the folders they leave empty),
+    every sixth of the lifetime. Gradio's own `delete_cache` misses the audio it serves through component updates
+    (measured with bench/soak.py: its cache grew without bound), so the app gives Gradio a private cache folder and
+    sweeps it. Files older than `started` (the page's own images, made while the UI was built) are kept."""
+
+    def __init__(self, folder: str | Path, lifetime: float, started: float | None = None):
+        self.folder, self.lifetime = Path(folder), float(lifetime)
+        self.started = time.time() if started is None else started
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete what is due; returns how many files went."""
+        now, gone = time.time() if now is None else now, 0
+        for root, _dirs, files in os.walk(self.folder, topdown=False):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    st = os.stat(path)
+                    if st.st_ctime >= self.started and st.st_mtime < now - self.lifetime:
+                        os.remove(path)
+                        gone += 1
+                except FileNotFoundError:
+                    continue
+            if root != str(self.folder):
+                with contextlib.suppress(OSError):
+                    os.rmdir(root)  # only if empty now; fails harmlessly otherwise
+        return gone
+
+    def start(self) -> threading.Thread:
+        def loop():
+            while True:
+                time.sleep(max(self.lifetime / 6, 1))
+                self.sweep()
+        thread = threading.Thread(target=loop, name="janitor", daemon=True)
+        thread.start()
+        return thread
+
+
+def private_gradio_cache() -> Path | None:
+    """Give Gradio a cache folder of this process's own (removed at exit) unless GRADIO_TEMP_DIR names one; returns
+    it (None when the user chose the folder: it may be shared, so only Gradio's own cleanup touches it)."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return None
+    folder = tempfile.mkdtemp(prefix="cfg-distill-served-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = folder  # read by Gradio when it caches a file
+    return Path(folder)

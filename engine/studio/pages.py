@@ -1,0 +1,203 @@
+"""What the app's pages say: texts, Markdown panels and figures made from a `Result`, free of Gradio.
+
+Numbers are given on their stated scales (exact quality 0 … 6, r_D 0 … 1, ...) and in a musician's words first, the
+technical name one click away.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from engine.figures import diversity_heatmap, quality_diversity_plot
+from engine.heard import KIT_NAMES, hear
+from engine.scorers import Scorers
+from engine.service import MAX_PROMPT_CHARS
+from engine.studio.core import Result
+
+EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick",
+            "A dreamy ambient piece with pad and bells",
+            "jazz trio, walking bass, brushed drums", "sad hip hop beat with piano", "Bad audio quality."]
+ABOUT = """\
+**What this is.** A text-to-music model normally needs *classifier-free guidance* (CFG) to follow a prompt well: each
+note is computed twice, with and without the prompt, and pushed away from the second. That doubles the cost and makes
+the takes of one prompt sound alike. Following [Diversity-Rewarded CFG Distillation](https://arxiv.org/abs/2410.06084)
+(Cideron et al., ICLR 2025), we train the guidance *into* the weights (the **quality model θ_q**), train a second
+model that is also rewarded for making the takes of a prompt differ (the **diversity model θ_d**), and let you blend
+the two with one slider (λ): the weights are averaged, (1 − λ)·θ_q + λ·θ_d, at no extra cost per note.
+"""
+ABOUT_NANO = """\
+The model here is *MusicGen-nano*, a small model trained offline on a procedural corpus whose notes can be read back
+exactly, so the app can tell you what each take played; the same code serves a real MusicGen on a GPU (README).
+"""
+
+
+def heard_markdown(prompt: str) -> str:
+    """What nano can make of the prompt (`engine.heard`), for the panel under the prompt box."""
+    h = hear(prompt or "")
+    said = [f"genre **{h.genre}**" if h.genre else None, f"mood **{h.mood}**" if h.mood else None,
+            f"tempo **{h.bpm:.3g} BPM**" if h.bpm else (f"tempo **{h.tempo}**" if h.tempo else None),
+            "**no drums**" if h.drums is False else (f"drums (**{KIT_NAMES[h.kit]}**)" if h.kit else
+                                                     "**drums**" if h.drums else None),
+            ("instruments **" + ", ".join(h.instruments) + "**") if h.instruments else None,
+            f"key **{h.key}**" if h.key else None]
+    said = [x for x in said if x]
+    lines = ["**What nano hears:** " + ("; ".join(said) if said else "nothing it knows yet: it will choose freely")]
+    if h.changes():
+        lines.append("**Nearest nano can do:** " + "; ".join(h.changes()))
+    if h.implied:
+        lines.append("**Follows from the genre:** " + "; ".join(h.implied))
+    if h.nothing_for:
+        lines.append("**Nano cannot do:** " + ", ".join(h.nothing_for) + " (it has no voices or sound effects)")
+    n = len(prompt or "")
+    lines.append(f"{n} of {MAX_PROMPT_CHARS} characters" + (": too long, shorten it" if n > MAX_PROMPT_CHARS else ""))
+    return "\n\n".join(lines)
+
+
+def played_markdown(result: Result) -> str:
+    """Per clip, what nano played (read from its tokens): its parts, instruments, drums, tempo and key, with ✓/✗ for
+    each checkable request of what nano heard in the prompt (? where the clip cannot tell, e.g. a key with too few
+    melody notes)."""
+    rows, checked_as = [], ""
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        for i, p in enumerate(result.played.get(key, [])):
+            checks = " ".join([f"{'✓' if ok else '✗'} {name}" for name, ok in p["met"].items()]
+                              + [f"? {name}" for name in p["undecided"]]) or "–"
+            checked_as = p["checked_as"]
+            rows.append(f"| {title} {i + 1} | {', '.join(p['parts']) or 'silence'} | "
+                        f"{', '.join(p['instruments']) or '–'} | {', '.join(p['drums'])} | {p['tempo']} | "
+                        f"{p['key'] or '–'} | {', '.join(p['problems']) or 'none'} | {checks} |")
+    if not rows:
+        return ""
+    asked = f" Checked against what nano heard: *{checked_as}*." if checked_as else ""
+    return (f"**What each clip played** (read from its notes).{asked}\n\n| clip | parts playing | instruments | drums "
+            "| tempo | key | problems | what the prompt asked |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def summary_markdown(result: Result) -> str:
+    """Seed, notices, and each column's wall time, real-time factor and cost."""
+    m = result.merged
+    lines = [f"**Seed {m.seed}** (enter it to reproduce these clips)"] + [f"- {n}" for n in m.notices]
+    for title, gen in ((f"{result.label} ({m.model})", m), (result.base_label, result.base)):
+        if gen is not None:
+            t = gen.timings
+            merge = f", merge {t['merge'] * 1000:.0f} ms" if t.get("merge") else ""
+            lines.append(f"- **{title}**: {t['total']:.2f} s wall, {gen.real_time_factor:.1f}× real time "
+                         f"(text {t['text']:.2f} s, sampling {t['sampling']:.2f} s, codec {t['codec']:.2f} s{merge})")
+    if result.base is not None:
+        ratio = result.base.timings["sampling"] / max(result.merged.timings["sampling"], 1e-9)
+        lines.append(f"- CFG costs **{ratio:.2f}×** the merged model's sampling time here.")
+    return "\n".join(lines)
+
+
+def exact_markdown(result: Result) -> list[str]:
+    """nano's exact metrics per set: what the prompt asks that the tokens can check, and how the clips meet it."""
+    lines = []
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        e = result.exact.get(key)
+        if e is None:
+            continue
+        quality = (f"exact quality {e.mean_quality:.2f} of 6" if e.mean_quality is not None
+                   else "no exact quality: the prompt asks nothing the tokens can check")
+        lines.append(f"- **{title}** (read from the notes) · {quality} · clean clips {np.mean(e.clean):.0%} · "
+                     f"exact diversity {e.diversity:.3f}")
+    if lines:  # one list item per line: Markdown would run plain lines together
+        asked = result.exact["merged"]
+        lines.append(f"- checked in the notes: {', '.join(asked.requests) or 'nothing'}"
+                     + (f"; not checkable: {', '.join(asked.unchecked)}" if asked.unchecked else ""))
+        lines += ["- exact quality = 5 · share of the checkable requests met + clean (every part the prompt calls for "
+                  "playing, the melody with enough notes; no noise, on the 16th grid, in one key); exact diversity = "
+                  "mean share of differing note events between two clips", ""]
+    return lines
+
+
+def scores_markdown(result: Result) -> str:
+    """Per set: exact metrics (nano), mean diversity and Vendi, mean quality, and a per-clip table."""
+    lines = exact_markdown(result)
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        s = result.scores.get(key)
+        if s is None:
+            continue
+        head = [f"**{title}**"]
+        if s.mean_diversity is not None:
+            head.append(f"mean diversity {s.mean_diversity:.3f}, Vendi {s.vendi:.2f} of {len(s.diversity)}")
+        if s.quality is not None:
+            head.append(f"mean quality {s.mean_quality:.2f}")
+        lines.append(" · ".join(head))
+        if s.quality is not None:
+            lines.append("| clip | quality | adherence | audio quality |\n|---|---|---|---|")
+            lines += [f"| {i + 1} | {q:.2f} | {a:.3f} | {c:.3f} |"
+                      for i, (q, a, c) in enumerate(zip(s.quality, s.adherence, s.audio_quality, strict=True))]
+        elif s.adherence is not None:
+            lines.append("adherence: " + ", ".join(f"{a:.3f}" for a in s.adherence))
+        lines.append("")
+    if not lines:
+        return "_No scorers loaded: diversity and quality are not shown._"
+    if not result.scores:
+        return "\n".join(lines)
+    omega = next(iter(result.scores.values())).omega
+    return "\n".join(lines) + (f"\nLearned judges (stand-ins for what a real model would use): quality = {omega:g} · "
+                                f"adherence + audio quality, from −{omega:g} to {omega + 1:g}; adherence = how well "
+                                "the take matches the prompt's text (cosine, −1 … 1); audio quality = the chance "
+                                "that it has no wrong notes, timing slips or noise (0 … 1); diversity = mean r_D "
+                                "(0 = identical takes).")
+
+
+def heatmaps(result: Result) -> list:
+    """The pairwise-diversity heatmap of each set (None where there is no set or no E)."""
+    out = []
+    for key, title in (("merged", result.label), ("base", result.base_label)):
+        s = result.scores.get(key)
+        out.append(diversity_heatmap(s.diversity, f"r_D, {title}")
+                   if s is not None and s.diversity is not None else None)
+    return out
+
+
+def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | None = None,
+              measured: dict | None = None):
+    """The takes on the quality–diversity plane, compared like with like: the precomputed fronts (`measured`: their
+    prompts, takes and seconds) are drawn with a set only when it has as many takes of the same length; otherwise
+    the set is shown with its own reference (the original model with CFG on the same prompt and seed, when
+    comparing). On nano's exact axes when the clips have them, else on the learned scores'. None if nothing to show."""
+    measured = measured or {}
+    points, exact_axes = {}, bool(fronts_exact) and (result is None or bool(result.exact))
+    if result is not None:
+        for key, title in (("merged", result.label), ("base", result.base_label)):
+            s, e = result.scores.get(key), result.exact.get(key)
+            if exact_axes and e is not None and e.mean_quality is not None:
+                points[f"{title} (this prompt)"] = (e.diversity, e.mean_quality)
+            elif not exact_axes and s is not None and s.mean_diversity is not None and s.quality is not None:
+                points[f"{title} (this prompt)"] = (s.mean_diversity, s.mean_quality)
+    shown = fronts_exact if exact_axes else fronts
+    where = (f"fronts: means over {measured['prompts']} test prompts, {measured['clips']} takes x "
+             f"{measured['seconds']:g} s" if {"prompts", "clips", "seconds"} <= set(measured) else "fronts: measured")
+    note = where
+    if result is not None and shown:
+        same = (measured.get("clips") == result.merged.audio.shape[0]
+                and abs(float(measured.get("seconds", -1)) - result.merged.duration_s) < 0.05)
+        if not same:
+            shown = {}
+            note = (f"fronts hidden: they were measured with {measured.get('clips', '?')} takes of "
+                    f"{measured.get('seconds', '?')} s; make that many to see them")
+        else:
+            note = where + "; one prompt's point can sit far from them (prompts differ)"
+    if not shown and not points:
+        return None
+    title = "exact quality (0-6) vs exact diversity (0-1)" if exact_axes else "quality vs diversity"
+    xlabel = "exact diversity (share of differing notes)" if exact_axes else "diversity (mean r_D)"
+    return quality_diversity_plot(shown, points, title=title, xlabel=xlabel, note=note)
+
+
+def models_markdown(base: str, sources: dict[str, str | None], scorers: Scorers, readable: bool) -> str:
+    """Which models this server loaded and where each score comes from (shown folded at the top of the page)."""
+    lines = [f"- **Base model**: {base}" + (" (MusicGen-nano: every take's notes can be read back)" if readable
+                                               else "")]
+    lines += [f"- **{name}**: {path or 'the base model (none given)'}" for name, path in sources.items()]
+    if scorers.has_diversity:
+        lines.append("- **Diversity**: the diversity embedding E (mean r_D between takes)")
+    if readable:
+        lines.append("- **Quality**: read from the notes (exact quality), and nano's learned judges")
+    elif scorers.clap is not None:
+        lines.append("- **Quality**: CLAP adherence (how well a take matches the prompt's text)")
+    else:
+        lines.append("- **Quality**: none (no CLAP model configured: `--clap`)")
+    return "\n".join(lines)
+
