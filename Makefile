@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install app test lint bench e2e-deps
+.PHONY: install app test test-slow lint bench e2e-deps
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ app: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# the end-to-end tests (a real server, a browser, launcher processes): CI runs them as their own step
+test-slow: install
+	$(PY) -m pytest -m slow $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

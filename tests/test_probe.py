@@ -15,6 +15,8 @@ import pytest
 
 from bench.server import running_app
 
+pytestmark = pytest.mark.slow  # a real server: run by `make test-slow` (CI runs it as its own step)
+
 GOOD = ["Rock song.", 1, 0.5, "5", 1.0, "θ_q ↔ θ_d", 0.5, False, 5.0, "", 0.1, 0.0]  # the 12 inputs of /generate
 
 
