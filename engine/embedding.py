@@ -86,14 +86,21 @@ class AudioEmbedder(nn.Module):
         return self.head(self.features(audio))
 
     def windows(self, audio: Tensor, sample_rate: int) -> tuple[Tensor, int]:
-        """Resample (B, samples) and cut into whole windows (zero-padding the last): (B * W, window), W."""
+        """Resample (B, samples) and cover each clip with whole windows of music, never of silence: (B * W, window),
+        W. A clip longer than a window gets W = ⌈length / window⌉ windows spread evenly from its start to its end
+        (they overlap unless the length is a multiple of the window: then they are the plain consecutive windows);
+        a shorter clip is repeated to fill one window (music loops; zero padding read as a broken clip: a 5 s take
+        scored 0.01–0.26 P(clean) where its 4 s and 8 s crops scored ≥ 0.94)."""
         c = self.config
         if sample_rate != c.sample_rate:
             audio = AF.resample(audio, sample_rate, c.sample_rate)
-        n = c.window_samples
-        w = max(1, -(-audio.shape[-1] // n))
-        audio = F.pad(audio, (0, w * n - audio.shape[-1]))
-        return audio.reshape(audio.shape[0] * w, n), w
+        n, length = c.window_samples, audio.shape[-1]
+        if length <= n:
+            return audio.repeat(1, -(-n // length))[:, :n], 1
+        w = -(-length // n)
+        starts = torch.linspace(0, length - n, w).round().long()  # (W,) first and last windows flush with the ends
+        index = starts[:, None] + torch.arange(n)  # (W, window)
+        return audio[:, index].reshape(audio.shape[0] * w, n), w
 
     @torch.no_grad()
     def embed(self, audio: Tensor, sample_rate: int) -> Tensor:
