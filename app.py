@@ -34,8 +34,21 @@ from engine.studio import (
     private_gradio_cache,
 )
 
-PRESETS = {"Safest (λ = 0)": 0.0, "Balanced (λ = 0.5)": 0.5, "Most varied (λ = 1)": 1.0}
 STOPPED = "Stopped: no new takes were made; the previous ones stay."
+# Ctrl+Enter (⌘+Enter) generates from anywhere on the page; in the prompt box Enter already does (its own submit)
+PAGE_HEAD = """<script>
+document.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "Enter" && !e.target.closest("#prompt")) {
+    const button = document.querySelector("#generate");
+    if (button) { e.preventDefault(); button.click(); }
+  }
+});
+</script>"""
+# tables scroll sideways on a phone instead of breaking words mid-letter
+PAGE_CSS = """
+#played table, #scores table { display: block; overflow-x: auto; }
+#played th, #played td, #scores th, #scores td { white-space: nowrap; word-break: normal; }
+"""
 KEPT = " Your previous takes are kept."
 
 
@@ -147,21 +160,27 @@ def header(gr, studio: Studio) -> None:
 
 
 def prompt_column(gr, studio: Studio) -> dict:
-    prompt = gr.Textbox(label="Prompt", placeholder="e.g. calm piano with soft strings", lines=2, elem_id="prompt",
-                        info=f"Describe the music (up to {MAX_PROMPT_CHARS} characters).")
+    prompt = gr.Textbox(label="Prompt", placeholder="e.g. calm piano with soft strings", lines=1, max_lines=4,
+                        elem_id="prompt", info=f"Describe the music (up to {MAX_PROMPT_CHARS} characters). Enter or "
+                                               "Ctrl+Enter generates.")
+    with gr.Row():  # where the eye is after typing, above the fold on a laptop screen
+        go = gr.Button("Generate new takes", variant="primary", elem_id="generate")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    message = gr.Markdown(elem_id="message")
     heard = gr.Markdown(pages.heard_markdown("") if studio.readable else "", elem_id="heard", visible=studio.readable)
     with gr.Row(visible=studio.readable):
         use_nano = gr.Button("Use nano's wording", size="sm", elem_id="use-nano")
         own_words = gr.Button("Back to my words", size="sm", elem_id="own-words")
     gr.Examples(pages.EXAMPLES, inputs=prompt)
-    return dict(prompt=prompt, heard=heard, use_nano=use_nano, own_words_btn=own_words)
+    return dict(prompt=prompt, go=go, stop=stop, message=message, heard=heard, use_nano=use_nano,
+                own_words_btn=own_words)
 
 
 def take_settings(gr, studio: Studio) -> dict:
     max_dur = studio.service.max_duration_s
     num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Takes", elem_id="clips",
                           info="How many clips to make at once.")
-    duration = gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Length (s)",
+    duration = gr.Slider(0.5, max_dur, value=studio.default_seconds, step=0.5, label="Length (s)",
                          info=f"Up to {max_dur:g} s for this model, at {studio.service.model.sample_rate} samples "
                               "per second.")
     with gr.Row():
@@ -182,8 +201,9 @@ def blend_row(gr, studio: Studio) -> dict:
                         elem_id="mode")
         lam = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=first.slider, elem_id="lambda", info=first.help)
         with gr.Column(min_width=160):
-            presets = [gr.Button(name, size="sm") for name in PRESETS]
-    return dict(mode=mode, lam=lam, presets=presets, merge_info=gr.Markdown(elem_id="merge-info"))
+            presets = [gr.Button(name, size="sm", elem_classes="preset") for name, _ in first.presets()]
+    return dict(mode=mode, lam=lam, presets=presets, merge_info=gr.Markdown(elem_id="merge-info"),
+                last_lam=gr.State(0.5))  # the session's last accepted λ, restored when a typed one is refused
 
 
 def cfg_controls(gr, studio: Studio) -> dict:
@@ -241,10 +261,7 @@ def generate_tab(gr, studio: Studio) -> SimpleNamespace:
         with gr.Column():
             ui |= take_settings(gr, studio)
     ui |= blend_row(gr, studio) | cfg_controls(gr, studio)
-    with gr.Row():
-        ui["go"] = gr.Button("Generate new takes", variant="primary", elem_id="generate")
-        ui["stop"] = gr.Button("Stop", variant="stop", elem_id="stop")
-    ui["message"], ui["info"] = gr.Markdown(elem_id="message"), gr.Markdown(elem_id="info")
+    ui["info"] = gr.Markdown(elem_id="info")
     ui |= take_outputs(gr, studio)
     with gr.Accordion("About this app", open=False):
         gr.Markdown(pages.ABOUT + (pages.ABOUT_NANO if studio.readable else ""))
@@ -262,7 +279,7 @@ def ab_tab(gr, studio: Studio) -> SimpleNamespace:
                   system_1=gr.Dropdown(systems, value=studio.teacher.label, label="System 1"),
                   system_2=gr.Dropdown(systems, value="merged λ=0.5", label="System 2"),
                   clips=gr.Slider(1, MAX_PAIR_CLIPS, value=2, step=1, label="Clips per set"),
-                  duration=gr.Slider(0.5, max_dur, value=min(5.0, max_dur), step=0.5, label="Duration (s)"))
+                  duration=gr.Slider(0.5, max_dur, value=studio.default_seconds, step=0.5, label="Duration (s)"))
     with gr.Row():
         ui["make"] = gr.Button("New pair", variant="primary", elem_id="new-pair")
         ui["next"] = gr.Button("Next pair (same settings)", elem_id="next-pair")
@@ -285,7 +302,8 @@ def ab_tab(gr, studio: Studio) -> SimpleNamespace:
 def results_tab(gr, studio: Studio) -> SimpleNamespace:
     gr.Markdown("One row per pair of systems and aspect: the first system's wins, losses and ties against the "
                 "second, and its win rate (W + T/2) / (W + L + T), 0 to 1, with a 95 % confidence interval.")
-    table = gr.Dataframe(headers=TABLE_HEADERS, value=studio.results_table(), interactive=False, elem_id="results")
+    # a function as the value: Gradio calls it at every page load, so a new visitor sees the ratings so far
+    table = gr.Dataframe(headers=TABLE_HEADERS, value=studio.results_table, interactive=False, elem_id="results")
     with gr.Row():
         refresh, export = gr.Button("Refresh"), gr.Button("Export CSV")
     return SimpleNamespace(table=table, refresh=refresh, export=export, file=gr.File(label="ratings.csv"))
@@ -344,17 +362,24 @@ def wire_generate(gr, studio: Studio, ui) -> None:
     # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit
     models = dict(preprocess=False, concurrency_id="models", concurrency_limit=studio.concurrency)
     api_go = gr.Button(visible=False)  # /generate: the seed as sent, errors as errors (the button uses generate_ui)
-    api_event = api_go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
-    gen_event = ui.go.click(generate_ui, inputs=inputs[:4] + [ui.lock] + inputs[4:], outputs=outputs, api_name=False,
-                            trigger_mode="always_last", **models)
+    api_go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
+    button_inputs = inputs[:4] + [ui.lock] + inputs[4:]
+    ui.go.click(generate_ui, inputs=button_inputs, outputs=outputs, api_name=False, trigger_mode="always_last",
+                **models)
 
     def stop(request: gr.Request):
         return studio.stop(_session(request))
 
-    ui.stop.click(stop, None, ui.message, cancels=[gen_event, api_event], api_name="stop", queue=False)
+    # Stop reaches a queued or running job through the Studio's signal, which ends it with a message and leaves every
+    # earlier take in place (Gradio's own `cancels` killed the task and could blank the outputs with "Error" badges)
+    ui.stop.click(stop, None, ui.message, api_name="stop", queue=False)
+    ui.prompt.submit(generate_ui, inputs=button_inputs, outputs=outputs, api_name=False, trigger_mode="always_last",
+                     **models)
+    ui.seed.input(lambda v: gr.update(value=True) if (v or "").strip() else gr.update(), ui.seed, ui.lock,
+                  api_name=False, queue=False)  # a seed typed or pasted is the one to use: lock it
     wire_blend(gr, studio, ui)
-    ui.compare.change(lambda on: [gr.update(visible=on)] * 3, ui.compare, [ui.cfg_row, ui.base_col, ui.heat_base],
-                      api_name=False, queue=False)
+    ui.compare.change(lambda on: [gr.update(visible=on) for _ in range(3)], ui.compare,
+                      [ui.cfg_row, ui.base_col, ui.heat_base], api_name=False, queue=False)
     ui.prompt.change(pages.heard_markdown, ui.prompt, ui.heard, api_name=False, queue=False)
     own_words = gr.State("")
     ui.use_nano.click(lambda p: (hear(p or "").rewritten() or p, p), ui.prompt, [ui.prompt, own_words],
@@ -363,20 +388,34 @@ def wire_generate(gr, studio: Studio, ui) -> None:
 
 
 def wire_blend(gr, studio: Studio, ui) -> None:
-    """λ: typed, dragged or set by a preset, the weights re-merge (the last value wins); the mode sets the slider."""
-    merge = handled("merge", api_error(gr))(studio.merge)
+    """λ typed or dragged re-merges the weights (the last value wins); a refused λ (outside 0 … 1) is said in place and
+    the slider goes back to the session's last accepted one, which the next Generate uses. The mode sets the slider's
+    words and presets (greyed out where λ is unused); a preset sets λ and merges. /merge (the API) merges or raises."""
+    api_merge = gr.Button(visible=False)
+    api_merge.click(handled("merge", api_error(gr))(studio.merge), [ui.mode, ui.lam], ui.merge_info, api_name="merge",
+                    preprocess=False)
+
+    def merge_ui(mode, lam, last):
+        try:
+            return {ui.merge_info: studio.merge(mode, lam), ui.last_lam: float(lam)}
+        except Exception as e:
+            _, message = explain_failure("merge", e)
+            return {ui.merge_info: f"⚠️ {message}. λ stays at {last:.2f}.", ui.lam: gr.update(value=last)}
 
     @handled("mode", api_error(gr))
     def mode_changed(mode):
         m = studio.mode(mode)
-        return gr.update(interactive=m.uses_lambda, info=m.help, label=m.slider)
+        presets = [gr.update(value=label, interactive=m.uses_lambda) for label, _ in m.presets()]
+        return [gr.update(interactive=m.uses_lambda, info=m.help, label=m.slider)] + presets
 
-    ui.lam.change(merge, inputs=[ui.mode, ui.lam], outputs=ui.merge_info, api_name="merge", preprocess=False,
-                  trigger_mode="always_last")
-    ui.mode.change(mode_changed, ui.mode, ui.lam, api_name=False, queue=False).then(
-        merge, inputs=[ui.mode, ui.lam], outputs=ui.merge_info, api_name=False)
-    for button, value in zip(ui.presets, PRESETS.values(), strict=True):
-        button.click(lambda v=value: v, None, ui.lam, api_name=False, queue=False)
+    merging = dict(fn=merge_ui, inputs=[ui.mode, ui.lam, ui.last_lam], outputs=[ui.merge_info, ui.lam, ui.last_lam],
+                   api_name=False, preprocess=False)
+    ui.lam.input(trigger_mode="always_last", **merging)  # the user's own moves; a restored value does not re-fire
+    ui.mode.change(mode_changed, ui.mode, [ui.lam, *ui.presets], api_name=False, queue=False).then(**merging)
+    for button, (_, value) in zip(ui.presets, studio.modes[0].presets(), strict=True):
+        button.click(lambda v=value: v, None, ui.lam, api_name=False, queue=False).then(**merging)
+    ui.page.load(lambda mode, lam: studio.describe(mode, lam), [ui.mode, ui.lam], ui.merge_info, api_name=False,
+                 queue=False)
 
 
 def wire_ab(gr, studio: Studio, ab, results) -> None:
@@ -391,10 +430,12 @@ def wire_ab(gr, studio: Studio, ab, results) -> None:
         return {ab.token: token, **players, ab.reveal: "Listen to both sets, then vote."}
 
     def open_votes(prompt, system_1, system_2, num_clips, duration) -> dict:
-        """New pair from the UI: votes cleared and open again; a refusal is a message, the old pair stays."""
-        fresh = gr.update(value=None, interactive=True)
+        """New pair from the UI: every vote cleared and open again (one update per component: Gradio pops the value
+        out of an update it applies, so a shared one cleared only the first vote); a refusal is a message, the old
+        pair stays."""
         return make_pair(prompt, system_1, system_2, num_clips, duration) | {
-            ab.vote_q: fresh, ab.vote_d: fresh, ab.submit: gr.update(interactive=True)}
+            ab.vote_q: gr.update(value=None, interactive=True), ab.vote_d: gr.update(value=None, interactive=True),
+            ab.submit: gr.update(interactive=True)}
 
     def rate(token, quality, diversity, request: gr.Request) -> dict:
         message = studio.rate(token, quality, diversity, _session(request))
@@ -404,9 +445,8 @@ def wire_ab(gr, studio: Studio, ab, results) -> None:
         """Submit from the UI: the votes close after one submit, so the pair cannot be rated twice; a refusal is a
         message and the Results table stays as it was."""
         out = rate(token, quality, diversity, request)
-        closed = gr.update(interactive=False)
-        return out | {ab.reveal: out[ab.reveal] + " Press **Next pair** for another.", ab.vote_q: closed,
-                      ab.vote_d: closed, ab.submit: closed}
+        return out | {ab.reveal: out[ab.reveal] + " Press **Next pair** for another.",
+                      **{c: gr.update(interactive=False) for c in (ab.vote_q, ab.vote_d, ab.submit)}}
 
     models = dict(preprocess=False, concurrency_id="models", concurrency_limit=studio.concurrency)
     ab.api_pair.click(handled("new_pair", api_error(gr))(make_pair), pair_inputs, pair_sets + [ab.reveal],
@@ -434,6 +474,7 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
         header(gr, studio)
         with gr.Tab("Generate"):
             ui = generate_tab(gr, studio)
+            ui.page = demo
         with gr.Tab("Blind A/B"):
             ab = ab_tab(gr, studio)
         with gr.Tab("Results"):
@@ -472,7 +513,7 @@ def main(argv=None) -> None:
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
-                enable_monitoring=args.monitoring, quiet=not args.monitoring,
+                enable_monitoring=args.monitoring, quiet=not args.monitoring, css=PAGE_CSS, head=PAGE_HEAD,
                 app_kwargs=dict(exception_handlers={KeyError: unknown_key}))
 
 

@@ -3,12 +3,13 @@ clips and the quality–diversity plane with precomputed fronts and the current 
 diversity along λ (the evaluation's Figure 4), and training curves (`training.plot`). Usable from notebooks."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127))
@@ -17,11 +18,32 @@ PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 _ASCII = str.maketrans({"γ": "gamma ", "α": "alpha ", "θ": "theta", "λ": "lambda", "β": "beta",
                         "↑": "^", "■": "#", "—": "-", "↔": "<->", "→": "->", "✓": "ok", "✗": "x",
                         "·": "*", "≥": ">=", "≤": "<=", "×": "x", "±": "+-"})
+# a font with Greek and arrows where the system has one (Debian's fonts-dejavu-core; most Linux images and Spaces);
+# else Pillow's own, which has neither and sets spaces too tight to read at this size: symbols are spelled out and
+# spaces doubled
+FONT_FILES = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+              "/Library/Fonts/DejaVuSans.ttf", "C:/Windows/Fonts/DejaVuSans.ttf")
+FONT_SIZE = 12
+
+
+@functools.cache
+def _font() -> tuple[ImageFont.FreeTypeFont, bool]:
+    """(font, whether it draws Greek and arrows)."""
+    for path in FONT_FILES:
+        if Path(path).exists():
+            return ImageFont.truetype(path, FONT_SIZE), True
+    return ImageFont.load_default(FONT_SIZE), False
 
 
 def _text(d: ImageDraw.ImageDraw, xy, text: str, **kw) -> None:
-    """Pillow's built-in font has no Greek: spell symbols out so labels stay readable without a font file."""
-    d.text(xy, text.translate(_ASCII), **kw)
+    """Text in the figure font; without a font that has them, Greek and arrows are spelled out."""
+    font, full = _font()
+    d.text(xy, text if full else text.translate(_ASCII).replace(" ", "  "), font=font, **kw)
+
+
+def _width(d: ImageDraw.ImageDraw, text: str) -> int:
+    font, full = _font()
+    return int(d.textlength(text if full else text.translate(_ASCII).replace(" ", "  "), font=font))
 
 
 def _ramp(v: float) -> tuple[int, int, int]:
@@ -32,16 +54,21 @@ def _ramp(v: float) -> tuple[int, int, int]:
     return tuple(int(c) for c in stops[i] + (stops[i + 1] - stops[i]) * (x - i))
 
 
-def diversity_heatmap(matrix, title: str = "", vmax: float | None = None, cell: int = 56) -> Image.Image:
-    """The N×N r_D matrix as coloured cells with their values; rows and columns are clip numbers."""
+def diversity_heatmap(matrix, title: str = "", cell: int = 64) -> Image.Image:
+    """The N×N r_D matrix as coloured cells with their values (rows and columns are take numbers), on one fixed
+    colour scale from 0 (identical) to 1 (unrelated) and beyond (up to 2, opposite), with its colour bar, so that two
+    sets' heatmaps compare at a glance. The title sits below a margin that Gradio's label badge may cover."""
     m = np.asarray(matrix, dtype=float)
     n = m.shape[0]
-    vmax = vmax or max(float(m.max()), 1e-6)
-    left, top = 34, 28 if title else 10
-    img = Image.new("RGB", (left + n * cell + 10, top + 24 + n * cell + 10), "white")
+    vmax = max(1.0, float(m.max()))
+    left, top, bar = 34, 44 if title else 28, 18
+    words = [(0.0, "0 identical"), (1.0, "1 unrelated"), (2.0, "2 opposite")]
+    d = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = left + n * cell + 10 + bar + 8 + max(_width(d, w) for _, w in words) + 8
+    img = Image.new("RGB", (max(width, _width(d, title) + left + 8), top + 24 + n * cell + 12), "white")
     d = ImageDraw.Draw(img)
     if title:
-        _text(d, (left, 6), title, fill="black")
+        _text(d, (left, 24), title, fill="black")
     for i in range(n):
         _text(d, (left + i * cell + cell // 2 - 3, top + 6), str(i + 1), fill="black")
         _text(d, (12, top + 24 + i * cell + cell // 2 - 6), str(i + 1), fill="black")
@@ -52,6 +79,15 @@ def diversity_heatmap(matrix, title: str = "", vmax: float | None = None, cell: 
             text = "" if i == j else f"{m[i, j]:.2f}"
             dark = sum(color) < 380
             _text(d, (x + cell // 2 - 12, y + cell // 2 - 6), text, fill="white" if dark else "black")
+    # the colour bar: 0 at the bottom, vmax at the top, the meaning of 0 and 1 (and 2) beside it
+    x0, y0, y1 = left + n * cell + 10, top + 24, top + 24 + n * cell - 2
+    for y in range(y0, y1 + 1):
+        d.line([(x0, y), (x0 + bar, y)], fill=_ramp((y1 - y) / max(y1 - y0, 1)))
+    for value, word in words:
+        if value <= vmax:
+            y = y1 - value / vmax * (y1 - y0)
+            d.line([(x0 + bar, y), (x0 + bar + 3, y)], fill="black")
+            _text(d, (x0 + bar + 5, y - 7), word, fill="black")
     return img
 
 
@@ -117,6 +153,9 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
     for k, (name, (x, y)) in enumerate(points.items()):
         color = PALETTE[(k + len(fronts)) % len(PALETTE)]
         d.rectangle([sx(x) - 5, sy(y) - 5, sx(x) + 5, sy(y) + 5], outline="black", fill=color)
+        short = name.split(" (")[0]  # the point's own name beside it ("θ_q ↔ θ_d λ=0.50"), the rest in the legend
+        tx = sx(x) + 8 if sx(x) + 8 + _width(d, short) <= W - right else sx(x) - 8 - _width(d, short)
+        _text(d, (tx, sy(y) - 7), short, fill=(60, 60, 60))
         _text(d, (left, legend), f"■ {name}", fill=color)
         legend += 16
     return img

@@ -37,7 +37,8 @@ class MergeMode:
     ab_name: str = ""  # the blind A/B's name of its systems ("" = not offered)
     ab_points: tuple[float, ...] = ()  # the λ values the blind A/B offers (one system when λ is not used)
     family: str = ""  # the evaluation's family of points ("" = not evaluated)
-    eval_every: int = 1  # the evaluation measures every n-th λ of its grid (a coarse reference: more)
+    eval_every: int = 1  # the evaluation measures every n-th λ of its grid (> 1: a coarse reference, --quick skips it)
+    ends: tuple[str, str, str] = ("Safest", "Balanced", "Most varied")  # the presets' words for λ = 0, 0.5, 1
 
     def __post_init__(self):
         if not self.key.isascii() or not self.key or " " in self.key:
@@ -58,8 +59,13 @@ class MergeMode:
         return f"{self.name} λ={float(lam):.2f}" if self.uses_lambda else self.name
 
     def file_tag(self, lam: float | None) -> str:
-        """What the file names carry: λ, or the mode's key."""
-        return f"lam{float(lam):.2f}" if self.uses_lambda else self.key
+        """What the file names carry: the mode's key, and λ where it matters ("q-d-lam0.50", "soup")."""
+        return f"{self.key}-lam{float(lam):.2f}" if self.uses_lambda else self.key
+
+    def presets(self) -> list[tuple[str, float]]:
+        """The preset buttons' labels and λ: the slider's ends in this mode's words, and its middle."""
+        low, middle, high = self.ends
+        return [(f"{low} (λ = 0)", 0.0), (f"{middle} (λ = 0.5)", 0.5), (f"{high} (λ = 1)", 1.0)]
 
     def ab_systems(self, models: Sequence[str]) -> list[tuple[str, Blend]]:
         """(label, blend) of each system this mode offers the blind A/B."""
@@ -110,7 +116,8 @@ register(MergeMode(
     "q-base", "Safe ↔ original model (θ_q ↔ base)",
     "0 = the quality model θ_q, 1 = the original base model (no distillation)",
     "Quality model ↔ original (λ)", "θ_q ↔ base", lambda lam, models: Blend.lerp("q", "base", lam),
-    aliases=("θ_q ↔ base",), family="LERP(θ_q, base)", eval_every=4))
+    aliases=("θ_q ↔ base",), family="LERP(θ_q, base)", eval_every=4,
+    ends=("Quality model", "Halfway", "Original model")))
 register(MergeMode(
     "soup", "Average of all trained models (uniform soup)",
     "not used: the soup averages θ_q, θ_d and the β models equally", "λ (not used by the soup)", "uniform soup",

@@ -61,7 +61,9 @@ def test_generate_clips_scores_and_wavs(studio):
     s = r.scores["merged"]
     assert s.diversity.shape == (3, 3) and s.quality.shape == (3,)
     archive, *wavs = r.files  # one ZIP of all takes first, then each WAV
-    assert len(wavs) == 3 and all("seed7_lam0.50_clip" in f and f.startswith(str(studio.out_dir)) for f in wavs)
+    assert len(wavs) == 3 and all("rock-song_0.5s_seed7_q-d-lam0.50_clip" in f and f.startswith(str(studio.out_dir))
+                                  for f in wavs)  # prompt, length, seed, mode and λ: two sets never share a name
+    assert archive.endswith("rock-song_0.5s_seed7_q-d-lam0.50_all.zip")
     with zipfile.ZipFile(archive) as z:
         assert sorted(z.namelist()) == sorted(os.path.basename(f) for f in wavs)
     audio, sr = sf.read(wavs[0])
@@ -92,6 +94,7 @@ def test_compare_with_cfg_uses_the_same_seed(studio):
     r = run(studio, compare=True, seed=None)
     assert r.base is not None and r.base.seed == r.merged.seed and r.base.request.guidance == 3.0
     assert len(r.files) == 7 and any("_cfg3_clip" in f for f in r.files)  # a ZIP and 3 + 3 WAVs
+    assert r.files[0].endswith("_q-d-lam0.50+cfg3_all.zip")  # the ZIP names both sets
     assert "CFG costs" in pages.summary_markdown(r) and set(r.scores) == {"merged", "base"}
 
 
@@ -354,3 +357,68 @@ def test_the_generate_button_reports_problems_in_place_and_keeps_the_takes(studi
     out = button("rock", *args[1:])
     assert len(out) == 1 and "Something went wrong (RuntimeError)" in next(iter(out.values()))
     assert "previous takes are kept" in next(iter(out.values()))
+
+
+def test_exact_scores_check_what_nano_heard_as_the_played_table_does(studio):
+    r = run(studio, prompt="workout playlist, high energy, 130 bpm")  # nano hears: 120 BPM fast energetic techno
+    e, played = r.exact["merged"], r.played["merged"][0]
+    assert "genre techno" in e.requests and set(e.requests) == set(played["met"]) | set(played["undecided"])
+    assert e.unchecked == ["energetic"] and played["checked_as"] == "120 BPM fast energetic techno, drums"
+
+
+def test_a_double_submit_gets_the_same_reveal_and_stores_once(studio):
+    token, a, b = studio.new_pair("calm piano", "merged λ=0", "merged λ=1", num_clips=1, duration=0.5, seed=4)
+    before = len(studio.ratings.rows())
+    first = studio.rate(token, "A", "B", session="me")
+    assert studio.rate(token, "A", "B", session="me") == first  # the second click of a double click
+    assert len(studio.ratings.rows()) == before + 1
+    with pytest.raises(ValueError, match="already rated"):  # another session never learns the reveal
+        studio.rate(token, "A", "B", session="someone else")
+
+
+def test_a_vote_that_could_not_be_stored_can_be_sent_again(studio, monkeypatch):
+    token, _, _ = studio.new_pair("calm piano", "merged λ=0", "base", num_clips=1, duration=0.5, seed=4)
+    real_add = studio.ratings.add
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(studio.ratings, "add", disk_full)
+    with pytest.raises(OSError):
+        studio.rate(token, "tie", "A", session="me")
+    monkeypatch.setattr(studio.ratings, "add", real_add)
+    assert "A was" in studio.rate(token, "tie", "A", session="me")
+
+
+def _fn(demo, name):
+    return next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == name)
+
+
+def test_a_new_pair_clears_every_vote_as_gradio_applies_it(studio):
+    """Gradio pops the value out of each update it applies: one update shared by both votes cleared only the first,
+    so the second vote of the previous pair was stored with the next one. Each vote gets its own update now."""
+    from gradio.blocks import postprocess_update_dict  # noqa: PLC0415
+
+    demo = build_ui(studio)
+    out = _fn(demo, "open_votes")("calm piano", "merged λ=0", "merged λ=1", 1, 0.5)
+    votes = [block for block in out if getattr(block, "elem_id", "") in ("vote-quality", "vote-diversity")]
+    assert len(votes) == 2
+    applied = {block.elem_id: postprocess_update_dict(block, out[block]) for block in votes}
+    assert all("value" in u and u["value"] is None for u in applied.values()), applied  # both cleared
+
+
+def test_a_refused_lambda_is_said_in_place_and_the_last_good_one_restored(studio):
+    demo = build_ui(studio)
+    merge_ui = _fn(demo, "merge_ui")
+    out = merge_ui("q-d", 1.5, 0.35)
+    (info, message), (slider, restored) = [(k, v) for k, v in out.items() if not isinstance(v, dict)] + \
+        [(k, v) for k, v in out.items() if isinstance(v, dict)]
+    assert "λ must be a number in [0, 1]" in message and "stays at 0.35" in message and restored["value"] == 0.35
+    good = merge_ui("θ_q ↔ θ_d", 0.25, 0.35)  # the old API value still names the mode
+    assert any(v == 0.25 for v in good.values()) and any("λ = 0.25" in str(v) for v in good.values())
+
+
+def test_the_results_table_is_read_at_every_page_load(studio):
+    demo = build_ui(studio)
+    table = next(b for b in demo.blocks.values() if getattr(b, "elem_id", "") == "results")
+    assert table.load_event_to_attach is not None  # a function value: called when a page loads

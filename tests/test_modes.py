@@ -55,7 +55,9 @@ def test_the_soup_needs_three_models_and_ignores_lambda():
     assert soup.available(["q", "d", "b15"]) and not soup.uses_lambda
     assert soup.blend(None, ["q", "d", "b15"]) == Blend.soup(["q", "d", "b15"])
     assert soup.caption(0.3) == "uniform soup" and soup.file_tag(0.3) == "soup"
-    assert MERGE_MODES["q-d"].caption(0.25) == "θ_q ↔ θ_d λ=0.25" and MERGE_MODES["q-d"].file_tag(0.25) == "lam0.25"
+    assert MERGE_MODES["q-d"].caption(0.25) == "θ_q ↔ θ_d λ=0.25" and MERGE_MODES["q-d"].file_tag(0.25) == "q-d-lam0.25"
+    assert [label for label, _ in MERGE_MODES["q-base"].presets()] == [
+        "Quality model (λ = 0)", "Halfway (λ = 0.5)", "Original model (λ = 1)"]
 
 
 def test_a_mode_registered_here_serves_compares_and_is_evaluated(service, task_arithmetic, tmp_path):

@@ -26,7 +26,7 @@ from engine import exact
 from engine.cfg import PAPER_CFG, CfgSetting
 from engine.checkpoint import CheckpointError
 from engine.generate import GenerationCancelled, stop_if_cancelled
-from engine.heard import played
+from engine.heard import hear, played
 from engine.merge import Blend
 from engine.modes import MergeMode, available_modes, merge_mode
 from engine.ratings import VOTES, RatingStore
@@ -40,6 +40,7 @@ LOG = logging.getLogger("cfg_distill.app")
 MAX_PAIR_CLIPS = 4
 MAX_SESSIONS = 256  # sessions whose state the server keeps (Gradio's and the Stop times here); older ones are dropped
 MAX_PAIRS = 10_000  # blind pairs waiting for a vote; the oldest are forgotten
+DEFAULT_SECONDS = 5.0  # the page's take length when no fronts say how long theirs were
 
 
 @dataclass
@@ -76,9 +77,12 @@ class ExactScores:
 
     @classmethod
     def of(cls, codes: np.ndarray, prompt: str) -> ExactScores:
-        scores = [exact.score_clip(c, prompt) for c in codes]
+        """Checked against what nano heard in the prompt, in its own words (`engine.heard`: "130 bpm" as 120 BPM,
+        "lullaby" as calm, slow, bells, no drums), as what each take played (`engine.heard.played`) is."""
+        checked = hear(prompt).rewritten() if prompt else ""
+        scores = [exact.score_clip(c, checked) for c in codes]
         return cls([s.quality for s in scores], [s.adherence for s in scores], [s.clean for s in scores],
-                   exact.event_diversity(codes), list(scores[0].met), exact.unchecked(prompt))
+                   exact.event_diversity(codes), list(scores[0].met), exact.unchecked(checked))
 
 
 @dataclass(frozen=True)
@@ -148,11 +152,19 @@ class Studio:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be ≥ 1, got {concurrency}")
         self._stops: collections.OrderedDict[str, float] = collections.OrderedDict()  # session -> last Stop
-        self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()  # token -> pair awaiting a vote
+        self._rated: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()  # token -> (session,
+        # reveal) of pairs already rated
         self._lock = threading.Lock()
         self._systems = {s.label: s for s in ab_systems(self.trained, teacher)}
 
     # ------------------------------------------------------------------ generation
+    @property
+    def default_seconds(self) -> float:
+        """The length the page starts at: the fronts' (so that the quality–diversity plot shows them), else 5 s."""
+        seconds = float(self.measured.get("seconds", DEFAULT_SECONDS))
+        return min(max(seconds, 0.5), self.service.max_duration_s)
+
     @property
     def modes(self) -> list[MergeMode]:
         """The merge modes the loaded checkpoints allow (`engine.modes`), in registry order."""
@@ -166,12 +178,16 @@ class Studio:
         m = self.mode(mode)
         return m.blend(inputs.real("λ", lam) if m.uses_lambda else None, self.trained)
 
+    def describe(self, mode, lam) -> str:
+        """What the slider asks for, without merging: "λ = 0.50 (0.5·q + 0.5·d)" (the merge line on page load)."""
+        blend = self.blend(mode, lam)
+        return f"λ = {float(lam):.2f} ({blend.describe()})" if self.mode(mode).uses_lambda else blend.describe()
+
     def merge(self, mode, lam) -> str:
         """Merge now (on slider release) so that the next generation starts at once; returns the merge time."""
-        blend = self.blend(mode, lam)
-        with self.service.gate.use(blend) as merge_s:
+        what = self.describe(mode, lam)
+        with self.service.gate.use(self.blend(mode, lam)) as merge_s:
             pass
-        what = f"λ = {float(lam):.2f} ({blend.describe()})" if self.mode(mode).uses_lambda else blend.describe()
         return f"{what}: merged in {merge_s * 1000:.1f} ms." if merge_s else f"{what}: already merged."
 
     def stop_signal(self, session: str, submitted: float | None = None) -> StopSignal:
@@ -299,7 +315,9 @@ class Studio:
         return write_pair_wavs(self._new_folder(f"pair-{token}"), a, b)
 
     def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
-        """Store a vote on a pair made by `new_pair`; returns which system was which."""
+        """Store a vote on a pair made by `new_pair`; returns which system was which. Idempotent for the session that
+        rated: the same token again (a double click) gets the same reveal and stores nothing. A failed store keeps
+        the pair open, so the vote can be sent again."""
         if self.ratings is None:
             raise ValueError("ratings are not enabled on this server")
         for name, vote in (("quality", quality), ("diversity", diversity)):
@@ -309,10 +327,23 @@ class Studio:
             raise ValueError("make a pair first")
         with self._lock:
             pair = self._pairs.pop(token, None)
-        if pair is None:
-            raise ValueError("this pair was already rated or has expired: make a new pair")
-        self.ratings.add(pair["prompt"], pair["seed"], pair["a"], pair["b"], quality, diversity, session)
-        return f"Thanks! A was **{pair['a']}**, B was **{pair['b']}**."
+            if pair is None:
+                rated = self._rated.get(token)
+                if rated is not None and rated[0] == session:
+                    return rated[1]
+                raise ValueError("this pair was already rated or has expired: make a new pair")
+            reveal = f"Thanks! A was **{pair['a']}**, B was **{pair['b']}**."
+            self._rated[token] = (session, reveal)  # a second click while this one stores gets the same answer
+            while len(self._rated) > MAX_PAIRS:
+                self._rated.popitem(last=False)
+        try:
+            self.ratings.add(pair["prompt"], pair["seed"], pair["a"], pair["b"], quality, diversity, session)
+        except BaseException:
+            with self._lock:  # not stored: the pair stays open for another try
+                self._rated.pop(token, None)
+                self._pairs[token] = pair
+            raise
+        return reveal
 
     def results_table(self) -> list[list]:
         return self.ratings.table() if self.ratings is not None else []

@@ -15,15 +15,11 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 
 from engine.service import Generation
-
-if TYPE_CHECKING:
-    from engine.studio.core import Result
 
 MAX_OUTPUT_FOLDERS = 64  # newest generations whose WAVs stay here (each ≤ 16 clips × 10 s × 32 kB/s = 5 MB for nano)
 
@@ -32,28 +28,41 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
 
 
-def write_set_wavs(folder: Path, result: "Result", merged_tag: str) -> list[str]:
-    """16-bit WAVs of both sets, named after prompt, seed and λ or γ, with what made each clip in its comment (CFG
-    settings only on CFG clips; on nano also the tempo and key it played); then one ZIP of them all, listed first."""
-    files = []
+def write_set_wavs(folder: Path, result, merged_tag: str) -> list[str]:
+    """16-bit WAVs of both sets, named after prompt, length, seed and what made them (the blend mode and λ, or the CFG
+    setting), so that two sets never share a name; what made each clip in its comment (CFG settings only on CFG clips;
+    on nano also the tempo and key it played); then one ZIP of them all, listed first, named after both sets."""
+    files, tags = [], []
     for key, gen, tag in (("merged", result.merged, merged_tag), ("base", result.base, None)):
         if gen is None:
             continue
         req = gen.request
-        tag = tag or f"cfg{req.guidance:g}"
+        tag = tag or cfg_tag(req.cfg)
+        tags.append(tag)
         plays = result.played.get(key) or [None] * len(gen.audio)
         for i, clip in enumerate(gen.audio):
-            path = folder / f"{slug(req.prompt)}_seed{gen.seed}_{tag}_clip{i + 1}.wav"
+            path = folder / f"{set_name(gen, tag)}_clip{i + 1}.wav"
             with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
                 f.title = req.prompt[:200] or "(unconditional)"
                 f.comment = clip_comment(gen, i, plays[i])
                 f.write(np.clip(clip, -1, 1))
             files.append(str(path))
-    archive = folder / f"{slug(result.merged.request.prompt)}_seed{result.merged.seed}_{merged_tag}_all.zip"
+    archive = folder / f"{set_name(result.merged, '+'.join(tags))}_all.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         for f in files:
             z.write(f, Path(f).name)
     return [str(archive)] + files
+
+
+def set_name(gen: Generation, tag: str) -> str:
+    """"calm-piano_5s_seed7_q-d-lam0.50": prompt, length, seed and what made the set."""
+    return f"{slug(gen.request.prompt)}_{gen.request.duration_s:g}s_seed{gen.seed}_{tag}"
+
+
+def cfg_tag(cfg) -> str:
+    """"cfg3", "cfg3-top-p0.9-uncond": the CFG setting in a file name."""
+    cuts = "".join(f"-{name}{value:g}" for name, value in (("alpha", cfg.plausibility), ("top-p", cfg.top_p)) if value)
+    return f"cfg{cfg.guidance:g}{cuts}{'' if cfg.negative else '-uncond'}"
 
 
 def clip_comment(gen: Generation, i: int, played_clip: dict | None = None) -> str:
@@ -63,8 +72,8 @@ def clip_comment(gen: Generation, i: int, played_clip: dict | None = None) -> st
     if req.guidance > 1:
         text += (f" guidance={req.guidance:g} negative={req.negative_prompt!r} plausibility={req.plausibility:g}"
                  f" top_p={req.top_p:g}")
-    if played_clip is not None:
-        text += f" tempo={played_clip['tempo']!r} key={played_clip['key']!r}"
+    if played_clip is not None:  # what nano played; a key only where the melody had enough notes to tell one
+        text += f" tempo={played_clip['tempo']!r}" + (f" key={played_clip['key']!r}" if played_clip["key"] else "")
     return text
 
 
