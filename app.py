@@ -7,98 +7,34 @@ with its own requests, so users never share a λ.
 """
 # (no `from __future__ import annotations` here: Gradio finds the gr.Request parameter of a callback by its evaluated
 # annotation, and a string annotation hands it the gr.Progress instead)
-import argparse
 import functools
 import logging
-import os
 import signal
 import sys
 from types import SimpleNamespace
 
-from engine import shipped
 from engine.heard import hear, world_markdown
 from engine.ratings import TABLE_HEADERS, VOTES
-from engine.service import MAX_CLIPS, MAX_PROMPT_CHARS
+from engine.service import MAX_CLIPS
 from engine.studio import (
     LOG,
-    MAX_OUTPUT_FOLDERS,
     MAX_PAIR_CLIPS,
     MAX_SESSIONS,
     Janitor,
     Result,
     Studio,
+    Takes,
     explain_failure,
     inputs,
     make_studio,
     pages,
     private_gradio_cache,
 )
+from engine.studio.pages import HELP
+from engine.studio.startup import parse_args
 
 STOPPED = "Stopped: no new takes were made; the previous ones stay."
-# Ctrl+Enter (⌘+Enter) generates from anywhere on the page; in the prompt box Enter already does (its own submit)
-PAGE_HEAD = """<script>
-document.addEventListener("keydown", (e) => {
-  if ((e.ctrlKey || e.metaKey) && e.key === "Enter" && !e.target.closest("#prompt")) {
-    const button = document.querySelector("#generate");
-    if (button) { e.preventDefault(); button.click(); }
-  }
-});
-</script>"""
-# tables scroll sideways on a phone instead of breaking words mid-letter
-PAGE_CSS = """
-#played table, #scores table { display: block; overflow-x: auto; }
-#played th, #played td, #scores th, #scores td { white-space: nowrap; word-break: normal; }
-"""
 KEPT = " Your previous takes are kept."
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    env = os.environ.get
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # models (defaults: the shipped nano weights)
-    p.add_argument("--base", default=env("MUSIC_BASE"),
-                   help="base model: a nano folder, a local MusicGen folder, a hub id (facebook/musicgen-small), or "
-                        "'debug' (tiny random model). Default: weights/nano, else 'debug'.")
-    p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"),
-                   help="quality decoder checkpoint (default: weights/theta_q)")
-    p.add_argument("--theta-d", default=env("MUSIC_THETA_D"),
-                   help="diversity decoder checkpoint (default: weights/theta_d)")
-    p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
-                   help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d "
-                        "(default with the shipped nano: weights/theta_b15; pass --soup with no path for none)")
-    p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"),
-                   help="diversity embedding E (default: weights/embedding)")
-    p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
-    p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
-    p.add_argument("--teacher", default=env("MUSIC_TEACHER"),
-                   help="the CFG setting the comparison starts from (teacher.json of training.teacher_sweep; default "
-                        "with the shipped nano: the chosen teacher; otherwise the paper's γ = 3)")
-    p.add_argument("--fronts", default=env("MUSIC_FRONTS", str(shipped.ROOT / shipped.FRONTS)),
-                   help="precomputed quality–diversity fronts (from training.evaluate)")
-    p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
-                   help="let transformers download hub checkpoints (off by default: everything runs offline)")
-    p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--dtype", default=env("MUSIC_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"],
-                   help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX "
-                        "(activations stay fp32 on a CPU; README, Benchmarks); fp32 reproduces the shipped figures")
-    # serving
-    p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 10)),
-                   help="longest clip a user may ask for, in seconds")
-    p.add_argument("--ratings-db", default=env("MUSIC_RATINGS_DB"),
-                   help="SQLite file of blind ratings (default: ~/.local/share/cfg-distill/ratings.sqlite)")
-    p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
-    p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
-    p.add_argument("--keep-outputs", type=int, default=MAX_OUTPUT_FOLDERS,
-                   help="newest generations whose WAV folders stay on disk (older ones are deleted)")
-    p.add_argument("--file-lifetime", type=int, default=int(env("MUSIC_FILE_LIFETIME", 3600)),
-                   help="seconds Gradio keeps the files it served (clips, images); checked every sixth of that")
-    p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
-                   help="Gradio's monitoring dashboard (off by default: it answers without a login)")
-    return p.parse_args(argv)
-
-
 
 
 # ---------------------------------------------------------------------- requests
@@ -148,10 +84,7 @@ def in_place(box, stopped: str = "Stopped.", failed_suffix: str = ""):
 
 # ---------------------------------------------------------------------- the page
 def header(gr, studio: Studio) -> None:
-    gr.Markdown("# Diversity-rewarded CFG distillation\nDescribe some music and get several takes at once. "
-                "The slider goes from the safest takes (the quality model θ_q) to the most varied ones "
-                "(the diversity model θ_d); tick the comparison to hear the original model with guidance "
-                "(CFG) beside them. More under *About this app* at the bottom.")
+    gr.Markdown(pages.INTRO)
     for line in studio.banner:
         gr.Markdown(f"> ⚠️ {line}")
     if studio.models:
@@ -161,8 +94,7 @@ def header(gr, studio: Studio) -> None:
 
 def prompt_column(gr, studio: Studio) -> dict:
     prompt = gr.Textbox(label="Prompt", placeholder="e.g. calm piano with soft strings", lines=1, max_lines=4,
-                        elem_id="prompt", info=f"Describe the music (up to {MAX_PROMPT_CHARS} characters). Enter or "
-                                               "Ctrl+Enter generates.")
+                        elem_id="prompt", info=HELP["prompt"])
     with gr.Row():  # where the eye is after typing, above the fold on a laptop screen
         go = gr.Button("Generate new takes", variant="primary", elem_id="generate")
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -178,19 +110,14 @@ def prompt_column(gr, studio: Studio) -> dict:
 
 def take_settings(gr, studio: Studio) -> dict:
     max_dur = studio.service.max_duration_s
-    num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Takes", elem_id="clips",
-                          info="How many clips to make at once.")
+    num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Takes", elem_id="clips", info=HELP["clips"])
     duration = gr.Slider(0.5, max_dur, value=studio.default_seconds, step=0.5, label="Length (s)",
-                         info=f"Up to {max_dur:g} s for this model, at {studio.service.model.sample_rate} samples "
-                              "per second.")
+                         info=pages.length_help(max_dur, studio.service.window_s, studio.service.model.sample_rate))
     with gr.Row():
-        seed = gr.Textbox(label="Seed", value="", max_lines=1, elem_id="seed",
-                          info="The seed of the last takes: copy it to make them again.")
-        lock = gr.Checkbox(label="Lock seed", value=False, elem_id="lock-seed",
-                           info="Off: every press makes new takes. On: the same seed again.")
+        seed = gr.Textbox(label="Seed", value="", max_lines=1, elem_id="seed", info=HELP["seed"])
+        lock = gr.Checkbox(label="Lock seed", value=False, elem_id="lock-seed", info=HELP["lock"])
     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Adventurousness (temperature)",
-                            info="Lower = safer, more repetitive; 0 = always the most likely note (then every take "
-                                 "is the same).")
+                            info=HELP["temperature"])
     return dict(num_clips=num_clips, duration=duration, seed=seed, lock=lock, temperature=temperature)
 
 
@@ -209,23 +136,15 @@ def blend_row(gr, studio: Studio) -> dict:
 def cfg_controls(gr, studio: Studio) -> dict:
     teacher = studio.teacher
     compare = gr.Checkbox(label="Also play the original model with guidance (CFG), side by side", value=False,
-                          elem_id="compare", info="The same prompt and seed through the base model with classifier-"
-                                                  "free guidance, the slower method the trained models replace.")
+                          elem_id="compare", info=HELP["compare"])
     with gr.Row(visible=False) as cfg_row:
         guidance = gr.Slider(1.0, 10.0, value=teacher.guidance, step=0.25, label="Guidance strength (CFG γ)",
-                             info="1 = no guidance; higher follows the prompt harder.")
+                             info=HELP["guidance"])
         negative = gr.Textbox(label="Steer away from (negative prompt; blank = unconditional)", value=teacher.negative)
         plausibility = gr.Slider(0.0, 0.5, value=teacher.plausibility, step=0.01,
-                                 label="Plausibility mask α (0 = the paper's CFG)",
-                                 info="Our addition: CFG may only choose among notes the model itself finds at least "
-                                      "α times as likely as its favourite, so guidance cannot push notes off the "
-                                      "beat. On nano even 0.1 silences the melody (its notes are each less likely "
-                                      "than holding), so the teacher uses 0.")
+                                 label="Plausibility mask α (0 = the paper's CFG)", info=HELP["plausibility"])
         top_p = gr.Slider(0.0, 0.99, value=teacher.top_p, step=0.01, label="Keep only the likeliest notes (top-p; 0 = "
-                          "off)", info="Our addition: after guidance, play only from the likeliest notes that "
-                                       "together make up this share of the probability (0.9 = the likeliest 90 %). "
-                                       "Unlike a strict mask it keeps the melody; the teacher chosen by measurement "
-                                       "uses it.")
+                          "off)", info=HELP["top_p"])
     return dict(compare=compare, cfg_row=cfg_row, guidance=guidance, negative=negative, plausibility=plausibility,
                 top_p=top_p)
 
@@ -240,6 +159,16 @@ def take_outputs(gr, studio: Studio) -> dict:
             gr.Markdown("### Original model + guidance (CFG)")
             base = [gr.Audio(label=f"Take {i + 1}", visible=False, type="filepath", elem_classes="base-clip")
                     for i in range(MAX_CLIPS)]
+    with gr.Accordion("Longer takes and variations: continue a take, or new endings from a point", open=False):
+        with gr.Row():
+            take = gr.Number(1, label="Take", precision=0, minimum=1, maximum=MAX_CLIPS, elem_id="vary-take")
+            from_s = gr.Textbox(label="From (s)", max_lines=1, elem_id="vary-from", info=HELP["from"])
+            new_length = gr.Slider(0.5, studio.service.max_duration_s, value=studio.service.max_duration_s, step=0.5,
+                                   label="New length (s)", elem_id="vary-length", info=HELP["new_length"])
+        with gr.Row():
+            extend = gr.Button("Continue this take", elem_id="continue")
+            endings = gr.Button("New endings from here", elem_id="new-endings")
+        vary_message = gr.Markdown(elem_id="vary-message")
     played, scores = gr.Markdown(elem_id="played"), gr.Markdown(elem_id="scores")
     with gr.Accordion("How different are the takes? (pairwise diversity heatmaps)", open=False):
         with gr.Row():
@@ -251,7 +180,9 @@ def take_outputs(gr, studio: Studio) -> dict:
     files = gr.File(label="Download: all takes as one ZIP, and each WAV (prompt, seed, λ or γ in the names)",
                     file_count="multiple", elem_id="files")
     return dict(merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
-                heat_merged=heat_merged, heat_base=heat_base, qd=qd, files=files)
+                heat_merged=heat_merged, heat_base=heat_base, qd=qd, files=files, take=take, from_s=from_s,
+                new_length=new_length, extend=extend, endings=endings, vary_message=vary_message,
+                takes=gr.State(None))  # what the session's last takes were made of (engine.studio.Takes)
 
 
 def generate_tab(gr, studio: Studio) -> SimpleNamespace:
@@ -271,8 +202,7 @@ def generate_tab(gr, studio: Studio) -> SimpleNamespace:
 
 
 def ab_tab(gr, studio: Studio) -> SimpleNamespace:
-    gr.Markdown("Two sets of clips for one prompt from two systems, in a hidden random order. "
-                "Which set sounds better? Which set is more diverse?")
+    gr.Markdown(pages.AB_INTRO)
     systems, max_dur = studio.systems(), studio.service.max_duration_s
     with gr.Row():
         ui = dict(prompt=gr.Textbox(label="Prompt", value="Rock song.", elem_id="pair-prompt"),
@@ -300,8 +230,7 @@ def ab_tab(gr, studio: Studio) -> SimpleNamespace:
 
 
 def results_tab(gr, studio: Studio) -> SimpleNamespace:
-    gr.Markdown("One row per pair of systems and aspect: the first system's wins, losses and ties against the "
-                "second, and its win rate (W + T/2) / (W + L + T), 0 to 1, with a 95 % confidence interval.")
+    gr.Markdown(pages.RESULTS_INTRO)
     # a function as the value: Gradio calls it at every page load, so a new visitor sees the ratings so far
     table = gr.Dataframe(headers=TABLE_HEADERS, value=studio.results_table, interactive=False, elem_id="results")
     with gr.Row():
@@ -355,17 +284,32 @@ def wire_generate(gr, studio: Studio, ui) -> None:
                     progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
         """The button: new takes each press unless the seed is locked; a refusal or a Stop is a message in place,
         and the previous takes stay."""
-        return render(gr, studio, ui, studio.generate(
-            prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare, guidance, negative,
-            plausibility, top_p, _session(request), progress, submitted=_enqueued_at()))
+        r = studio.generate(prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare,
+                            guidance, negative, plausibility, top_p, _session(request), progress,
+                            submitted=_enqueued_at())
+        return render(gr, studio, ui, r) | {ui.takes: Takes.of(r), ui.vary_message: ""}
+
+    def vary(keep_all: bool):
+        @handled("vary", in_place(ui.vary_message, STOPPED, KEPT))
+        def vary_ui(takes, take, from_s, seconds, num_clips, seed, lock, temperature, mode, lam, request: gr.Request,
+                    progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
+            """Continue a take (from its end) or give it new endings (from the time typed), as new takes."""
+            r = studio.vary(takes, take, None if keep_all else from_s, seconds, num_clips, seed if lock else None,
+                            temperature, mode, lam, _session(request), progress, submitted=_enqueued_at())
+            return render(gr, studio, ui, r) | {ui.takes: Takes.of(r), ui.vary_message: ""}
+        return vary_ui
 
     # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit
     models = dict(preprocess=False, concurrency_id="models", concurrency_limit=studio.concurrency)
     api_go = gr.Button(visible=False)  # /generate: the seed as sent, errors as errors (the button uses generate_ui)
     api_go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
-    button_inputs = inputs[:4] + [ui.lock] + inputs[4:]
-    ui.go.click(generate_ui, inputs=button_inputs, outputs=outputs, api_name=False, trigger_mode="always_last",
+    button_inputs, ui_outputs = inputs[:4] + [ui.lock] + inputs[4:], outputs + [ui.takes, ui.vary_message]
+    ui.go.click(generate_ui, inputs=button_inputs, outputs=ui_outputs, api_name=False, trigger_mode="always_last",
                 **models)
+    vary_inputs = [ui.takes, ui.take, ui.from_s, ui.new_length, ui.num_clips, ui.seed, ui.lock, ui.temperature,
+                   ui.mode, ui.lam]
+    for button, keep_all in ((ui.extend, True), (ui.endings, False)):
+        button.click(vary(keep_all), vary_inputs, ui_outputs, api_name=False, trigger_mode="always_last", **models)
 
     def stop(request: gr.Request):
         return studio.stop(_session(request))
@@ -373,8 +317,8 @@ def wire_generate(gr, studio: Studio, ui) -> None:
     # Stop reaches a queued or running job through the Studio's signal, which ends it with a message and leaves every
     # earlier take in place (Gradio's own `cancels` killed the task and could blank the outputs with "Error" badges)
     ui.stop.click(stop, None, ui.message, api_name="stop", queue=False)
-    ui.prompt.submit(generate_ui, inputs=button_inputs, outputs=outputs, api_name=False, trigger_mode="always_last",
-                     **models)
+    ui.prompt.submit(generate_ui, inputs=button_inputs, outputs=ui_outputs, api_name=False,
+                     trigger_mode="always_last", **models)
     ui.seed.input(lambda v: gr.update(value=True) if (v or "").strip() else gr.update(), ui.seed, ui.lock,
                   api_name=False, queue=False)  # a seed typed or pasted is the one to use: lock it
     wire_blend(gr, studio, ui)
@@ -513,7 +457,7 @@ def main(argv=None) -> None:
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
-                enable_monitoring=args.monitoring, quiet=not args.monitoring, css=PAGE_CSS, head=PAGE_HEAD,
+                enable_monitoring=args.monitoring, quiet=not args.monitoring, css=pages.CSS, head=pages.HEAD,
                 app_kwargs=dict(exception_handlers={KeyError: unknown_key}))
 
 

@@ -3,9 +3,12 @@
 Steps of `generate_codes`:
   1. expand the (prompt, negative prompt) conditions to N rows each (one doubled batch under CFG);
   2. compute cross-attention K/V once and preallocate the self-attention cache for T + K positions;
-  3. prefill the BOS column;
-  4. per column: CFG-combine, sample, force delay-pattern padding, feed the column back;
+  3. prefill the BOS column (and, when continuing, the prefix's columns, as one chunk);
+  4. per column: CFG-combine, sample, force delay-pattern padding (and the prefix's tokens), feed the column back;
   5. revert the delay pattern to frame-aligned codes (N, K, T).
+
+`generate_long` makes takes longer than the model's window by windowed continuation (audiocraft's extend stride):
+the first window as a plain take, then each next stride continuing the last window − stride frames.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from torch import Tensor
 
 from engine.decoder import FastDecoder
 from engine.model import TextCondition
-from engine.sampling import cfg_logits, delay_valid_mask, plausible, revert_delay, sample_next_token
+from engine.sampling import apply_delay, cfg_logits, delay_valid_mask, plausible, revert_delay, sample_next_token
 
 
 class GenerationCancelled(RuntimeError):
@@ -59,14 +62,15 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
                    sampling: SamplingParams, generator: torch.Generator | None,
                    neg: TextCondition | None = None, guidance: float | None = None,
                    progress: Callable[[int, int], None] | None = None, plausibility: float = 0.0,
-                   cancel: threading.Event | None = None) -> CodesOutput:
+                   cancel: threading.Event | None = None, prefix: Tensor | None = None) -> CodesOutput:
     """Sample `num_samples` clips of `num_frames` frames for one prompt.
 
     `guidance` None: plain sampling. A float: CFG with the negative condition `neg`, as one doubled
     batch (rows 0..N-1 conditional, N..2N-1 negative) per step. γ = 1 goes through the CFG path too
     (and equals plain sampling); the service skips it for speed. `plausibility` α > 0 masks the tokens the
     conditional branch finds implausible before sampling (`engine.sampling.cfg_logits`); without CFG the same mask
-    applies to the plain logits (a min-p truncation), so that the mask's effect can be told from guidance's."""
+    applies to the plain logits (a min-p truncation), so that the mask's effect can be told from guidance's.
+    `prefix` (N or 1, K, P) frame-aligned codes, P < T: the clips continue them (the output starts with them)."""
     use_cfg = guidance is not None
     if use_cfg and neg is None:
         raise ValueError("CFG needs a negative condition (the empty prompt for unconditional)")
@@ -88,15 +92,17 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
     state = decoder.new_state(h, m, max_len=L - 1)
     valid = delay_valid_mask(K, T, device)  # (K, L)
     tokens = torch.full((N, K, L), pad_id, dtype=torch.long, device=device)  # delayed layout, column 0 = BOS
+    forced, P = _place_prefix(tokens, prefix, T, pad_id)  # (K, L) where the prefix decides the token; its frames
 
-    # 3. prefill
-    column = tokens[:, :, 0:1]
-    logits = decoder.forward(column.repeat(2, 1, 1) if use_cfg else column, 0, state)  # (B, K, 1, V)
+    # 3. prefill: BOS and the columns the prefix fills completely (1..P), as one chunk
+    column = tokens[:, :, 0:P + 1]
+    logits = decoder.forward(column.repeat(2, 1, 1) if use_cfg else column, 0, state)  # (B, K, P + 1, V)
     prefill_s = time.perf_counter() - t0
     step_times = [prefill_s]
 
     # 4. one column per step
-    for c in range(1, L):
+    known = tokens.clone() if forced is not None else None
+    for c in range(P + 1, L):
         stop_if_cancelled(cancel, f"while sampling, at step {c} of {L - 1}")
         z = logits[:, :, -1]  # (B, K, V)
         if use_cfg:
@@ -105,6 +111,8 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
             z = z.masked_fill(~plausible(z, plausibility), float("-inf"))
         nxt = sample_next_token(z.reshape(N * K, -1), generator, sampling.temperature, sampling.top_k, sampling.top_p)
         tokens[:, :, c] = torch.where(valid[:, c], nxt.view(N, K), pad_id)
+        if forced is not None:  # the codebooks still inside the prefix at this column (delay pattern) keep its tokens
+            tokens[:, :, c] = torch.where(forced[:, c], known[:, :, c], tokens[:, :, c])
         if progress is not None:
             progress(c, L - 1)
         if c == L - 1:
@@ -116,3 +124,88 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
 
     # 5. frame-aligned codes
     return CodesOutput(revert_delay(tokens, T), step_times, prefill_s)
+
+
+def _place_prefix(tokens: Tensor, prefix: Tensor | None, num_frames: int, pad_id: int) -> tuple[Tensor | None, int]:
+    """Write a prefix's tokens into the delayed layout `tokens` (N, K, L) in place; returns the (K, L) mask of the
+    positions it decides (None without a prefix) and its length P in frames (0 without one)."""
+    if prefix is None:
+        return None, 0
+    N, K, _ = tokens.shape
+    if prefix.dim() != 3 or prefix.shape[1] != K or prefix.shape[0] not in (1, N):
+        raise ValueError(f"prefix must be (1 or {N}, {K}, frames), got {tuple(prefix.shape)}")
+    P = prefix.shape[-1]
+    if not 0 < P < num_frames:
+        raise ValueError(f"a prefix of {P} frames leaves nothing to generate in {num_frames}")
+    delayed = apply_delay(prefix.to(tokens.device).long().expand(N, -1, -1), pad_id)  # (N, K, P + K)
+    forced = torch.zeros(K, tokens.shape[-1], dtype=torch.bool, device=tokens.device)
+    forced[:, :P + K] = delay_valid_mask(K, P, tokens.device)
+    tokens[:, :, :P + K] = torch.where(forced[:, :P + K], delayed, tokens[:, :, :P + K])
+    return forced, P
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """How a take longer than the model's window is made (audiocraft's extend stride): windows of `window` frames,
+    each after the first adding `stride` new frames after the last `window − stride` of the take so far. `bar`: for a
+    model whose music sits on a grid counted from its first frame (nano: it only ever saw pieces from their start),
+    the frames of one clip's bar (None where it cannot tell); each clip's context then starts on a bar line, at most
+    `window − stride` frames back, and the clips are continued one by one (their bars differ)."""
+
+    window: int
+    stride: int
+    bar: Callable[[Tensor], int | None] | None = None  # (K, T) codes -> frames per bar
+
+    def __post_init__(self):
+        if not 0 < self.stride < self.window:
+            raise ValueError(f"the stride must be in 1..window − 1 frames, got {self.stride} of {self.window}")
+
+
+@torch.inference_mode()
+def generate_long(decoder: FastDecoder, cond: TextCondition, num_samples: int, num_frames: int,
+                  sampling: SamplingParams, generator: torch.Generator | None, continuation: Continuation,
+                  prefix: Tensor | None = None, progress: Callable[[int, int], None] | None = None,
+                  cancel: threading.Event | None = None, **cfg) -> CodesOutput:
+    """`num_frames` frames per clip, any length: the first window as `generate_codes` makes it (so the first window of
+    a long take is the plain take with the same seed), then windowed continuation; the same generator throughout, so
+    the seed decides every window. `prefix` (N or 1, K, P): continue these codes instead of starting afresh (a take
+    to extend or to give new endings); the output starts with them. `cfg`: generate_codes' guidance, neg and
+    plausibility."""
+    window = continuation.window
+    codes = None if prefix is None else prefix.expand(num_samples, -1, -1)
+    if codes is not None and codes.shape[-1] >= num_frames:
+        raise ValueError(f"the take is already {codes.shape[-1]} frames long; ask for more than that")
+    steps, prefill = [], 0.0
+    while codes is None or codes.shape[-1] < num_frames:
+        done = 0 if codes is None else codes.shape[-1]
+        new = min(window if codes is None else continuation.stride, num_frames - done)
+        report = None if progress is None else (lambda i, n, done=done, new=new:
+                                                progress(done + round(i / n * new), num_frames))
+        if codes is None:  # the first window: the plain take
+            out = generate_codes(decoder, cond, num_samples, new, sampling, generator, progress=report,
+                                 cancel=cancel, **cfg)
+            codes = out.codes
+        else:
+            parts = []
+            for rows, context in _contexts(codes, continuation):
+                out = generate_codes(decoder, cond, len(rows), context.shape[-1] + new, sampling, generator,
+                                     progress=report, cancel=cancel, prefix=context, **cfg)
+                parts.append(out.codes[:, :, context.shape[-1]:])
+            codes = torch.cat([codes, torch.cat(parts)], dim=-1)
+        steps, prefill = steps + out.step_times_s, prefill + out.prefill_s
+    return CodesOutput(codes, steps, prefill)
+
+
+def _contexts(codes: Tensor, continuation: Continuation) -> list[tuple[list[int], Tensor]]:
+    """The context each next window continues: (rows, their last frames), all rows together, or (with `bar`) each row
+    alone from the bar line at most `window − stride` frames back."""
+    keep = continuation.window - continuation.stride
+    done = codes.shape[-1]
+    if continuation.bar is None:
+        return [(list(range(codes.shape[0])), codes[:, :, -min(keep, done):])]
+    out = []
+    for i, clip in enumerate(codes):
+        bar = continuation.bar(clip)
+        start = max(done - keep, 0) if not bar else -(-max(done - keep, 0) // bar) * bar
+        out.append(([i], clip[None, :, start if start < done else max(done - keep, 0):]))
+    return out

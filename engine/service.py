@@ -24,12 +24,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from engine import exact
 from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
-from engine.generate import SamplingParams, generate_codes, stop_if_cancelled
+from engine.generate import Continuation, SamplingParams, generate_codes, generate_long, stop_if_cancelled
 from engine.merge import Blend, WeightMixer
 from engine.model import MusicModel, load_model, parse_dtype
+from engine.score_codec import ScoreCodec
 
 MAX_CLIPS = 8
 MAX_PROMPT_CHARS = 500
@@ -38,6 +40,12 @@ MAX_SEED = 2**63 - 1
 # or beyond (e.g. all zeros = 100 %, a few overflowed values: far more) is not a finetune of this base, and merging it
 # would make noise, so it is refused at load.
 MAX_RELATIVE_DISTANCE = 0.5
+# Takes longer than the model's window are continued window by window (`engine.generate.generate_long`): each next
+# window keeps the last half of the take as context and adds half a window of new music (audiocraft extends MusicGen's
+# 30 s by 18 s with 12 s of context; half keeps two of nano's four bars at 120 BPM), and at most this many windows
+# long (nano: 64 s, musicgen: 4 min; time and memory grow with the length).
+CONTINUATION_STRIDE = 0.5
+MAX_TAKE_WINDOWS = 8
 
 
 def check_number(name: str, value, integer: bool = False):
@@ -186,13 +194,16 @@ class MusicService:
     """Generation for many concurrent users: base model (optionally with CFG) and merged θ_q/θ_d."""
 
     def __init__(self, model: MusicModel, max_duration_s: float | None = None):
+        """`max_duration_s`: the longest take users may ask for (default: the model's window; longer ones are
+        continued window by window, up to MAX_TAKE_WINDOWS windows)."""
         self.model = model
         self.base = model.decoder
         self.serving = FastDecoder(copy.deepcopy(self.base.model))
         self.mixer = WeightMixer(self.serving)
         self.mixer.add("base", self.base.flat)  # by reference: the base decoder's own weights
         self.gate = BlendGate(self.mixer)
-        self.max_duration_s = min(model.max_duration_s, max_duration_s or math.inf)
+        self.window_s = model.max_duration_s  # what one pass of the decoder covers
+        self.max_duration_s = min(max_duration_s or self.window_s, MAX_TAKE_WINDOWS * self.window_s)
         self._text_lock = threading.Lock()  # fast tokenizers are not safe to call concurrently
 
     @classmethod
@@ -239,7 +250,8 @@ class MusicService:
         return sorted(self.mixer.endpoints)
 
     def generate_merged(self, request: Request, blend: Blend | float, **hooks) -> Generation:
-        """Clips from the merged weights. A float is λ for (1−λ)·θ_q + λ·θ_d."""
+        """Clips from the merged weights. A float is λ for (1−λ)·θ_q + λ·θ_d. `prefix=` codes (1, K, P) to continue
+        (a take to extend, or the start its new endings keep)."""
         if not isinstance(blend, Blend):
             blend = Blend.lerp("q", "d", blend)
         missing = [n for n, _ in blend.parts if n not in self.mixer.endpoints]
@@ -253,19 +265,34 @@ class MusicService:
 
     def _generate(self, decoder: FastDecoder, req: Request, label: str, weights=None,
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: threading.Event | None = None) -> Generation:
+                  cancel: threading.Event | None = None, prefix: torch.Tensor | None = None) -> Generation:
         if req.duration_s > self.max_duration_s:
             raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, "
                              f"got {req.duration_s}")
-        return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock)
+        return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock, prefix)
+
+
+def continuation(model: MusicModel) -> Continuation:
+    """The model's window, and the new frames each next window adds (CONTINUATION_STRIDE of it). On nano each clip's
+    context starts on one of its bar lines (16 of the 16ths its notes sit on, `engine.exact`): nano's grid is counted
+    from a piece's first frame, and contexts cut mid-bar lost the beat (24 s takes read "no steady tempo" in 11 of 12
+    clips whose first 8 s had one)."""
+    window = model.num_frames(model.max_duration_s)
+    bar = None
+    if isinstance(model.codec, ScoreCodec):
+        def bar(clip: torch.Tensor) -> int | None:
+            sixteenth = exact.read(clip.cpu().numpy()).sixteenth
+            return 16 * sixteenth if sixteenth else None
+    return Continuation(window, max(1, round(window * CONTINUATION_STRIDE)), bar)
 
 
 def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, weights=None,
              progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-             text_lock: threading.Lock | None = None) -> Generation:
+             text_lock: threading.Lock | None = None, prefix: torch.Tensor | None = None) -> Generation:
     """Clips for `req` from `decoder` (the base's, the service's merged one, or a student in training), with the text
     encoder and codec of `model`. `weights`: a context holding the decoder's weights (the blend gate) during sampling
-    only; it yields the merge time. Text encoding (under `text_lock`) and audio decoding happen outside it."""
+    only; it yields the merge time. Text encoding (under `text_lock`) and audio decoding happen outside it. A take
+    longer than the model's window, or one continuing `prefix` codes (1, K, P), is made window by window."""
     t_start = time.perf_counter()
     stop_if_cancelled(cancel, "before it started")  # a request stopped while it waited never starts
     notices = []
@@ -281,10 +308,15 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
     t_text = time.perf_counter() - t_start
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
     with weights if weights is not None else contextlib.nullcontext() as merge_s:
-        out = generate_codes(decoder, cond, req.num_clips, model.num_frames(req.duration_s),
-                             SamplingParams(req.temperature, req.top_k, req.top_p), generator,
-                             neg=neg, guidance=req.guidance if use_cfg else None, progress=progress, cancel=cancel,
-                             plausibility=req.plausibility)
+        frames, steps = model.num_frames(req.duration_s), continuation(model)
+        cfg = dict(neg=neg, guidance=req.guidance if use_cfg else None, plausibility=req.plausibility)
+        params = SamplingParams(req.temperature, req.top_k, req.top_p)
+        if prefix is None and frames <= steps.window:
+            out = generate_codes(decoder, cond, req.num_clips, frames, params, generator, progress=progress,
+                                 cancel=cancel, **cfg)
+        else:
+            out = generate_long(decoder, cond, req.num_clips, frames, params, generator, steps, prefix=prefix,
+                                progress=progress, cancel=cancel, **cfg)
     stop_if_cancelled(cancel, "before decoding")
     t = time.perf_counter()
     audio = model.codec.decode(out.codes).clamp(-1, 1).numpy()

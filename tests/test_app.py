@@ -22,7 +22,7 @@ from engine.ratings import RatingStore
 from engine.score_codec import ScoreCodec
 from engine.scorers import QualityConfig, QualityScorer, Scorers, SentenceEncoder
 from engine.service import MusicService
-from engine.studio import MAX_SESSIONS, Janitor, Studio, ab_systems, make_studio, pages, prune
+from engine.studio import MAX_SESSIONS, Janitor, Studio, Takes, ab_systems, make_studio, pages, prune
 from engine.studio.startup import bf16_tip, kernel_tip
 
 SOUP = "soup"
@@ -211,6 +211,7 @@ def test_flags_and_environment(monkeypatch):
     monkeypatch.setenv("MUSIC_BASE", "debug")
     args = parse_args([])
     assert args.max_duration == 4 and args.base == "debug"
+    assert parse_args([]).max_duration == 4 and parse_args(["--max-duration", "20"]).max_duration == 20
     assert parse_args(["--base", "x", "--soup", "a", "b"]).soup == ["a", "b"]
 
 
@@ -422,3 +423,26 @@ def test_the_results_table_is_read_at_every_page_load(studio):
     demo = build_ui(studio)
     table = next(b for b in demo.blocks.values() if getattr(b, "elem_id", "") == "results")
     assert table.load_event_to_attach is not None  # a function value: called when a page loads
+
+
+def test_a_take_is_continued_or_given_new_endings_beside_its_cfg_take(studio):
+    r = run(studio, duration=1.0, compare=True, seed=21)
+    takes = Takes.of(r)
+    longer = studio.vary(takes, 2, None, 2.0, 2, 5, 1.0, "q-d", 0.5)  # continue take 2 to 2 s, two ways
+    n = r.merged.codes.shape[-1]
+    assert longer.merged.codes.shape[-1] == 2 * n and torch.equal(longer.merged.codes[:, :, :n],
+                                                                  r.merged.codes[1:2].expand(2, -1, -1))
+    assert torch.equal(longer.base.codes[:, :, :n], r.base.codes[1:2].expand(2, -1, -1))  # CFG take 2, with CFG
+    assert longer.base.request.cfg == r.base.request.cfg and "take 2 continued" in longer.label
+    endings = studio.vary(takes, 1, "0.5", 1.0, 3, 6, 1.0, "q-d", 0.5)  # keep 0.5 s of take 1, three new endings
+    half = n // 2
+    assert torch.equal(endings.merged.codes[:, :, :half], r.merged.codes[:1, :, :half].expand(3, -1, -1))
+    assert "new endings from 0.5 s" in endings.label and "-take1-from0.5s_clip1.wav" in endings.files[1]
+    for bad, message in ((dict(take=4), "take must be between 1 and 3"), (dict(from_s="2"), "'from' must be a time"),
+                         (dict(seconds=0.5, from_s=None), "longer than the 1 s"), (dict(from_s="abc"), "seconds")):
+        args = dict(takes=takes, take=1, from_s="0.5", seconds=2.0, num_clips=1, seed=1, temperature=1.0, mode="q-d",
+                    lam=0.5) | bad
+        with pytest.raises(ValueError, match=message):
+            studio.vary(**args)
+    with pytest.raises(ValueError, match="make some takes first"):
+        studio.vary(None, 1, None, 2.0, 1, 1, 1.0, "q-d", 0.5)

@@ -8,7 +8,7 @@ import engine.decoder
 import engine.generate
 import engine.kernels
 from engine.decoder import linear
-from engine.generate import GenerationCancelled, SamplingParams, generate_codes
+from engine.generate import Continuation, GenerationCancelled, SamplingParams, generate_codes, generate_long
 from engine.model import TextCondition, debug_composite, from_composite
 from engine.sampling import apply_delay, cfg_logits
 
@@ -238,3 +238,51 @@ def test_bf16_sampling_is_seeded_and_follows_the_condition(bf16_pair):
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
     cfg = run(0, neg=neg, guidance=3.0)
     assert cfg.shape == (2, low.decoder.num_codebooks, 16) and torch.equal(cfg, run(0, neg=neg, guidance=3.0))
+
+
+def test_a_prefix_is_kept_and_its_columns_prefilled_in_one_chunk(model):
+    """A continuation starts with the prefix's frames (the delay pattern's staggered columns included) and samples
+    only after them; a prefix as long as the clip is refused."""
+    cond, gen = model.encode_text(["bossa nova"]), torch.Generator().manual_seed(1)
+    start = generate_codes(model.decoder, cond, 1, 12, SamplingParams(), gen).codes
+    out = generate_codes(model.decoder, cond, 3, 30, SamplingParams(), torch.Generator().manual_seed(2), prefix=start)
+    K = model.decoder.num_codebooks
+    assert out.codes.shape == (3, K, 30) and torch.equal(out.codes[:, :, :12], start.expand(3, -1, -1))
+    assert not torch.equal(out.codes[0], out.codes[1])  # three different endings
+    # one forward for BOS and the 12 prefix columns, then one per further column but the last (L = 30 + K columns)
+    assert len(out.step_times_s) == 1 + (30 + K - 1 - 13)
+    with pytest.raises(ValueError, match="nothing to generate"):
+        generate_codes(model.decoder, cond, 1, 12, SamplingParams(), gen, prefix=start)
+
+
+def test_a_long_take_starts_with_the_plain_take_and_continues_window_by_window(model):
+    cond, window = model.encode_text(["bossa nova"]), 20
+    plain = generate_codes(model.decoder, cond, 2, window, SamplingParams(), torch.Generator().manual_seed(3)).codes
+    steps, seen = Continuation(window, 8), []
+    long = generate_long(model.decoder, cond, 2, 45, SamplingParams(), torch.Generator().manual_seed(3), steps,
+                         progress=lambda i, n: seen.append((i, n))).codes
+    assert long.shape[-1] == 45 and torch.equal(long[:, :, :window], plain)  # the same seed: the same first window
+    assert seen[-1] == (45, 45) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    again = generate_long(model.decoder, cond, 2, 45, SamplingParams(), torch.Generator().manual_seed(3), steps).codes
+    assert torch.equal(long, again)  # the seed decides every window
+    with pytest.raises(ValueError, match="stride"):
+        Continuation(20, 20)
+
+
+def test_with_bars_each_clip_continues_from_one_of_its_bar_lines(model, monkeypatch):
+    """Where the model's grid is counted from the first frame (nano), the context of each clip starts on its own bar
+    line, at most window − stride frames back."""
+    cond, contexts = model.encode_text(["bossa nova"]), []
+    real = engine.generate.generate_codes
+
+    def spy(*args, prefix=None, **kwargs):
+        if prefix is not None:
+            contexts.append(prefix.shape[-1])
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(engine.generate, "generate_codes", spy)
+    bars = iter([6, 7] * 10)  # clip 0 has bars of 6 frames, clip 1 of 7
+    steps = Continuation(20, 10, bar=lambda clip: next(bars))
+    out = generate_long(model.decoder, cond, 2, 30, SamplingParams(), torch.Generator().manual_seed(4), steps).codes
+    assert out.shape == (2, model.decoder.num_codebooks, 30)
+    assert contexts == [20 - 12, 20 - 14]  # contexts from frame 12 (2 bars of 6) and 14 (2 bars of 7): ≤ 10 back

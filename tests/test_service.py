@@ -2,6 +2,7 @@
 import threading
 
 import numpy as np
+import torch
 import pytest
 
 from engine.service import MAX_PROMPT_CHARS, Request
@@ -115,3 +116,30 @@ def test_concurrent_users_each_get_their_own_lambda(service):
     for i, job in enumerate(jobs):
         assert _same(results[i], solo[job]), f"user {i} with λ={job[0]} got someone else's clips"
     assert _same(results["base"], service.generate_base(Request("techno", seed=11, guidance=3.0, **FAST)))
+
+
+def test_takes_longer_than_the_window_are_continued_and_start_with_the_plain_take():
+    from engine.model import build_debug_model  # noqa: PLC0415
+    from engine.service import MAX_TAKE_WINDOWS, MusicService  # noqa: PLC0415
+
+    svc = MusicService(build_debug_model(seed=0), max_duration_s=12.0)
+    assert svc.max_duration_s == 12.0 and svc.window_s < 12.0
+    plain = svc.generate_base(Request("x", num_clips=1, duration_s=svc.window_s, seed=5))
+    long = svc.generate_base(Request("x", num_clips=1, duration_s=12.0, seed=5))
+    assert long.audio.shape[1] == 12 * long.sample_rate
+    assert np.array_equal(long.codes[:, :, :plain.codes.shape[-1]], plain.codes)
+    assert MusicService(build_debug_model(seed=0), max_duration_s=1e6).max_duration_s == MAX_TAKE_WINDOWS * svc.window_s
+
+
+def test_nano_continues_each_clip_from_a_bar_line_of_its_own():
+    from engine.model import load_model  # noqa: PLC0415
+    from engine.service import continuation  # noqa: PLC0415
+    from training.corpus import generate_piece  # noqa: PLC0415
+
+    steps = continuation(load_model("weights/nano"))
+    assert steps.window == 256 and steps.stride == 128 and steps.bar is not None
+    for index in range(6):
+        piece = generate_piece(0, index, 256)
+        if not piece.attributes["degraded"]:
+            assert steps.bar(torch.from_numpy(piece.codes.astype(np.int64))) == 16 * piece.attributes[
+                "sixteenth_frames"], piece.attributes

@@ -13,6 +13,7 @@ from engine.studio.core import (
     StopSignal,
     Studio,
     System,
+    Takes,
     ab_systems,
     explain_failure,
 )
@@ -20,5 +21,5 @@ from engine.studio.files import MAX_OUTPUT_FOLDERS, Janitor, private_gradio_cach
 from engine.studio.startup import make_studio
 
 __all__ = ["LOG", "MAX_OUTPUT_FOLDERS", "MAX_PAIR_CLIPS", "MAX_SESSIONS", "ExactScores", "Janitor", "Result",
-           "StopSignal", "Studio", "System", "ab_systems", "explain_failure", "make_studio", "private_gradio_cache",
-           "prune"]
+           "StopSignal", "Studio", "System", "Takes", "ab_systems", "explain_failure", "make_studio",
+           "private_gradio_cache", "prune"]

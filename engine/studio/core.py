@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from engine import exact
 from engine.cfg import PAPER_CFG, CfgSetting
@@ -83,6 +84,19 @@ class ExactScores:
         scores = [exact.score_clip(c, checked) for c in codes]
         return cls([s.quality for s in scores], [s.adherence for s in scores], [s.clean for s in scores],
                    exact.event_diversity(codes), list(scores[0].met), exact.unchecked(checked))
+
+
+@dataclass(frozen=True)
+class Takes:
+    """What a set of takes was made of, kept per browser session so that one take can be continued or given new
+    endings: the trained model's codes (N, K, T) and request, and the CFG comparison's, when it ran."""
+
+    merged: tuple[torch.Tensor, Request]
+    base: tuple[torch.Tensor, Request] | None = None
+
+    @classmethod
+    def of(cls, r: Result) -> Takes:
+        return cls((r.merged.codes, r.merged.request), None if r.base is None else (r.base.codes, r.base.request))
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,44 @@ class Studio:
             self._score(result)
             stop_if_cancelled(cancel, "after scoring")  # no files, nothing returned
             result.files = self._write_wavs(result, m.file_tag(lam))
+        return result
+
+    def vary(self, takes: Takes | None, take, from_s, seconds, num_clips, seed, temperature, mode, lam,
+             session: str = "", progress=None, submitted: float | None = None) -> Result:
+        """New takes that keep the start of take `take` (1 = the first) of `takes`: its first `from_s` seconds (None or
+        blank: all of it, so the take is continued) and go on to `seconds`, `num_clips` different ones. The trained
+        model's take goes on with the blend the slider asks for now; where the comparison made the set, the CFG take
+        of the same number goes on beside it with its own CFG setting. Takes longer than the model's window are made
+        window by window."""
+        cancel = self.stop_signal(session, submitted)
+        if takes is None:
+            raise ValueError("make some takes first, then continue one of them")
+        codes, made = takes.merged
+        seed, n = inputs.seed(seed), inputs.whole("take", take)
+        if not 1 <= n <= codes.shape[0]:
+            raise ValueError(f"take must be between 1 and {codes.shape[0]}, got {n}")
+        length = codes.shape[-1] / self.service.model.frame_rate
+        start = inputs.seconds("from", from_s, default=length)
+        if not 0 < start <= length:
+            raise ValueError(f"'from' must be a time inside take {n} (0 … {length:g} s), got {start:g}")
+        req = Request(made.prompt, inputs.whole("clips", num_clips), inputs.real("length", seconds), seed,
+                      inputs.real("temperature", temperature))
+        if req.duration_s <= start:
+            raise ValueError(f"the new takes must be longer than the {start:g} s they keep")
+        keep = self.service.model.num_frames(start)
+        blend, m = self.blend(mode, lam), self.mode(mode)
+        what = "continued" if start == length else f"new endings from {start:g} s"
+        with self._job("vary", req.num_clips * (1 if takes.base is None else 2)):
+            result = Result(self.service.generate_merged(req, blend, prefix=codes[n - 1:n, :, :keep], cancel=cancel),
+                            label=f"{m.caption(lam)} · take {n} {what}")
+            if takes.base is not None:
+                base_codes, base_req = takes.base
+                result.base = self.service.generate_base(req.with_cfg(base_req.cfg), cancel=cancel,
+                                                         prefix=base_codes[n - 1:n, :, :keep])
+                result.base_label = f"{base_req.cfg.label} · take {n} {what}"
+            self._score(result)
+            stop_if_cancelled(cancel, "after scoring")
+            result.files = self._write_wavs(result, f"{m.file_tag(lam)}-take{n}-from{start:g}s")
         return result
 
     def _clips(self, req: Request, cfg: CfgSetting | None, blend: Blend, label: str, cancel: StopSignal,

@@ -53,3 +53,15 @@ def seed(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"seed must be a whole number or blank, got {value!r}")
     return value
+
+
+def seconds(name: str, value, default: float) -> float:
+    """A time from the UI: blank (or None) = `default`; else a number, as a number or as ASCII digits with at most one
+    decimal point ("2", "2.5")."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]+(\.[0-9]*)?", value.strip()):
+            raise ValueError(f"{name} must be a time in seconds or blank, got {value!r}")
+        value = float(value)
+    return real(name, value)

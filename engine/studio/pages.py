@@ -16,6 +16,57 @@ from engine.studio.core import Result
 EXAMPLES = ["Rock song.", "calm piano", "upbeat techno with a driving kick",
             "A dreamy ambient piece with pad and bells",
             "jazz trio, walking bass, brushed drums", "sad hip hop beat with piano", "Bad audio quality."]
+INTRO = ("# Diversity-rewarded CFG distillation\nDescribe some music and get several takes at once. The slider goes "
+         "from the safest takes (the quality model θ_q) to the most varied ones (the diversity model θ_d); tick the "
+         "comparison to hear the original model with guidance (CFG) beside them. More under *About this app* at the "
+         "bottom.")
+AB_INTRO = ("Two sets of clips for one prompt from two systems, in a hidden random order. Which set sounds better? "
+            "Which set is more diverse?")
+RESULTS_INTRO = ("One row per pair of systems and aspect: the first system's wins, losses and ties against the second, "
+                 "and its win rate (W + T/2) / (W + L + T), 0 to 1, with a 95 % confidence interval.")
+HELP = {  # the controls' help lines, in a musician's words first
+    "prompt": f"Describe the music (up to {MAX_PROMPT_CHARS} characters). Enter or Ctrl+Enter generates.",
+    "clips": "How many clips to make at once.",
+    "seed": "The seed of the last takes: copy it to make them again; type or paste one to use it.",
+    "lock": "Off: every press makes new takes. On: the same seed again.",
+    "temperature": "Lower = safer, more repetitive; 0 = always the most likely note (then every take is the same).",
+    "compare": "The same prompt and seed through the base model with classifier-free guidance, the slower method "
+               "the trained models replace.",
+    "guidance": "1 = no guidance; higher follows the prompt harder.",
+    "plausibility": "Our addition: CFG may only choose among notes the model itself finds at least α times as likely "
+                    "as its favourite, so guidance cannot push notes off the beat. On nano even 0.1 silences the "
+                    "melody (its notes are each less likely than holding), so the teacher uses 0.",
+    "from": "Blank: from the take's end. A time in the take (e.g. 4.5): keep it up to there, new endings after.",
+    "new_length": "How long the new takes are, the kept part included.",
+    "top_p": "Our addition: after guidance, play only from the likeliest notes that together make up this share of the "
+             "probability (0.9 = the likeliest 90 %). Unlike a strict mask it keeps the melody; the teacher chosen by "
+             "measurement uses it.",
+}
+# Ctrl+Enter (⌘+Enter) generates from anywhere on the page; in the prompt box Enter already does (its own submit)
+HEAD = """<script>
+document.addEventListener("keydown", (e) => {
+  if ((e.ctrlKey || e.metaKey) && e.key === "Enter" && !e.target.closest("#prompt")) {
+    const button = document.querySelector("#generate");
+    if (button) { e.preventDefault(); button.click(); }
+  }
+});
+</script>"""
+# tables scroll sideways on a phone instead of breaking words mid-letter
+CSS = """
+#played table, #scores table { display: block; overflow-x: auto; }
+#played th, #played td, #scores th, #scores td { white-space: nowrap; word-break: normal; }
+"""
+
+
+def length_help(longest: float, window: float, sample_rate: int) -> str:
+    """The length slider's help: the longest take, and where takes start to be continued window by window."""
+    if longest <= window:
+        return f"Up to {longest:g} s for this model, at {sample_rate} samples per second."
+    return (f"Up to {longest:g} s. The model hears {window:g} s at a time: longer takes are continued window by "
+            f"window, each new part following the take's last {window / 2:g} s (a {window:g} s take with the same "
+            "seed is the start of every longer one).")
+
+
 ABOUT = """\
 **What this is.** A text-to-music model normally needs *classifier-free guidance* (CFG) to follow a prompt well: each
 note is computed twice, with and without the prompt, and pushed away from the second. That doubles the cost and makes

@@ -2,6 +2,7 @@
 give the tips and warnings the page shows at its top."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -17,9 +18,64 @@ from engine.ratings import RatingStore
 from engine.scorers import Scorers
 from engine.service import MusicService
 from engine.studio.core import Studio
+from engine.studio.files import MAX_OUTPUT_FOLDERS
 from engine.studio.pages import models_markdown
 
 LOG = logging.getLogger("cfg_distill.app")
+APP_DOC = """The app: steer quality ↔ diversity with λ, A/B the merged model against the base with CFG, rate blind.
+
+Every flag has an environment variable (for Spaces, where the front matter configures the Space); defaults serve the
+shipped nano weights offline."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=APP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # models (defaults: the shipped nano weights)
+    p.add_argument("--base", default=env("MUSIC_BASE"),
+                   help="base model: a nano folder, a local MusicGen folder, a hub id (facebook/musicgen-small), or "
+                        "'debug' (tiny random model). Default: weights/nano, else 'debug'.")
+    p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"),
+                   help="quality decoder checkpoint (default: weights/theta_q)")
+    p.add_argument("--theta-d", default=env("MUSIC_THETA_D"),
+                   help="diversity decoder checkpoint (default: weights/theta_d)")
+    p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
+                   help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d "
+                        "(default with the shipped nano: weights/theta_b15; pass --soup with no path for none)")
+    p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"),
+                   help="diversity embedding E (default: weights/embedding)")
+    p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
+    p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
+    p.add_argument("--teacher", default=env("MUSIC_TEACHER"),
+                   help="the CFG setting the comparison starts from (teacher.json of training.teacher_sweep; default "
+                        "with the shipped nano: the chosen teacher; otherwise the paper's γ = 3)")
+    p.add_argument("--fronts", default=env("MUSIC_FRONTS", str(shipped.ROOT / shipped.FRONTS)),
+                   help="precomputed quality–diversity fronts (from training.evaluate)")
+    p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
+                   help="let transformers download hub checkpoints (off by default: everything runs offline)")
+    p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", default=env("MUSIC_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"],
+                   help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX "
+                        "(activations stay fp32 on a CPU; README, Benchmarks); fp32 reproduces the shipped figures")
+    # serving
+    p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 30)),
+                   help="longest take a user may ask for, in seconds; beyond the model's window (nano 8 s, MusicGen "
+                        "30 s) takes are continued window by window (at most 8 windows)")
+    p.add_argument("--ratings-db", default=env("MUSIC_RATINGS_DB"),
+                   help="SQLite file of blind ratings (default: ~/.local/share/cfg-distill/ratings.sqlite)")
+    p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
+    p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
+    p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
+    p.add_argument("--keep-outputs", type=int, default=MAX_OUTPUT_FOLDERS,
+                   help="newest generations whose WAV folders stay on disk (older ones are deleted)")
+    p.add_argument("--file-lifetime", type=int, default=int(env("MUSIC_FILE_LIFETIME", 3600)),
+                   help="seconds Gradio keeps the files it served (clips, images); checked every sixth of that")
+    p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
+                   help="Gradio's monitoring dashboard (off by default: it answers without a login)")
+    return p.parse_args(argv)
+
+
 
 
 def bf16_tip(base: str, device: str, dtype: str) -> str | None:
