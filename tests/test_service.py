@@ -2,8 +2,8 @@
 import threading
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from engine.service import MAX_PROMPT_CHARS, Request
 
