@@ -111,7 +111,7 @@ def prompt_column(gr, studio: Studio) -> dict:
 def take_settings(gr, studio: Studio) -> dict:
     max_dur = studio.service.max_duration_s
     num_clips = gr.Slider(1, MAX_CLIPS, value=4, step=1, label="Takes", elem_id="clips", info=HELP["clips"])
-    duration = gr.Slider(0.5, max_dur, value=studio.default_seconds, step=0.5, label="Length (s)",
+    duration = gr.Slider(0.5, max_dur, value=studio.default_seconds, step=0.5, label="Length (s)", elem_id="duration",
                          info=pages.length_help(max_dur, studio.service.window_s, studio.service.model.sample_rate))
     with gr.Row():
         seed = gr.Textbox(label="Seed", value="", max_lines=1, elem_id="seed", info=HELP["seed"])
@@ -182,7 +182,8 @@ def take_outputs(gr, studio: Studio) -> dict:
     return dict(merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
                 heat_merged=heat_merged, heat_base=heat_base, qd=qd, files=files, take=take, from_s=from_s,
                 new_length=new_length, extend=extend, endings=endings, vary_message=vary_message,
-                takes=gr.State(None))  # what the session's last takes were made of (engine.studio.Takes)
+                takes=gr.State(None),  # what the session's last takes were made of (engine.studio.Takes)
+                shown_seed=gr.State(""))  # the seed the last takes showed in the seed box
 
 
 def generate_tab(gr, studio: Studio) -> SimpleNamespace:
@@ -287,7 +288,10 @@ def wire_generate(gr, studio: Studio, ui) -> None:
         r = studio.generate(prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare,
                             guidance, negative, plausibility, top_p, _session(request), progress,
                             submitted=_enqueued_at())
-        return render(gr, studio, ui, r) | {ui.takes: Takes.of(r), ui.vary_message: ""}
+        return render(gr, studio, ui, r) | session_state(r)
+
+    def session_state(r: Result) -> dict:
+        return {ui.takes: Takes.of(r), ui.vary_message: "", ui.shown_seed: str(r.merged.seed)}
 
     def vary(keep_all: bool):
         @handled("vary", in_place(ui.vary_message, STOPPED, KEPT))
@@ -296,14 +300,15 @@ def wire_generate(gr, studio: Studio, ui) -> None:
             """Continue a take (from its end) or give it new endings (from the time typed), as new takes."""
             r = studio.vary(takes, take, None if keep_all else from_s, seconds, num_clips, seed if lock else None,
                             temperature, mode, lam, _session(request), progress, submitted=_enqueued_at())
-            return render(gr, studio, ui, r) | {ui.takes: Takes.of(r), ui.vary_message: ""}
+            return render(gr, studio, ui, r) | session_state(r)
         return vary_ui
 
     # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit
     models = dict(preprocess=False, concurrency_id="models", concurrency_limit=studio.concurrency)
     api_go = gr.Button(visible=False)  # /generate: the seed as sent, errors as errors (the button uses generate_ui)
     api_go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
-    button_inputs, ui_outputs = inputs[:4] + [ui.lock] + inputs[4:], outputs + [ui.takes, ui.vary_message]
+    button_inputs = inputs[:4] + [ui.lock] + inputs[4:]
+    ui_outputs = outputs + [ui.takes, ui.vary_message, ui.shown_seed]  # and the session's own state
     ui.go.click(generate_ui, inputs=button_inputs, outputs=ui_outputs, api_name=False, trigger_mode="always_last",
                 **models)
     vary_inputs = [ui.takes, ui.take, ui.from_s, ui.new_length, ui.num_clips, ui.seed, ui.lock, ui.temperature,
@@ -316,11 +321,16 @@ def wire_generate(gr, studio: Studio, ui) -> None:
 
     # Stop reaches a queued or running job through the Studio's signal, which ends it with a message and leaves every
     # earlier take in place (Gradio's own `cancels` killed the task and could blank the outputs with "Error" badges)
-    ui.stop.click(stop, None, ui.message, api_name="stop", queue=False)
+    # the button writes nothing: the stopped job's own answer is the message (a reply to the button could arrive after
+    # it and hide it); /stop answers the API's callers
+    ui.stop.click(stop, None, None, api_name=False, queue=False)
+    api_stop = gr.Button(visible=False)
+    api_stop.click(stop, None, gr.Textbox(visible=False), api_name="stop", queue=False)
     ui.prompt.submit(generate_ui, inputs=button_inputs, outputs=ui_outputs, api_name=False,
                      trigger_mode="always_last", **models)
-    ui.seed.input(lambda v: gr.update(value=True) if (v or "").strip() else gr.update(), ui.seed, ui.lock,
-                  api_name=False, queue=False)  # a seed typed or pasted is the one to use: lock it
+    # a seed typed or pasted (any value but the one the last takes showed) is the one to use: lock it
+    ui.seed.change(lambda v, shown: gr.update(value=True) if (v or "").strip() not in ("", shown) else gr.update(),
+                   [ui.seed, ui.shown_seed], ui.lock, api_name=False, queue=False)
     wire_blend(gr, studio, ui)
     ui.compare.change(lambda on: [gr.update(visible=on) for _ in range(3)], ui.compare,
                       [ui.cfg_row, ui.base_col, ui.heat_base], api_name=False, queue=False)

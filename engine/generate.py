@@ -186,26 +186,27 @@ def generate_long(decoder: FastDecoder, cond: TextCondition, num_samples: int, n
                                  cancel=cancel, **cfg)
             codes = out.codes
         else:
-            parts = []
+            extended = torch.empty(codes.shape[0], codes.shape[1], new, dtype=codes.dtype, device=codes.device)
             for rows, context in _contexts(codes, continuation):
                 out = generate_codes(decoder, cond, len(rows), context.shape[-1] + new, sampling, generator,
                                      progress=report, cancel=cancel, prefix=context, **cfg)
-                parts.append(out.codes[:, :, context.shape[-1]:])
-            codes = torch.cat([codes, torch.cat(parts)], dim=-1)
+                extended[rows] = out.codes[:, :, context.shape[-1]:]
+            codes = torch.cat([codes, extended], dim=-1)
         steps, prefill = steps + out.step_times_s, prefill + out.prefill_s
     return CodesOutput(codes, steps, prefill)
 
 
 def _contexts(codes: Tensor, continuation: Continuation) -> list[tuple[list[int], Tensor]]:
-    """The context each next window continues: (rows, their last frames), all rows together, or (with `bar`) each row
-    alone from the bar line at most `window − stride` frames back."""
-    keep = continuation.window - continuation.stride
+    """The context each next window continues, as (rows, their frames from one start on): all rows from
+    `window − stride` frames back, or (with `bar`) each row from its first bar line at most that far back, the rows
+    whose contexts start at the same frame together (one batch per tempo)."""
     done = codes.shape[-1]
-    if continuation.bar is None:
-        return [(list(range(codes.shape[0])), codes[:, :, -min(keep, done):])]
-    out = []
-    for i, clip in enumerate(codes):
-        bar = continuation.bar(clip)
-        start = max(done - keep, 0) if not bar else -(-max(done - keep, 0) // bar) * bar
-        out.append(([i], clip[None, :, start if start < done else max(done - keep, 0):]))
-    return out
+    back = max(done - (continuation.window - continuation.stride), 0)
+    starts = [back] * codes.shape[0]
+    if continuation.bar is not None:
+        bars = [continuation.bar(clip) for clip in codes]
+        starts = [-(-back // bar) * bar if bar and -(-back // bar) * bar < done else back for bar in bars]
+    groups: dict[int, list[int]] = {}
+    for row, start in enumerate(starts):
+        groups.setdefault(start, []).append(row)
+    return [(rows, codes[rows, :, start:]) for start, rows in groups.items()]

@@ -286,3 +286,7 @@ def test_with_bars_each_clip_continues_from_one_of_its_bar_lines(model, monkeypa
     out = generate_long(model.decoder, cond, 2, 30, SamplingParams(), torch.Generator().manual_seed(4), steps).codes
     assert out.shape == (2, model.decoder.num_codebooks, 30)
     assert contexts == [20 - 12, 20 - 14]  # contexts from frame 12 (2 bars of 6) and 14 (2 bars of 7): ≤ 10 back
+    contexts.clear()
+    same = Continuation(20, 10, bar=lambda clip: 6)  # clips with one tempo continue together, in one batch
+    generate_long(model.decoder, cond, 2, 30, SamplingParams(), torch.Generator().manual_seed(4), same)
+    assert contexts == [20 - 12]

@@ -51,10 +51,11 @@ document.addEventListener("keydown", (e) => {
   }
 });
 </script>"""
-# tables scroll sideways on a phone instead of breaking words mid-letter
+# tables wrap between words, never inside one; on a phone they keep their lines and scroll sideways
 CSS = """
 #played table, #scores table { display: block; overflow-x: auto; }
-#played th, #played td, #scores th, #scores td { white-space: nowrap; word-break: normal; }
+#played th, #played td, #scores th, #scores td { word-break: normal; overflow-wrap: normal; }
+@media (max-width: 640px) { #played th, #played td, #scores th, #scores td { white-space: nowrap; } }
 """
 
 
