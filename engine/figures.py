@@ -113,7 +113,8 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
     """Fronts (name → [(diversity, quality), ...], drawn as lines) and points (name → (diversity, quality), markers),
     on round ticks, with the legend under the plot (as tall as it needs) and an optional note under the title."""
     W, H = size
-    left, right, top, bottom = 60, 20, 40 if note else 28, 44
+    badge = 24  # the top-left corner a viewer's label may cover (Gradio's image label): text starts below it
+    left, right, top, bottom = 60, 20, badge + (40 if note else 28), 44
     names = [f"- {n}" for n in fronts] + [f"# {n}" for n in points]
     img = Image.new("RGB", (W, H + 16 * len(names) + 8), "white")
     d = ImageDraw.Draw(img)
@@ -137,9 +138,9 @@ def quality_diversity_plot(fronts: dict[str, list[tuple[float, float]]], points:
                 d.line([(left - 4, sy(v)), (left, sy(v))], fill="black")
                 _text(d, (6, sy(v) - 6), _tick_label(v, step), fill="black")
     _text(d, (left + (W - left - right) // 2 - 60, H - 18), xlabel, fill="black")
-    _text(d, (left, 8), title + "  (↑ quality)", fill="black")
+    _text(d, (left, badge + 6), title + "  (↑ quality)", fill="black")
     if note:
-        _text(d, (left, 22), note, fill=(90, 90, 90))
+        _text(d, (left, badge + 21), note, fill=(90, 90, 90))
     legend = H + 4
     for k, (name, front) in enumerate(fronts.items()):
         color = PALETTE[k % len(PALETTE)]

@@ -235,10 +235,7 @@ class Studio:
         # 2. the clips, then their scores and files
         with self._job("generate", req.num_clips * (1 if cfg is None else 2)):
             result = self._clips(req, cfg, blend, m.caption(lam), cancel, progress)
-            self._score(result)
-            stop_if_cancelled(cancel, "after scoring")  # no files, nothing returned
-            result.files = self._write_wavs(result, m.file_tag(lam))
-        return result
+            return self._finish(result, m.file_tag(lam), cancel)
 
     def vary(self, takes: Takes | None, take, from_s, seconds, num_clips, seed, temperature, mode, lam,
              session: str = "", progress=None, submitted: float | None = None) -> Result:
@@ -273,10 +270,7 @@ class Studio:
                 result.base = self.service.generate_base(req.with_cfg(base_req.cfg), cancel=cancel,
                                                          prefix=base_codes[n - 1:n, :, :keep])
                 result.base_label = f"{base_req.cfg.label} · take {n} {what}"
-            self._score(result)
-            stop_if_cancelled(cancel, "after scoring")
-            result.files = self._write_wavs(result, f"{m.file_tag(lam)}-take{n}-from{start:g}s")
-        return result
+            return self._finish(result, f"{m.file_tag(lam)}-take{n}-from{start:g}s", cancel)
 
     def _clips(self, req: Request, cfg: CfgSetting | None, blend: Blend, label: str, cancel: StopSignal,
                progress) -> Result:
@@ -286,6 +280,13 @@ class Studio:
         if cfg is not None:
             result.base = self.service.generate_base(req.with_cfg(cfg), progress=hook("base + CFG"), cancel=cancel)
             result.base_label = result.base.request.cfg.label
+        return result
+
+    def _finish(self, result: Result, tag: str, cancel: StopSignal) -> Result:
+        """Score the clips, then (unless stopped meanwhile: no files, nothing returned) write them."""
+        self._score(result)
+        stop_if_cancelled(cancel, "after scoring")
+        result.files = self._write_wavs(result, tag)
         return result
 
     def _score(self, result: Result) -> None:
