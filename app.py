@@ -13,7 +13,7 @@ import signal
 import sys
 from types import SimpleNamespace
 
-from engine.heard import hear, world_markdown
+from engine.heard import world_markdown
 from engine.ratings import TABLE_HEADERS, VOTES
 from engine.service import MAX_CLIPS
 from engine.studio import (
@@ -29,11 +29,14 @@ from engine.studio import (
     make_studio,
     pages,
     private_gradio_cache,
+    sweep_dead_owners,
 )
 from engine.studio.pages import HELP
 from engine.studio.startup import parse_args
+from engine.studio.web import GuardMiddleware
 
 STOPPED = "Stopped: no new takes were made; the previous ones stay."
+MAX_UPLOAD = "1kb"  # no endpoint uses uploads (Gradio keeps its upload route: 500 MB were accepted before)
 KEPT = " Your previous takes are kept."
 
 
@@ -336,8 +339,7 @@ def wire_generate(gr, studio: Studio, ui) -> None:
                       [ui.cfg_row, ui.base_col, ui.heat_base], api_name=False, queue=False)
     ui.prompt.change(pages.heard_markdown, ui.prompt, ui.heard, api_name=False, queue=False)
     own_words = gr.State("")
-    ui.use_nano.click(lambda p: (hear(p or "").rewritten() or p, p), ui.prompt, [ui.prompt, own_words],
-                      api_name=False, queue=False)
+    ui.use_nano.click(pages.nano_wording, ui.prompt, [ui.prompt, own_words], api_name=False, queue=False)
     ui.own_words_btn.click(lambda own, p: own or p, [own_words, ui.prompt], ui.prompt, api_name=False, queue=False)
 
 
@@ -453,12 +455,17 @@ def _strict_arity(demo, error) -> None:
 
 # ---------------------------------------------------------------------- the server
 def main(argv=None) -> None:
+    from starlette.middleware import Middleware  # noqa: PLC0415 (a Gradio dependency; only the server needs it)
+
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     LOG.setLevel(logging.INFO)
     # a stop by SIGTERM (a service manager, Spaces, `kill`) exits like Ctrl-C, so the atexit clean-ups run and no
     # temporary folder is left behind
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     args = parse_args(argv)
+    stale = sweep_dead_owners()
+    if stale:
+        LOG.info("removed %d temporary folder(s) of servers that died without cleaning up", len(stale))
     cache = private_gradio_cache()
     studio = make_studio(args)
     demo = build_ui(studio, args.file_lifetime)
@@ -468,7 +475,8 @@ def main(argv=None) -> None:
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
                 enable_monitoring=args.monitoring, quiet=not args.monitoring, css=pages.CSS, head=pages.HEAD,
-                app_kwargs=dict(exception_handlers={KeyError: unknown_key}))
+                max_file_size=MAX_UPLOAD,  # nothing here takes uploads: Gradio's upload route gets the smallest cap
+                app_kwargs=dict(exception_handlers={KeyError: unknown_key}, middleware=[Middleware(GuardMiddleware)]))
 
 
 def unknown_key(request, exc: KeyError):

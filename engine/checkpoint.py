@@ -90,13 +90,14 @@ def verify_checksum(path: str | os.PathLike) -> None:
                               "changed or damaged after it was written); refusing to load it")
 
 
-def sign(path: str | os.PathLike) -> Path:
-    """Add (or refresh) the checksum of a safetensors file's tensor data in its metadata, atomically. The tensor
-    bytes are copied unchanged: only the header grows."""
+def sign(path: str | os.PathLike, extra: dict[str, str] | None = None) -> Path:
+    """Add (or refresh) the checksum of a safetensors file's tensor data in its metadata, and any `extra` entries
+    (e.g. an HMAC: `engine.trust`), atomically. The tensor bytes are copied unchanged: only the header grows."""
     path = Path(path)
     with open(path, "rb") as f:
         header, start = _header(f)
-        header["__metadata__"] = dict(header.get("__metadata__") or {}, **{CHECKSUM_KEY: _data_digest(f, start)})
+        entries = {CHECKSUM_KEY: _data_digest(f, start), **(extra or {})}
+        header["__metadata__"] = dict(header.get("__metadata__") or {}, **entries)
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # safetensors aligns the data section to 8 bytes
         with atomic_file(path) as tmp, open(tmp, "wb") as out:
@@ -135,6 +136,8 @@ def resolve_file(path: str | os.PathLike, names: tuple[str, ...] = DECODER_FILES
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: only .safetensors checkpoints are loaded (pickled files are never opened)")
+    if not path.is_file():  # a FIFO, a device or a socket would block the read, or never end
+        raise CheckpointError(f"{path}: not a regular file; refusing to read it")
     return path
 
 

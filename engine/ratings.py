@@ -33,9 +33,13 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets evaluate 
 EXPORT_FIELDS = ["id", "created_utc", "prompt", "seed", "system_a", "system_b", "quality", "diversity", "rater"]
 
 
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00a0 "  # zero-width, BOM, no-break and plain spaces a spreadsheet skips
+
+
 def neutralise(cell):
-    """A CSV cell that no spreadsheet runs as a formula: text starting with a formula character gets a leading '."""
-    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) else cell
+    """A CSV cell that no spreadsheet runs as a formula: text whose first visible character is a formula character
+    (after zero-width characters, a byte-order mark or spaces, which spreadsheets skip) gets a leading '."""
+    return "'" + cell if isinstance(cell, str) and cell.lstrip(INVISIBLE).startswith(FORMULA_STARTS) else cell
 
 
 def default_path() -> Path:
@@ -148,7 +152,7 @@ class RatingStore:
 
     def export_csv(self) -> str:
         out = io.StringIO()
-        w = csv.DictWriter(out, fieldnames=EXPORT_FIELDS)
+        w = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, quoting=csv.QUOTE_ALL)  # a ';' never splits a cell
         w.writeheader()
         for r in self.rows():
             created = datetime.fromtimestamp(r["created"], tz=timezone.utc).isoformat(timespec="seconds")

@@ -48,11 +48,23 @@ CONTINUATION_STRIDE = 0.5
 MAX_TAKE_WINDOWS = 8
 
 
+MAX_INTEGER = 2**63  # larger integers (JSON allows any) are refused before any conversion could overflow
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value as an error message quotes it: its repr, cut short (a 1 MB value must not make a 1 MB message)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < MAX_INTEGER else "a huge integer"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def check_number(name: str, value, integer: bool = False):
-    """`value` if it is a finite number (an int if `integer`; never a bool); else a readable ValueError."""
+    """`value` if it is a finite number (an int if `integer`; never a bool; an int below 2**63 in size); else a
+    readable ValueError."""
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {shown(value)}")
+    if isinstance(value, int) and abs(value) >= MAX_INTEGER:
+        raise ValueError(f"{name} is too large ({len(str(abs(value)))} digits)")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     return value

@@ -170,3 +170,24 @@ def test_g_a_stopped_server_leaves_no_temporary_folder(tmp_path):
     with running_app(["--ratings-db", str(tmp_path / "r.sqlite")], tmp_path, env) as (url, _, _):
         assert len(list(tmp_path.glob("cfg-distill-*"))) == 2  # its WAV folder and Gradio's private cache
     assert list(tmp_path.glob("cfg-distill-*")) == []  # stopped with SIGTERM: both removed
+
+
+def test_f2_f3_uploads_are_capped_deep_links_off_and_every_answer_has_security_headers(app):
+    """F2: 20 MB to Gradio's upload route is refused (nothing here takes uploads); F3: the deep-link route that saved
+    any named session's page answers 404; every answer says nosniff and who may frame the page (Spaces may)."""
+    boundary = "probe-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * (20 << 20)
+    body += f"\r\n--{boundary}--\r\n".encode()
+    kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(app.api + "/upload", body, kind)
+    with pytest.raises(urllib.error.URLError) as e:  # a 4xx, or the connection closed while the body still came
+        urllib.request.urlopen(req, timeout=60)
+    assert not isinstance(e.value, urllib.error.HTTPError) or 400 <= e.value.code < 500
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{app.api}/deep_link?session_hash=victim", timeout=10)
+    assert e.value.code == 404 and b"deep links are off" in e.value.read()
+    with urllib.request.urlopen(app.url, timeout=10) as r:
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert "frame-ancestors" in r.headers["Content-Security-Policy"]
+    assert "deep links are off" in app.log_text()

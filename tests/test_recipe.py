@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import app
+from engine.checkpoint import CheckpointError
 from engine.service import MusicService, Request
 from engine.studio import make_studio
 from training import recipe
@@ -33,9 +34,14 @@ def test_the_whole_recipe_on_a_tiny_random_musicgen_then_the_app_serves_it(tmp_p
     assert notices == [] and 0 < service.relative_distance("d") < 0.5
     gen = service.generate_merged(Request("calm piano", 2, 0.5, seed=1), 0.5)
     assert gen.audio.shape[0] == 2
-    args = app.parse_args(["--base", "debug", "--theta-q", str(out / "theta_q"), "--theta-d", str(out / "theta_d"),
-                           "--embedding", str(out / "embedding"), "--ratings-db", str(tmp_path / "r.sqlite")])
-    studio = make_studio(args)
+    flags = ["--base", "debug", "--theta-q", str(out / "theta_q"), "--theta-d", str(out / "theta_d"), "--embedding",
+             str(out / "embedding"), "--ratings-db", str(tmp_path / "r.sqlite")]
+    with pytest.raises(CheckpointError, match="not in the weights manifest"):  # the recipe's own θ: not trusted yet
+        make_studio(app.parse_args(flags))
+    allowed = make_studio(app.parse_args(flags + ["--allow-unverified-weights"]))
+    assert any("Not verified" in line for line in allowed.banner)
+    studio = make_studio(app.parse_args(flags + ["--manifest", str(out / "manifest.json")]))  # the recipe's manifest
+    assert not any("Not verified" in line for line in studio.banner)
     result = studio.generate("calm piano", 2, 0.5, 3, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "Bad audio quality.")
     assert result.scores["merged"].diversity.shape == (2, 2) and len(result.files) == 3
     assert not studio.readable and str(out / "theta_d") in studio.models  # nothing nano-specific for this base

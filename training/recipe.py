@@ -21,7 +21,8 @@ resumes mid-run from its own checkpoints):
 Multi-GPU: each distillation stage runs in this process; for several GPUs run the printed `training.distill`
 commands under `accelerate launch` (the trainer supports it). The app then serves the result:
 
-    python app.py --base BASE --theta-q OUT/theta_q --theta-d OUT/theta_d --embedding OUT/embedding [--clap ...]
+    python app.py --base BASE --theta-q OUT/theta_q --theta-d OUT/theta_d --embedding OUT/embedding \
+        --manifest OUT/manifest.json [--clap ...]        # the manifest: the digests of the checkpoints it made
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from engine.figures import quality_diversity_plot
 from engine.model import load_model
 from engine.scorers import Scorers
 from engine.service import MusicService, Request, generate
+from engine.trust import write_manifest
 from training import distill, export
 from training.frontier import standard_error
 from training.heldout import HeldoutResult, HeldoutSettings, measure
@@ -127,6 +129,9 @@ class Recipe:
         return (self.out / stage / "done.json").exists()
 
     def finish(self, stage: str, t0: float, **facts) -> None:
+        if stage in ("embedding", "theta_q", "theta_d"):  # the app trusts what this manifest lists (engine.trust)
+            made = [f for name in ("embedding", "theta_q", "theta_d") for f in (self.out / name).glob("*.safetensors")]
+            write_manifest(made, self.out, self.out / "manifest.json")
         save_json(dict(stage=stage, wall_s=round(time.time() - t0, 1), **facts), self.out / stage / "done.json")
         print(f"[{stage}] done in {(time.time() - t0) / 60:.1f} min {facts or ''}", flush=True)
 

@@ -17,9 +17,9 @@ from engine.studio.core import (
     ab_systems,
     explain_failure,
 )
-from engine.studio.files import MAX_OUTPUT_FOLDERS, Janitor, private_gradio_cache, prune
+from engine.studio.files import MAX_OUTPUT_FOLDERS, Janitor, private_gradio_cache, prune, sweep_dead_owners
 from engine.studio.startup import make_studio
 
 __all__ = ["LOG", "MAX_OUTPUT_FOLDERS", "MAX_PAIR_CLIPS", "MAX_SESSIONS", "ExactScores", "Janitor", "Result",
            "StopSignal", "Studio", "System", "Takes", "ab_systems", "explain_failure", "make_studio",
-           "private_gradio_cache", "prune"]
+           "private_gradio_cache", "prune", "sweep_dead_owners"]

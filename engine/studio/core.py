@@ -7,14 +7,11 @@ engine's blend gate makes every generation use exactly the weights its own λ as
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
 import logging
 import math
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,7 +32,14 @@ from engine.score_codec import ScoreCodec
 from engine.scorers import Scorers, SetScores
 from engine.service import Generation, MusicService, Request
 from engine.studio import inputs
-from engine.studio.files import MAX_OUTPUT_FOLDERS, prune, write_pair_wavs, write_set_wavs
+from engine.studio.files import (
+    MAX_OUTPUT_FOLDERS,
+    OUTPUTS_PREFIX,
+    own_temp_folder,
+    prune,
+    write_pair_wavs,
+    write_set_wavs,
+)
 
 LOG = logging.getLogger("cfg_distill.app")
 MAX_PAIR_CLIPS = 4
@@ -156,10 +160,8 @@ class Studio:
         self.models = ""  # which models are loaded, for the page (make_studio fills it)
         self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
         self.trained = ["q", "d", *(soup or [])]  # the trained checkpoints the merge modes blend
-        if out_dir is None:  # a folder of this process's own, removed when it exits
-            out_dir = tempfile.mkdtemp(prefix="cfg-distill-")
-            atexit.register(shutil.rmtree, out_dir, ignore_errors=True)
-        self.out_dir = Path(out_dir)
+        # a folder of this process's own unless given, removed when it exits
+        self.out_dir = Path(out_dir) if out_dir is not None else own_temp_folder(OUTPUTS_PREFIX)
         self.keep_outputs = inputs.whole("keep_outputs", keep_outputs)
         self.running = 0  # jobs running the models now
         self.concurrency = inputs.whole("concurrency", concurrency)
@@ -189,8 +191,10 @@ class Studio:
         return merge_mode(name, self.modes)
 
     def blend(self, mode, lam) -> Blend:
+        """The blend `mode` makes at λ. λ is checked even where the mode ignores it (the soup): a number, or None."""
         m = self.mode(mode)
-        return m.blend(inputs.real("λ", lam) if m.uses_lambda else None, self.trained)
+        lam = None if lam is None and not m.uses_lambda else inputs.real("λ", lam)
+        return m.blend(lam if m.uses_lambda else None, self.trained)
 
     def describe(self, mode, lam) -> str:
         """What the slider asks for, without merging: "λ = 0.50 (0.5·q + 0.5·d)" (the merge line on page load)."""
@@ -226,11 +230,11 @@ class Studio:
         seed = inputs.seed(seed)
         req = Request(inputs.text("prompt", prompt), inputs.whole("clips", num_clips),
                       inputs.real("duration", duration), seed, inputs.real("temperature", temperature))
-        cfg = None
-        if inputs.flag("compare", compare):
-            cfg = CfgSetting(inputs.real("γ", guidance), inputs.text("negative prompt", negative),
-                             inputs.real("α", plausibility), inputs.real("top-p", top_p))
-            req.with_cfg(cfg)  # the prompt and the negative prompt as one request checks them
+        # the CFG side is checked whether or not the comparison runs (an unused field is no place for garbage)
+        cfg = CfgSetting(inputs.real("γ", guidance), inputs.text("negative prompt", negative),
+                         inputs.real("α", plausibility), inputs.real("top-p", top_p))
+        req.with_cfg(cfg)  # the negative prompt as a request's text is checked
+        cfg = cfg if inputs.flag("compare", compare) else None
         blend, m = self.blend(mode, lam), self.mode(mode)
         # 2. the clips, then their scores and files
         with self._job("generate", req.num_clips * (1 if cfg is None else 2)):

@@ -145,7 +145,40 @@ def private_gradio_cache() -> Path | None:
     it (None when the user chose the folder: it may be shared, so only Gradio's own cleanup touches it)."""
     if os.environ.get("GRADIO_TEMP_DIR"):
         return None
-    folder = tempfile.mkdtemp(prefix="cfg-distill-served-")
+    folder = own_temp_folder(SERVED_PREFIX)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)  # read by Gradio when it caches a file
+    return folder
+
+
+OUTPUTS_PREFIX, SERVED_PREFIX = "cfg-distill-", "cfg-distill-served-"  # + the owner's process id + a random part
+
+
+def own_temp_folder(prefix: str) -> Path:
+    """A temporary folder of this process's own, named after its process id (so that a later start can tell that its
+    owner is gone), removed at exit."""
+    folder = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    os.environ["GRADIO_TEMP_DIR"] = folder  # read by Gradio when it caches a file
     return Path(folder)
+
+
+def sweep_dead_owners(root: str | Path | None = None) -> list[Path]:
+    """Remove the temporary folders of servers that died without cleaning up (kill -9, a crash): those whose owner's
+    process id no longer runs. Returns what went. Folders of running processes, or named otherwise, stay."""
+    gone = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{OUTPUTS_PREFIX}*"):
+        match = re.fullmatch(rf"({re.escape(SERVED_PREFIX)}|{re.escape(OUTPUTS_PREFIX)})(\d+)-\w+", path.name)
+        if match is None or not path.is_dir() or _alive(int(match.group(2))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        gone.append(path)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or a number no process has: leave it
+    return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from engine.service import check_number
+from engine.service import check_number, shown
 
 
 def whole(name: str, value) -> int:
@@ -16,8 +16,8 @@ def whole(name: str, value) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return value
+        raise ValueError(f"{name} must be a whole number, got {shown(value)}")
+    return check_number(name, value, integer=True)
 
 
 def real(name: str, value) -> float:
@@ -45,14 +45,14 @@ def seed(value) -> int:
     if value is None or (isinstance(value, str) and not value.strip()):
         return secrets.randbelow(2**31)
     if isinstance(value, str):
-        if not re.fullmatch(r"[0-9]+", value.strip()):
-            raise ValueError(f"seed must be a whole number or blank, got {value!r}")
+        if not re.fullmatch(r"[0-9]{1,19}", value.strip()):
+            raise ValueError(f"seed must be a whole number or blank, got {shown(value)}")
         value = int(value.strip())
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"seed must be a whole number or blank, got {value!r}")
-    return value
+        raise ValueError(f"seed must be a whole number or blank, got {shown(value)}")
+    return check_number("seed", value, integer=True)
 
 
 def seconds(name: str, value, default: float) -> float:

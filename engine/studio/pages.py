@@ -83,7 +83,11 @@ exactly, so the app can tell you what each take played; the same code serves a r
 
 
 def heard_markdown(prompt: str) -> str:
-    """What nano can make of the prompt (`engine.heard`), for the panel under the prompt box."""
+    """What nano can make of the prompt (`engine.heard`), for the panel under the prompt box. Text longer than a prompt
+    may be is not read (it runs outside the models' queue: its cost stays bounded)."""
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        n = len(prompt) if isinstance(prompt, str) else 0
+        return f"{n} of {MAX_PROMPT_CHARS} characters: too long, shorten it" if n else ""
     h = hear(prompt or "")
     said = [f"genre **{h.genre}**" if h.genre else None, f"mood **{h.mood}**" if h.mood else None,
             f"tempo **{h.bpm:.3g} BPM**" if h.bpm else (f"tempo **{h.tempo}**" if h.tempo else None),
@@ -253,3 +257,11 @@ def models_markdown(base: str, sources: dict[str, str | None], scorers: Scorers,
         lines.append("- **Quality**: none (no CLAP model configured: `--clap`)")
     return "\n".join(lines)
 
+
+
+def nano_wording(prompt) -> tuple[str, str]:
+    """("Use nano's wording"): the prompt in nano's vocabulary, and the user's own words to restore. Text longer than a
+    prompt may be, or not text, is left as it is (not read)."""
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        return prompt, prompt
+    return hear(prompt).rewritten() or prompt, prompt

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from engine import decoder, kernels, shipped
 from engine.cfg import CfgSetting
-from engine.checkpoint import is_signed
+from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import load_front_settings, load_fronts
 from engine.model import is_nano_folder
 from engine.ratings import RatingStore
@@ -20,6 +21,7 @@ from engine.service import MusicService
 from engine.studio.core import Studio
 from engine.studio.files import MAX_OUTPUT_FOLDERS
 from engine.studio.pages import models_markdown
+from engine.trust import MANIFEST, key_from_environment, read_manifest, untrusted
 
 LOG = logging.getLogger("cfg_distill.app")
 APP_DOC = """The app: steer quality ↔ diversity with λ, A/B the merged model against the base with CFG, rate blind.
@@ -51,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "with the shipped nano: the chosen teacher; otherwise the paper's γ = 3)")
     p.add_argument("--fronts", default=env("MUSIC_FRONTS", str(shipped.ROOT / shipped.FRONTS)),
                    help="precomputed quality–diversity fronts (from training.evaluate)")
+    p.add_argument("--manifest", action="append", default=[m for m in [env("MUSIC_MANIFEST")] if m],
+                   help="a weights manifest trusted beside the shipped one (python -m training.sign --manifest; "
+                        "repeatable)")
+    p.add_argument("--allow-unverified-weights", action="store_true", default=bool(env("MUSIC_ALLOW_UNVERIFIED")),
+                   help="load local checkpoints that no manifest lists and no HMAC signs (refused otherwise)")
     p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
                    help="let transformers download hub checkpoints (off by default: everything runs offline)")
     p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
@@ -113,48 +120,93 @@ def weights_report(service: MusicService, sources: dict[str, tuple[str, str | No
         if path is None:
             parts.append(f"{label} = the base")
             continue
-        check = "not verified (no checksum)" if unsigned(path) else "checksum verified"
+        check = "no checksum" if unsigned(path) else "checksum intact"
         parts.append(f"{label} = {path} ({check}, {100 * service.relative_distance(name):.1f} % from the base)")
     return "; ".join(parts)
 
 
+@dataclass
+class Sources:
+    """Where each model comes from, the shipped nano's weights filling what the flags leave open (only with the
+    shipped nano as the base)."""
+
+    base: str
+    theta_q: str | None
+    theta_d: str | None
+    soup: list[str]
+    embedding: str | None
+    quality: str | None
+    teacher: str | None
+    banner: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, args) -> Sources:
+        base, banner = args.base or shipped.local(shipped.NANO), []
+        if base is None:
+            base = "debug"
+            banner.append("No trained weights in weights/nano: running a tiny random model, so clips are noise.")
+        nano = shipped.is_shipped_nano(base)
+        default = lambda given, path: given or (shipped.local(path) if nano else None)  # noqa: E731
+        soup = args.soup if args.soup is not None else [p for p in [shipped.local(shipped.THETA_B15)] if p and nano]
+        return cls(base, default(args.theta_q, shipped.THETA_Q), default(args.theta_d, shipped.THETA_D), soup,
+                   default(args.embedding, shipped.EMBEDDING), default(args.quality, shipped.QUALITY),
+                   default(args.teacher, shipped.TEACHER), banner)
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The local checkpoint files or folders to load (a hub id or 'debug' is not one)."""
+        paths = [self.base, self.theta_q, self.theta_d, *self.soup, self.embedding, self.quality]
+        return [p for p in paths if p and Path(p).exists()]
+
+
+def preflight(src: Sources, args) -> list[str]:
+    """Before any model loads (a real MusicGen takes half a minute): every file to read is a regular one, and every
+    local checkpoint is trusted (`engine.trust`) or allowed explicitly; returns the page's warnings."""
+    for path in [*src.checkpoints, src.teacher, args.fronts]:
+        folder = Path(path) if path else None
+        if folder is None or not folder.exists():
+            continue
+        inside = [f for f in folder.iterdir() if f.suffix in (".safetensors", ".json")] if folder.is_dir() else [folder]
+        odd = [str(f) for f in inside if not f.is_file()]
+        if odd:
+            raise CheckpointError(f"{', '.join(odd)}: not a regular file (a FIFO, device or socket?); refusing to read")
+    digests = {d for m in [shipped.ROOT / MANIFEST, *args.manifest] for d in read_manifest(m).values()}
+    strangers = untrusted(src.checkpoints, digests, key_from_environment())
+    if strangers and not args.allow_unverified_weights:
+        raise CheckpointError(f"{', '.join(strangers)}: not in the weights manifest and without a valid HMAC (a "
+                              "changed or unknown checkpoint); add it with --manifest FILE or sign it with an HMAC "
+                              "(python -m training.sign --help), or pass --allow-unverified-weights to load it anyway")
+    return [f"Not verified (in no manifest, allowed by --allow-unverified-weights): {', '.join(strangers)}."
+            ] if strangers else []
+
+
 def make_studio(args) -> Studio:
-    """Load models and scorers as the flags say (`args`: app.py's parsed flags; defaults: the shipped nano weights).
-    The shipped nano's θ_q, θ_d, β = 15 model, E, quality scorer and teacher are the defaults only with the shipped
-    nano as the base."""
-    banner = []
-    base = args.base or shipped.local(shipped.NANO)
-    if base is None:
-        base = "debug"
-        banner.append("No trained weights in weights/nano: running a tiny random model, so clips are noise.")
-    nano = shipped.is_shipped_nano(base)
-    default = lambda given, path: given or (shipped.local(path) if nano else None)  # noqa: E731
+    """Load models and scorers as the flags say (`args`: the parsed flags; defaults: the shipped nano weights), after
+    checking the ratings database and every file to read (`preflight`)."""
+    src = Sources.of(args)
+    # 0. before any model loads: the ratings database, and the files
+    ratings = RatingStore(args.ratings_db)
+    banner = src.banner + preflight(src, args)
     # 1. the base, θ_q, θ_d and the soup's other members
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    theta_q, theta_d = default(args.theta_q, shipped.THETA_Q), default(args.theta_d, shipped.THETA_D)
-    service, notices = MusicService.from_sources(base, theta_q, theta_d, args.allow_download, args.max_duration, device,
-                                                   args.dtype)
-    banner += notices + [tip for tip in (bf16_tip(base, device, args.dtype), kernel_tip(device)) if tip is not None]
-    soup_paths = args.soup
-    if soup_paths is None:  # the shipped β = 15 model joins θ_q and θ_d (β = 50) in the paper's uniform soup
-        soup_paths = [p for p in [shipped.local(shipped.THETA_B15)] if p and nano]
-    soup = add_soup(service, soup_paths)
-    LOG.info("weights: %s", weights_report(service, {"θ_q": ("q", theta_q), "θ_d": ("d", theta_d)}
-                                                | {f"soup {i}": (f"soup{i}", p) for i, p in enumerate(soup_paths)}))
-    banner += unsigned_banner([base, theta_q, theta_d, *soup_paths])
-    # 2. the scorers, the ratings, the fronts and the teacher the comparison starts from
-    scorers = Scorers.from_folders(default(args.embedding, shipped.EMBEDDING), default(args.quality, shipped.QUALITY),
-                                   clap=args.clap, allow_download=args.allow_download)
+    service, notices = MusicService.from_sources(src.base, src.theta_q, src.theta_d, args.allow_download,
+                                                   args.max_duration, device, args.dtype)
+    banner += notices + [tip for tip in (bf16_tip(src.base, device, args.dtype), kernel_tip(device)) if tip]
+    soup = add_soup(service, src.soup)
+    LOG.info("weights: %s", weights_report(service, {"θ_q": ("q", src.theta_q), "θ_d": ("d", src.theta_d)}
+                                                | {f"soup {i}": (f"soup{i}", p) for i, p in enumerate(src.soup)}))
+    # 2. the scorers, the fronts and the teacher the comparison starts from
+    scorers = Scorers.from_folders(src.embedding, src.quality, clap=args.clap, allow_download=args.allow_download)
     if not scorers.has_diversity:
         banner.append("No diversity embedding E loaded: diversity is not shown.")
     fronts = args.fronts
-    studio = Studio(service, scorers, RatingStore(args.ratings_db), load_fronts(fronts) if fronts else {}, banner,
-                    soup=soup, fronts_exact=load_fronts(fronts, "fronts_exact") if fronts else {},
-                    teacher=CfgSetting.load(default(args.teacher, shipped.TEACHER)), concurrency=args.concurrency,
+    studio = Studio(service, scorers, ratings, load_fronts(fronts) if fronts else {}, banner, soup=soup,
+                    fronts_exact=load_fronts(fronts, "fronts_exact") if fronts else {},
+                    teacher=CfgSetting.load(src.teacher), concurrency=args.concurrency,
                     keep_outputs=args.keep_outputs, measured=load_front_settings(fronts) if fronts else {})
     # 3. what the page says was loaded
-    studio.models = models_markdown(base, {"θ_q (quality model)": theta_q, "θ_d (diversity model)": theta_d}
-                                    | {f"soup model {i + 1}": p for i, p in enumerate(soup_paths)}, scorers,
+    studio.models = models_markdown(src.base, {"θ_q (quality model)": src.theta_q, "θ_d (diversity model)": src.theta_d}
+                                    | {f"soup model {i + 1}": p for i, p in enumerate(src.soup)}, scorers,
                                     studio.readable)
     return studio
 
@@ -164,9 +216,3 @@ def add_soup(service: MusicService, paths: list[str]) -> list[str]:
     for i, path in enumerate(paths):
         service.add_checkpoint(f"soup{i}", path)
     return [f"soup{i}" for i in range(len(paths))]
-
-
-def unsigned_banner(paths: list[str | None]) -> list[str]:
-    """The page's warning about local checkpoints without our checksum (none when every one has it)."""
-    names = [str(p) for p in paths if p and unsigned(p)]
-    return [f"Not verified (no checksum in the file): {', '.join(names)}."] if names else []
