@@ -33,7 +33,7 @@ from engine.studio import (
 )
 from engine.studio.pages import HELP
 from engine.studio.startup import parse_args
-from engine.studio.web import GuardMiddleware
+from engine.studio.web import GuardMiddleware, unknown_key, waiting
 
 STOPPED = "Stopped: no new takes were made; the previous ones stay."
 MAX_UPLOAD = "1kb"  # no endpoint uses uploads (Gradio keeps its upload route: 500 MB were accepted before)
@@ -446,8 +446,12 @@ def _strict_arity(demo, error) -> None:
     ignores extra values and answers too few with an empty error and a traceback in the log)."""
     def validate_inputs(block_fn, inputs):
         wanted = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs]
+        message = None
         if len(inputs) != len(wanted):
             message = f"{block_fn.name} takes {len(wanted)} values ({', '.join(map(str, wanted))}), got {len(inputs)}"
+        elif any(isinstance(v, dict) for v in inputs):  # e.g. a FileData naming a server path: no endpoint takes files
+            message = f"{block_fn.name} takes text, numbers and true/false only, got an object"
+        if message is not None:
             LOG.info("%s: rejected: %s", block_fn.name, message)
             raise error(message, print_exception=False)
     demo.validate_inputs = validate_inputs
@@ -455,6 +459,7 @@ def _strict_arity(demo, error) -> None:
 
 # ---------------------------------------------------------------------- the server
 def main(argv=None) -> None:
+    from gradio.route_utils import FnIndexInferError  # noqa: PLC0415 (gradio takes seconds to import)
     from starlette.middleware import Middleware  # noqa: PLC0415 (a Gradio dependency; only the server needs it)
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -476,16 +481,8 @@ def main(argv=None) -> None:
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
                 enable_monitoring=args.monitoring, quiet=not args.monitoring, css=pages.CSS, head=pages.HEAD,
                 max_file_size=MAX_UPLOAD,  # nothing here takes uploads: Gradio's upload route gets the smallest cap
-                app_kwargs=dict(exception_handlers={KeyError: unknown_key}, middleware=[Middleware(GuardMiddleware)]))
-
-
-def unknown_key(request, exc: KeyError):
-    """A request naming an endpoint (fn_index) or session the server does not have: 404 with a reason, one log line
-    (Gradio lets the KeyError through as a bare 500 with a traceback)."""
-    from fastapi.responses import JSONResponse  # noqa: PLC0415 (a Gradio dependency; only the server needs it)
-
-    LOG.info("%s: rejected: unknown key %s", request.url.path, exc)
-    return JSONResponse({"detail": f"unknown endpoint or session: {exc}"}, status_code=404)
+                app_kwargs=dict(exception_handlers={KeyError: unknown_key, FnIndexInferError: unknown_key},
+                                middleware=[Middleware(GuardMiddleware, sessions=lambda: waiting(demo))]))
 
 
 if __name__ == "__main__":

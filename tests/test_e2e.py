@@ -55,6 +55,8 @@ def set_number(page, elem_id: str, value) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+    box.blur()  # the slider takes the value as it loses focus: under load a click right after could send the old one
+    page.wait_for_timeout(300)
 
 
 def generate(page, expect, takes: int, column: str = ".merged-clip", button: str = "#generate") -> None:

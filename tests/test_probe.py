@@ -99,7 +99,7 @@ MALFORMED = {  # what a hand-made request sends -> what the error must say
     "compare 'yes'": ([*GOOD[:7], "yes", *GOOD[8:]], "compare must be true or false"),
     "seed in Arabic digits": ([*GOOD[:3], "٣", *GOOD[4:]], "seed must be a whole number"),
     "prompt as a list": ([["Rock"], *GOOD[1:]], "prompt must be text"),
-    "prompt as a dict": ([{"a": 1}, *GOOD[1:]], "prompt must be text"),
+    "prompt as a dict": ([{"a": 1}, *GOOD[1:]], "takes text, numbers and true/false only"),
     "lone surrogate": (["\ud800 rock", *GOOD[1:]], "not valid text"),
     "huge prompt": (["x" * 2000, *GOOD[1:]], "limit is 500"),
     "duration 20 s": ([*GOOD[:2], 20, *GOOD[3:]], "at most 4 s"),
@@ -191,3 +191,22 @@ def test_f2_f3_uploads_are_capped_deep_links_off_and_every_answer_has_security_h
         assert r.headers["X-Content-Type-Options"] == "nosniff"
         assert "frame-ancestors" in r.headers["Content-Security-Policy"]
     assert "deep links are off" in app.log_text()
+
+
+def test_f5_to_f8_gradios_own_paths_answer_404_or_a_readable_error_with_one_log_line(app):
+    """F5: Gradio's cancel route (any session's job, by its client-chosen hash) is off; F6: a FileData-shaped input
+    naming a server path is a readable error; F7: an unknown API name is a 404; F8: a result stream for an unknown
+    session is a 404. None of them leaves a traceback in the log."""
+    start = len(app.log_text())
+    for path, body in (("/cancel", {"session_hash": "victim", "fn_index": 0, "event_id": "x"}),
+                       ("/run/nope", {"data": []}), ("/call/nope", {"data": []})):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            app.post(path, body)
+        assert e.value.code == 404 and b"detail" in e.value.read(), path
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{app.api}/queue/data?session_hash=nope", timeout=10)
+    assert e.value.code == 404
+    kind, error = app.call("generate", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}] + GOOD[1:])
+    assert kind == "error" and "takes text, numbers and true/false only" in error
+    new = app.log_text()[start:]
+    assert "Traceback" not in new and len(new.strip().splitlines()) == 5, new

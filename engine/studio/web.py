@@ -2,6 +2,10 @@
 
 - Deep links are off: Gradio's `/gradio_api/deep_link?session_hash=…` saves any session's page (prompt, seed, clip
   addresses) for anyone who names the session, and each snapshot costs disk; the app needs none, so it answers 404.
+- Gradio's cancel route is off: it cancelled any job whose session hash (chosen by the client) and event id were
+  named, leaving that user without an answer; the app's own Stop does the job (`engine.studio.core.StopSignal`).
+- A result stream for a session the server does not have answers 404 at once (Gradio found out after starting the
+  stream, and logged a traceback).
 - Security headers on every HTTP answer: no MIME sniffing, no referrer to other sites, and framing only by the page's
   own origin and Hugging Face (Spaces shows the app in an iframe; X-Frame-Options cannot allow that, CSP can).
 """
@@ -9,26 +13,35 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import parse_qs
 
 LOG = logging.getLogger("cfg_distill.app")
-REFUSED_PATHS = ("/gradio_api/deep_link",)
+REFUSED_PATHS = {"/gradio_api/deep_link": "deep links are off on this server",
+                 "/gradio_api/cancel": "cancelling through Gradio is off on this server: press Stop (/stop)"}
+STREAM_PATH = "/gradio_api/queue/data"
 HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
            (b"content-security-policy", b"frame-ancestors 'self' https://huggingface.co https://*.hf.space")]
 
 
 class GuardMiddleware:
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, sessions=lambda: ()):
+        """`sessions`: the session hashes the server's queue has results for (the stream check)."""
+        self.app, self.sessions = app, sessions
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"].rstrip("/") in REFUSED_PATHS:
-            LOG.info("%s: rejected: deep links are off on this server", scope["path"])
-            body = json.dumps({"detail": "deep links are off on this server"}).encode()
+        path = scope["path"].rstrip("/")
+        reason = REFUSED_PATHS.get(path)
+        if reason is None and path == STREAM_PATH:
+            query = parse_qs(scope.get("query_string", b"").decode(errors="replace"))
+            if query.get("session_hash", [""])[0] not in self.sessions():
+                reason = "unknown session: nothing is waiting for it"
+        if reason is not None:
+            LOG.info("%s: rejected: %s", scope["path"], reason)
             await send({"type": "http.response.start", "status": 404,
                         "headers": [(b"content-type", b"application/json"), *HEADERS]})
-            return await send({"type": "http.response.body", "body": body})
+            return await send({"type": "http.response.body", "body": json.dumps({"detail": reason}).encode()})
 
         async def with_headers(message):
             if message["type"] == "http.response.start":
@@ -37,3 +50,18 @@ class GuardMiddleware:
             await send(message)
 
         return await self.app(scope, receive, with_headers)
+
+
+def waiting(demo) -> set:
+    """The sessions Gradio's queue holds results for (its own bookkeeping: `GuardMiddleware` asks it)."""
+    queue = getattr(demo, "_queue", None)
+    return set(getattr(queue, "pending_messages_per_session", {}) or ())
+
+
+def unknown_key(request, exc: Exception):
+    """A request naming an endpoint (fn_index or API name) or session the server does not have: 404 with a reason,
+    one log line (Gradio lets the error through as a bare 500 with a traceback)."""
+    from fastapi.responses import JSONResponse  # noqa: PLC0415 (a Gradio dependency; only the server needs it)
+
+    LOG.info("%s: rejected: unknown key %s", request.url.path, exc)
+    return JSONResponse({"detail": f"unknown endpoint or session: {exc}"}, status_code=404)
