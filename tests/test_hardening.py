@@ -120,3 +120,15 @@ def test_huge_integers_and_unused_fields_are_refused_readably(tmp_path):
         studio.blend("soup", math.nan)
     with pytest.raises(ValueError, match="γ must be a number"):  # no comparison asked, the CFG fields still checked
         studio.generate("rock", 1, 0.5, 1, 1.0, "q-d", 0.5, False, ["3"], "")
+
+
+def test_exports_are_pruned_with_the_outputs(tmp_path):
+    from engine.model import build_debug_model  # noqa: PLC0415
+    from engine.service import MusicService  # noqa: PLC0415
+    from engine.studio import Studio  # noqa: PLC0415
+
+    studio = Studio(MusicService(build_debug_model(seed=0)), ratings=RatingStore(tmp_path / "r.sqlite"),
+                    out_dir=tmp_path / "out", keep_outputs=3)
+    paths = [studio.export_ratings() for _ in range(10)]
+    assert all(p.endswith("ratings.csv") for p in paths) and Path(paths[-1]).exists()
+    assert len(list((tmp_path / "out").rglob("*.csv"))) <= 4  # the newest 3 folders and the one being written

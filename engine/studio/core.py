@@ -406,8 +406,10 @@ class Studio:
         return self.ratings.table() if self.ratings is not None else []
 
     def export_ratings(self) -> str:
+        """The ratings as CSV, in an output folder of its own (pruned with the takes': exports do not pile up)."""
         if self.ratings is None:
             raise ValueError("ratings are not enabled on this server")
-        path = self.out_dir / f"ratings-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        folder = self._new_folder(f"export-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}")
+        path = folder / "ratings.csv"
         path.write_text(self.ratings.export_csv())
         return str(path)
