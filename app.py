@@ -33,7 +33,7 @@ from engine.studio import (
 )
 from engine.studio.pages import HELP
 from engine.studio.startup import parse_args
-from engine.studio.web import GuardMiddleware, unknown_key, waiting
+from engine.studio.web import GuardMiddleware, client_key, unknown_key, waiting
 
 STOPPED = "Stopped: no new takes were made; the previous ones stay."
 MAX_UPLOAD = "1kb"  # no endpoint uses uploads (Gradio keeps its upload route: 500 MB were accepted before)
@@ -42,7 +42,10 @@ KEPT = " Your previous takes are kept."
 
 # ---------------------------------------------------------------------- requests
 def _session(request) -> str:
-    return (getattr(request, "session_hash", None) or "") if request is not None else ""
+    """The key of the request's session: its browser's client cookie with Gradio's session hash (`client_key`)."""
+    if request is None:
+        return ""
+    return client_key(getattr(request, "session_hash", None) or "", getattr(request, "cookies", None))
 
 
 def _enqueued_at() -> float | None:

@@ -24,10 +24,22 @@ class App:
     def __init__(self, url: str, log: Path):
         self.url, self.api, self.log = url, url + "gradio_api", log
 
-    def post(self, path: str, body: dict, timeout: float = 60):
-        req = urllib.request.Request(self.api + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    def post(self, path: str, body: dict, timeout: float = 60, cookie: str = ""):
+        headers = {"Content-Type": "application/json"} | ({"Cookie": cookie} if cookie else {})
+        req = urllib.request.Request(self.api + path, json.dumps(body).encode(), headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
+
+    def submit(self, api: str, data: list, session: str | None = None, cookie: str = "") -> str:
+        body = {"data": data} | ({"session_hash": session} if session else {})
+        return self.post(f"/call/{api}", body, cookie=cookie)["event_id"]
+
+    def result(self, api: str, event: str) -> tuple[str, object]:
+        with urllib.request.urlopen(f"{self.api}/call/{api}/{event}", timeout=120) as r:
+            text = r.read().decode()
+        kind = re.findall(r"^event: (\w+)", text, re.M)[-1]
+        payload = json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])
+        return kind, payload["error"] if kind == "error" else payload
 
     def call(self, api: str, data: list, session: str | None = None) -> tuple[str, object]:
         """('complete', outputs) or ('error', message) of a queued call, as Gradio's /call API answers it."""
@@ -210,3 +222,20 @@ def test_f5_to_f8_gradios_own_paths_answer_404_or_a_readable_error_with_one_log_
     assert kind == "error" and "takes text, numbers and true/false only" in error
     new = app.log_text()[start:]
     assert "Traceback" not in new and len(new.strip().splitlines()) == 5, new
+
+
+def test_f4_another_client_cannot_stop_a_browsers_job_even_with_its_session_hash(app):
+    """Stop is keyed by the browser's HttpOnly client cookie (set with the page) as well as the session hash: a client
+    that learns the hash but not the cookie stops nothing; the browser's own Stop still works."""
+    with urllib.request.urlopen(app.url, timeout=10) as r:
+        cookie = r.headers["Set-Cookie"].split(";")[0]
+    assert cookie.startswith("cfgd_client=") and "HttpOnly" in r.headers["Set-Cookie"]
+    long = ["Rock song.", 8, 4.0, "3", 1.0, "q-d", 0.5, True, 3.0, "", 0.0, 0.0]
+    event = app.submit("generate", long, session="victim", cookie=cookie)
+    app.post("/run/stop", {"data": [], "session_hash": "victim"})  # the attacker: the hash, no cookie
+    kind, _ = app.result("generate", event)
+    assert kind == "complete"
+    event = app.submit("generate", long, session="victim", cookie=cookie)
+    app.post("/run/stop", {"data": [], "session_hash": "victim"}, cookie=cookie)  # the browser itself
+    kind, error = app.result("generate", event)
+    assert kind == "error" and "Stopped" in error
