@@ -325,10 +325,9 @@ def wire_generate(gr, studio: Studio, ui) -> None:
     def stop(request: gr.Request):
         return studio.stop(_session(request))
 
-    # Stop reaches a queued or running job through the Studio's signal, which ends it with a message and leaves every
-    # earlier take in place (Gradio's own `cancels` killed the task and could blank the outputs with "Error" badges)
-    # the button writes nothing: the stopped job's own answer is the message (a reply to the button could arrive after
-    # it and hide it); /stop answers the API's callers
+    # Stop reaches a queued or running job through the Studio's signal, which ends it with its own message and leaves
+    # every earlier take in place (Gradio's `cancels` killed the task and could blank the outputs with "Error" badges).
+    # The button writes nothing (a reply to it could arrive after the job's and hide it); /stop answers API callers.
     ui.stop.click(stop, None, None, api_name=False, queue=False)
     api_stop = gr.Button(visible=False)
     api_stop.click(stop, None, gr.Textbox(visible=False), api_name="stop", queue=False)
