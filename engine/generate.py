@@ -184,15 +184,16 @@ def generate_long(decoder: FastDecoder, cond: TextCondition, num_samples: int, n
         if codes is None:  # the first window: the plain take
             out = generate_codes(decoder, cond, num_samples, new, sampling, generator, progress=report,
                                  cancel=cancel, **cfg)
-            codes = out.codes
+            codes, runs = out.codes, [out]
         else:
-            extended = torch.empty(codes.shape[0], codes.shape[1], new, dtype=codes.dtype, device=codes.device)
+            extended, runs = torch.empty(*codes.shape[:2], new, dtype=codes.dtype, device=codes.device), []
             for rows, context in _contexts(codes, continuation):
-                out = generate_codes(decoder, cond, len(rows), context.shape[-1] + new, sampling, generator,
-                                     progress=report, cancel=cancel, prefix=context, **cfg)
-                extended[rows] = out.codes[:, :, context.shape[-1]:]
+                runs.append(generate_codes(decoder, cond, len(rows), context.shape[-1] + new, sampling, generator,
+                                           progress=report, cancel=cancel, prefix=context, **cfg))
+                extended[rows] = runs[-1].codes[:, :, context.shape[-1]:]
             codes = torch.cat([codes, extended], dim=-1)
-        steps, prefill = steps + out.step_times_s, prefill + out.prefill_s
+        steps += [t for run in runs for t in run.step_times_s]
+        prefill += sum(run.prefill_s for run in runs)
     return CodesOutput(codes, steps, prefill)
 
 
