@@ -18,10 +18,27 @@ PAPER_GAMMA = 3.0  # the CFG γ the paper distils and compares against
 MAX_NEGATIVE_CHARS = 500  # as long as a prompt may be (engine.service.MAX_PROMPT_CHARS)
 
 
-def _finite(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+# the one number check of the engine (Request, CfgSetting and the app's inputs use it), here because cfg imports nothing
+MAX_INTEGER = 2**63  # larger integers (JSON allows any) are refused before any conversion could overflow
+
+
+def shown(value, limit: int = 40) -> str:
+    """A value as an error message quotes it: its repr, cut short (a 1 MB value must not make a 1 MB message)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < MAX_INTEGER else "a huge integer"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_number(name: str, value, integer: bool = False):
+    """`value` if it is a finite number (an int if `integer`; never a bool; an int below 2**63 in size); else a
+    readable ValueError."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {shown(value)}")
+    if isinstance(value, int) and abs(value) >= MAX_INTEGER:
+        raise ValueError(f"{name} is too large ({len(str(abs(value)))} digits)")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -35,16 +52,16 @@ class CfgSetting:
     top_p: float = 0.0
 
     def __post_init__(self):
-        if not _finite("guidance γ", self.guidance) >= 1:
+        if not check_number("guidance γ", self.guidance) >= 1:
             raise ValueError(f"guidance γ must be ≥ 1 (1 = no CFG), got {self.guidance}")
         if not isinstance(self.negative, str):
             raise ValueError(f"negative prompt must be text, got {type(self.negative).__name__}")
         if len(self.negative) > MAX_NEGATIVE_CHARS:
             raise ValueError(f"negative_prompt is {len(self.negative)} characters long; the limit is "
                              f"{MAX_NEGATIVE_CHARS}")
-        if not 0 <= _finite("plausibility α", self.plausibility) < 1:
+        if not 0 <= check_number("plausibility α", self.plausibility) < 1:
             raise ValueError(f"plausibility α must be in [0, 1) (0 = off), got {self.plausibility}")
-        if not 0 <= _finite("top-p", self.top_p) <= 1:
+        if not 0 <= check_number("top-p", self.top_p) <= 1:
             raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
 
     # ------------------------------------------------------------------ names

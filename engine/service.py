@@ -12,7 +12,6 @@ import contextlib
 import copy
 import dataclasses
 import itertools
-import math
 import os
 import secrets
 import threading
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from engine import exact
-from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting
+from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting, check_number
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
 from engine.generate import Continuation, SamplingParams, generate_codes, generate_long, stop_if_cancelled
@@ -46,28 +45,6 @@ MAX_RELATIVE_DISTANCE = 0.5
 # long (nano: 64 s, musicgen: 4 min; time and memory grow with the length).
 CONTINUATION_STRIDE = 0.5
 MAX_TAKE_WINDOWS = 8
-
-
-MAX_INTEGER = 2**63  # larger integers (JSON allows any) are refused before any conversion could overflow
-
-
-def shown(value, limit: int = 40) -> str:
-    """A value as an error message quotes it: its repr, cut short (a 1 MB value must not make a 1 MB message)."""
-    text = repr(value) if not isinstance(value, int) or abs(value) < MAX_INTEGER else "a huge integer"
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def check_number(name: str, value, integer: bool = False):
-    """`value` if it is a finite number (an int if `integer`; never a bool; an int below 2**63 in size); else a
-    readable ValueError."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {shown(value)}")
-    if isinstance(value, int) and abs(value) >= MAX_INTEGER:
-        raise ValueError(f"{name} is too large ({len(str(abs(value)))} digits)")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)

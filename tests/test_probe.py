@@ -188,6 +188,17 @@ def test_f2_f3_uploads_are_capped_deep_links_off_and_every_answer_has_security_h
     """F2: 20 MB to Gradio's upload route is refused (nothing here takes uploads); F3: the deep-link route that saved
     any named session's page answers 404; every answer says nosniff and who may frame the page (Spaces may)."""
     boundary = "probe-boundary"
+
+    def upload(size: int) -> bytes:
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.bin\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        return head + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+
+    small = urllib.request.Request(app.api + "/upload", upload(4096),
+                                   {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as e:  # over the 1 KB cap: 413
+        urllib.request.urlopen(small, timeout=30)
+    assert e.value.code == 413
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n").encode() + b"\0" * (20 << 20)
     body += f"\r\n--{boundary}--\r\n".encode()

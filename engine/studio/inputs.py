@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from engine.service import check_number, shown
+from engine.cfg import check_number, shown
 
 
 def whole(name: str, value) -> int:
