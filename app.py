@@ -33,7 +33,7 @@ from engine.studio import (
 )
 from engine.studio.pages import HELP
 from engine.studio.startup import parse_args
-from engine.studio.web import GuardMiddleware, client_key, unknown_key, waiting
+from engine.studio.web import GuardMiddleware, client_key, jobs_of, unknown_key, waiting
 
 STOPPED = "Stopped: no new takes were made; the previous ones stay."
 MAX_UPLOAD = "1kb"  # no endpoint uses uploads (Gradio keeps its upload route: 500 MB were accepted before)
@@ -396,7 +396,7 @@ def wire_ab(gr, studio: Studio, ab, results) -> None:
             ab.submit: gr.update(interactive=True)}
 
     def rate(token, quality, diversity, request: gr.Request) -> dict:
-        message = studio.rate(token, quality, diversity, _session(request))
+        message = studio.rate(token, quality, diversity, _session(request), studio.addresses.of_request(request))
         return {ab.reveal: message, ab.token: "", results.table: studio.results_table()}
 
     def rate_ui(token, quality, diversity, request: gr.Request) -> dict:
@@ -476,15 +476,19 @@ def main(argv=None) -> None:
     cache = private_gradio_cache()
     studio = make_studio(args)
     demo = build_ui(studio, args.file_lifetime)
+    addresses = studio.addresses
     if cache is not None:
         Janitor(cache, args.file_lifetime).start()
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    # api_open=False: every model call goes through the queue (its limits and each client's share), none around it
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size, api_open=False)
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
                 enable_monitoring=args.monitoring, quiet=not args.monitoring, css=pages.CSS, head=pages.HEAD,
                 max_file_size=MAX_UPLOAD,  # nothing here takes uploads: Gradio's upload route gets the smallest cap
                 app_kwargs=dict(exception_handlers={KeyError: unknown_key, FnIndexInferError: unknown_key},
-                                middleware=[Middleware(GuardMiddleware, sessions=lambda: waiting(demo))]))
+                                middleware=[Middleware(GuardMiddleware, sessions=lambda: waiting(demo),
+                                                       in_flight=lambda address: jobs_of(demo, address, addresses),
+                                                       share=args.client_share or None, addresses=addresses)]))
 
 
 if __name__ == "__main__":

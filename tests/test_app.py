@@ -23,6 +23,7 @@ from engine.score_codec import ScoreCodec
 from engine.scorers import QualityConfig, QualityScorer, Scorers, SentenceEncoder
 from engine.service import MusicService
 from engine.studio import MAX_SESSIONS, Janitor, Studio, Takes, ab_systems, make_studio, pages, prune
+from engine.studio.core import Allowance
 from engine.studio.startup import bf16_tip, kernel_tip
 
 SOUP = "soup"
@@ -389,6 +390,33 @@ def test_a_vote_that_could_not_be_stored_can_be_sent_again(studio, monkeypatch):
         studio.rate(token, "tie", "A", session="me")
     monkeypatch.setattr(studio.ratings, "add", real_add)
     assert "A was" in studio.rate(token, "tie", "A", session="me")
+
+
+def test_votes_are_limited_per_client_address_and_a_refused_vote_keeps_its_pair(studio, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(studio, "_votes", Allowance(2, clock=lambda: clock[0]))
+    tokens = [studio.new_pair("calm piano", "merged λ=0", "base", num_clips=1, duration=0.5, seed=i)[0]
+              for i in range(4)]
+    for i, token in enumerate(tokens[:2]):  # two identities, one address
+        studio.rate(token, "A", "B", session=f"rater {i}", client="10.0.0.1")
+    with pytest.raises(ValueError, match=r"too many votes .* \(at most 2\).*stays open, vote again in 60 s"):
+        studio.rate(tokens[2], "A", "B", session="rater 3", client="10.0.0.1")
+    assert "A was" in studio.rate(tokens[3], "tie", "tie", session="rater 4", client="10.0.0.2")  # another address
+    clock[0] += 60.0  # a minute later the same address votes again, on the pair it was refused
+    assert "A was" in studio.rate(tokens[2], "A", "B", session="rater 3", client="10.0.0.1")
+
+
+def test_an_allowance_is_a_sliding_window_and_forgets_votes_not_stored():
+    clock = [0.0]
+    allow = Allowance(2, clock=lambda: clock[0])
+    assert allow.take("a") == 0 and allow.take("a") == 0 and allow.take("a") == 60.0
+    allow.give_back("a")
+    clock[0] = 30.0
+    assert allow.take("a") == 0 and allow.take("a") == 30.0  # the first vote leaves the window at 60 s
+    clock[0] = 60.0
+    assert allow.take("a") == 0
+    with pytest.raises(ValueError):
+        Allowance(1.5)
 
 
 def _fn(demo, name):

@@ -15,6 +15,7 @@ from engine.checkpoint import CheckpointError, data_digest, save_state, sign
 from engine.ratings import RatingStore
 from engine.studio import make_studio, pages, sweep_dead_owners
 from engine.studio.files import OUTPUTS_PREFIX, SERVED_PREFIX
+from engine.studio.web import ClientAddress
 from engine.trust import HMAC_KEY, KEY_ENV, MANIFEST, keyed_digest, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +133,28 @@ def test_exports_are_pruned_with_the_outputs(tmp_path):
     paths = [studio.export_ratings() for _ in range(10)]
     assert all(p.endswith("ratings.csv") for p in paths) and Path(paths[-1]).exists()
     assert len(list((tmp_path / "out").rglob("*.csv"))) <= 4  # the newest 3 folders and the one being written
+
+
+def test_a_client_address_behind_proxies_is_the_one_the_nearest_proxy_saw_never_what_the_client_wrote():
+    spoofed = {"x-forwarded-for": "6.6.6.6, 203.0.113.7"}  # the client wrote 6.6.6.6; the Space's proxy appended
+    assert ClientAddress(1).of(spoofed, "10.1.1.1") == "203.0.113.7"
+    assert ClientAddress(2).of(spoofed, "10.1.1.1") == "6.6.6.6"  # two proxies of one's own: the left one is theirs
+    assert ClientAddress(0).of(spoofed, "10.1.1.1") == "10.1.1.1"  # no proxy: the peer, whatever the header says
+    assert ClientAddress(2).of({"x-forwarded-for": "203.0.113.7"}, "10.1.1.1") == "10.1.1.1"  # fewer hops: the peer
+    scope = {"headers": [(b"X-Forwarded-For", b"1.2.3.4")], "client": ("10.1.1.1", 5555)}
+    assert ClientAddress(1).of_scope(scope) == "1.2.3.4" and ClientAddress().of_scope(scope) == "10.1.1.1"
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--client-share", "-1"), ("--votes-per-minute", "0"),
+                                             ("--proxy-hops", "-2"), ("--concurrency", "0")])
+def test_serving_limits_below_their_least_are_refused_with_the_flag_named(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        parse_args([flag, value])
+    assert f"{flag} must be at least" in capsys.readouterr().err
+
+
+def test_on_a_space_the_address_is_read_through_its_proxy(monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/cfg-distill")
+    assert parse_args([]).proxy_hops == 1
+    monkeypatch.delenv("SPACE_ID")
+    assert parse_args([]).proxy_hops == 0 and parse_args([]).client_share == 4

@@ -24,8 +24,11 @@ class App:
     def __init__(self, url: str, log: Path):
         self.url, self.api, self.log = url, url + "gradio_api", log
 
-    def post(self, path: str, body: dict, timeout: float = 60, cookie: str = ""):
+    def post(self, path: str, body: dict, timeout: float = 60, cookie: str = "", client: str = ""):
+        """`client`: the address a proxy on this machine says the request came from (uvicorn trusts loopback's
+        X-Forwarded-For), so one test process can be many clients."""
         headers = {"Content-Type": "application/json"} | ({"Cookie": cookie} if cookie else {})
+        headers |= {"X-Forwarded-For": client} if client else {}
         req = urllib.request.Request(self.api + path, json.dumps(body).encode(), headers)
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
@@ -41,10 +44,10 @@ class App:
         payload = json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])
         return kind, payload["error"] if kind == "error" else payload
 
-    def call(self, api: str, data: list, session: str | None = None) -> tuple[str, object]:
+    def call(self, api: str, data: list, session: str | None = None, client: str = "") -> tuple[str, object]:
         """('complete', outputs) or ('error', message) of a queued call, as Gradio's /call API answers it."""
         body = {"data": data} | ({"session_hash": session} if session else {})
-        event = self.post(f"/call/{api}", body)["event_id"]
+        event = self.post(f"/call/{api}", body, client=client)["event_id"]
         with urllib.request.urlopen(f"{self.api}/call/{api}/{event}", timeout=120) as r:
             text = r.read().decode()
         kind = re.findall(r"^event: (\w+)", text, re.M)[-1]
@@ -67,9 +70,11 @@ def app(tmp_path_factory):
 
 
 def test_a_no_clip_is_lost_while_outputs_are_pruned(app):
-    """8 threads × 25 requests of one clip, 4 output folders kept: every request gets its clip, downloadable."""
+    """8 threads × 25 requests of one clip from 25 clients, 4 output folders kept: every request gets its clip,
+    downloadable."""
     def one(i: int) -> str:
-        kind, out = app.call("generate", ["Rock song.", 1, 0.5, str(i), *GOOD[4:]], session=f"load-{i}")
+        kind, out = app.call("generate", ["Rock song.", 1, 0.5, str(i), *GOOD[4:]], session=f"load-{i}",
+                             client=f"10.0.0.{i % 25}")
         if kind != "complete":
             return f"request {i}: {kind} {out}"
         clip = out[0].get("value") or {}  # an update of the first audio component
@@ -250,3 +255,22 @@ def test_f4_another_client_cannot_stop_a_browsers_job_even_with_its_session_hash
     app.post("/run/stop", {"data": [], "session_hash": "victim"}, cookie=cookie)  # the browser itself
     kind, error = app.result("generate", event)
     assert kind == "error" and "Stopped" in error
+
+
+def test_one_client_has_a_share_of_the_queue_and_no_route_around_it(app):
+    """Observation of issue 26: one client took every place in the queue. With the default share (4 requests waiting
+    or running per address), a fifth is refused with 429 and a reason, the four finish, and then the client may
+    join again. /run/generate (which skipped the queue and its limits) is closed to model-running endpoints."""
+    long = ["Rock song.", 8, 4.0, "3", 1.0, "q-d", 0.5, True, 3.0, "", 0.0, 0.0]
+    start = len(app.log_text())
+    events = [app.submit("generate", long, session=f"tab {i}") for i in range(4)]
+    with pytest.raises(urllib.error.HTTPError) as e:
+        app.submit("generate", long, session="tab 5")
+    assert e.value.code == 429 and b"at most 4 each" in e.value.read()
+    assert app.call("generate", GOOD, client="10.9.9.9")[0] == "complete"  # another client is served meanwhile
+    assert [app.result("generate", ev)[0] for ev in events] == ["complete"] * 4
+    assert app.call("generate", GOOD)[0] == "complete"  # the share is free again
+    with pytest.raises(urllib.error.HTTPError) as e:
+        app.post("/run/generate", {"data": GOOD})
+    assert e.value.code == 404
+    assert "Traceback" not in app.log_text()[start:]

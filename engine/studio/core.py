@@ -40,12 +40,49 @@ from engine.studio.files import (
     write_pair_wavs,
     write_set_wavs,
 )
+from engine.studio.web import ClientAddress
 
 LOG = logging.getLogger("cfg_distill.app")
 MAX_PAIR_CLIPS = 4
 MAX_SESSIONS = 256  # sessions whose state the server keeps (Gradio's and the Stop times here); older ones are dropped
 MAX_PAIRS = 10_000  # blind pairs waiting for a vote; the oldest are forgotten
+VOTES_PER_MINUTE = 12  # per client address: hearing two sets of takes before voting takes a person ≥ 10 s, so 12 a
+# minute leaves room for every honest listener behind one address and caps a script at 12 (it did 80 as new raters)
 DEFAULT_SECONDS = 5.0  # the page's take length when no fronts say how long theirs were
+
+
+class Allowance:
+    """At most `per_minute` events per key in any 60 s (a sliding window), for the most recent MAX_SESSIONS keys."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, clock=time.monotonic):
+        self.per_minute, self.clock = inputs.whole("per_minute", per_minute), clock
+        if self.per_minute < 1:
+            raise ValueError(f"per_minute must be ≥ 1, got {per_minute}")
+        self._seen: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str) -> float:
+        """Counts one event for `key`: 0 when allowed, else the seconds until the next one would be."""
+        now = self.clock()
+        with self._lock:
+            times = self._seen.pop(key, None) or collections.deque()
+            while times and now - times[0] >= self.WINDOW_S:
+                times.popleft()
+            self._seen[key] = times
+            while len(self._seen) > MAX_SESSIONS:
+                self._seen.popitem(last=False)
+            if len(times) >= self.per_minute:
+                return self.WINDOW_S - (now - times[0])
+            times.append(now)
+            return 0.0
+
+    def give_back(self, key: str) -> None:
+        """Uncounts the last event of `key` (it did not happen: e.g. the vote could not be stored)."""
+        with self._lock:
+            if self._seen.get(key):
+                self._seen[key].pop()
 
 
 @dataclass
@@ -152,7 +189,8 @@ class Studio:
     def __init__(self, service: MusicService, scorers: Scorers | None = None, ratings: RatingStore | None = None,
                  fronts: dict | None = None, banner: list[str] | None = None, out_dir: str | Path | None = None,
                  soup: list[str] | None = None, fronts_exact: dict | None = None, teacher: CfgSetting = PAPER_CFG,
-                 concurrency: int = 2, keep_outputs: int = MAX_OUTPUT_FOLDERS, measured: dict | None = None):
+                 concurrency: int = 2, keep_outputs: int = MAX_OUTPUT_FOLDERS, measured: dict | None = None,
+                 votes_per_minute: int = VOTES_PER_MINUTE, addresses: ClientAddress = ClientAddress()):  # noqa: B008
         self.service, self.scorers, self.ratings = service, scorers or Scorers(), ratings
         self.fronts, self.fronts_exact, self.banner = fronts or {}, fronts_exact or {}, banner or []
         self.teacher = teacher
@@ -171,6 +209,8 @@ class Studio:
         self._pairs: collections.OrderedDict[str, dict] = collections.OrderedDict()  # token -> pair awaiting a vote
         self._rated: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()  # token -> (session,
         # reveal) of pairs already rated
+        self._votes = Allowance(votes_per_minute)  # per client address
+        self.addresses = addresses  # how a request's client address is read (behind proxies or not)
         self._lock = threading.Lock()
         self._systems = {s.label: s for s in ab_systems(self.trained, teacher)}
 
@@ -371,10 +411,11 @@ class Studio:
         """WAVs of a blind pair, named A1…, B1… so that nothing tells the systems apart."""
         return write_pair_wavs(self._new_folder(f"pair-{token}"), a, b)
 
-    def rate(self, token: str, quality: str, diversity: str, session: str = "") -> str:
+    def rate(self, token: str, quality: str, diversity: str, session: str = "", client: str = "") -> str:
         """Store a vote on a pair made by `new_pair`; returns which system was which. Idempotent for the session that
         rated: the same token again (a double click) gets the same reveal and stores nothing. A failed store keeps
-        the pair open, so the vote can be sent again."""
+        the pair open, so the vote can be sent again. A client address votes at most `votes_per_minute` times a
+        minute (a session is a made-up identity; an address costs more to change)."""
         if self.ratings is None:
             raise ValueError("ratings are not enabled on this server")
         for name, vote in (("quality", quality), ("diversity", diversity)):
@@ -383,12 +424,16 @@ class Studio:
         if not isinstance(token, str) or not token:
             raise ValueError("make a pair first")
         with self._lock:
-            pair = self._pairs.pop(token, None)
-            if pair is None:
+            if token not in self._pairs:
                 rated = self._rated.get(token)
                 if rated is not None and rated[0] == session:
                     return rated[1]
                 raise ValueError("this pair was already rated or has expired: make a new pair")
+            wait = self._votes.take(client)
+            if wait:
+                raise ValueError(f"too many votes from this address in the last minute (at most "
+                                 f"{self._votes.per_minute}): this pair stays open, vote again in {math.ceil(wait)} s")
+            pair = self._pairs.pop(token)
             reveal = f"Thanks! A was **{pair['a']}**, B was **{pair['b']}**."
             self._rated[token] = (session, reveal)  # a second click while this one stores gets the same answer
             while len(self._rated) > MAX_PAIRS:
@@ -397,6 +442,7 @@ class Studio:
             self.ratings.add(pair["prompt"], pair["seed"], pair["a"], pair["b"], quality, diversity, session)
         except BaseException:
             with self._lock:  # not stored: the pair stays open for another try
+                self._votes.give_back(client)
                 self._rated.pop(token, None)
                 self._pairs[token] = pair
             raise

@@ -18,9 +18,10 @@ from engine.model import is_nano_folder
 from engine.ratings import RatingStore
 from engine.scorers import Scorers
 from engine.service import MusicService
-from engine.studio.core import Studio
+from engine.studio.core import VOTES_PER_MINUTE, Studio
 from engine.studio.files import MAX_OUTPUT_FOLDERS
 from engine.studio.pages import models_markdown
+from engine.studio.web import ClientAddress
 from engine.trust import MANIFEST, key_from_environment, read_manifest, untrusted
 
 LOG = logging.getLogger("cfg_distill.app")
@@ -74,13 +75,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
+    p.add_argument("--client-share", type=int, default=int(env("MUSIC_CLIENT_SHARE", 4)),
+                   help="requests one client address may have waiting or running at once (0: no limit); more are "
+                        "refused with 429, so no client takes the whole queue")
+    p.add_argument("--proxy-hops", type=int, default=int(env("MUSIC_PROXY_HOPS", 1 if env("SPACE_ID") else 0)),
+                   help="proxies of your own in front of the app (default: 1 on a Space, else 0): a client's address "
+                        "is then read from X-Forwarded-For, that many entries from the right")
+    p.add_argument("--votes-per-minute", type=int, default=int(env("MUSIC_VOTES_PER_MINUTE", VOTES_PER_MINUTE)),
+                   help="blind-test votes one client address may send a minute")
     p.add_argument("--keep-outputs", type=int, default=MAX_OUTPUT_FOLDERS,
                    help="newest generations whose WAV folders stay on disk (older ones are deleted)")
     p.add_argument("--file-lifetime", type=int, default=int(env("MUSIC_FILE_LIFETIME", 3600)),
                    help="seconds Gradio keeps the files it served (clips, images); checked every sixth of that")
     p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
                    help="Gradio's monitoring dashboard (off by default: it answers without a login)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, least in (("concurrency", 1), ("queue_size", 1), ("client_share", 0), ("proxy_hops", 0),
+                        ("votes_per_minute", 1)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    return args
 
 
 
@@ -203,7 +217,8 @@ def make_studio(args) -> Studio:
     studio = Studio(service, scorers, ratings, load_fronts(fronts) if fronts else {}, banner, soup=soup,
                     fronts_exact=load_fronts(fronts, "fronts_exact") if fronts else {},
                     teacher=CfgSetting.load(src.teacher), concurrency=args.concurrency,
-                    keep_outputs=args.keep_outputs, measured=load_front_settings(fronts) if fronts else {})
+                    keep_outputs=args.keep_outputs, measured=load_front_settings(fronts) if fronts else {},
+                    votes_per_minute=args.votes_per_minute, addresses=ClientAddress(args.proxy_hops))
     # 3. what the page says was loaded
     studio.models = models_markdown(src.base, {"θ_q (quality model)": src.theta_q, "θ_d (diversity model)": src.theta_d}
                                     | {f"soup model {i + 1}": p for i, p in enumerate(src.soup)}, scorers,
