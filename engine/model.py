@@ -89,7 +89,7 @@ class TextEncoder:
 
 
 class EncodecCodec:
-    """MusicGen's codec: codes (B, K, T) -> mono waveform (B, samples), through transformers' `EncodecModel`."""
+    """MusicGen's codec: codes (B, K, T) -> waveform, through transformers' `EncodecModel`."""
 
     def __init__(self, model: nn.Module):
         self.model = model.eval().requires_grad_(False)
@@ -97,10 +97,12 @@ class EncodecCodec:
         self.frame_rate = float(model.config.frame_rate)
 
     @torch.inference_mode()
-    def decode(self, codes: Tensor) -> Tensor:
+    def decode(self, codes: Tensor, keep_channels: bool = False) -> Tensor:
+        """(B, samples), or (B, channels, samples) with `keep_channels` (MusicGen's EnCodec: one channel)."""
         device = next(self.model.parameters()).device
         audio = self.model.decode(codes[None].to(device), audio_scales=[None] * codes.shape[0]).audio_values
-        return audio[:, 0].float().cpu()
+        audio = audio.float().cpu()
+        return audio if keep_channels else audio.mean(dim=1)
 
 
 @dataclass

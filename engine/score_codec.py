@@ -230,27 +230,53 @@ FADE_OUT = int(0.01 * SAMPLE_RATE)
 STREAM_GAIN = {"lead": 0.2, "bass": 0.22, "harmony": 0.14, "drums": 0.42}
 
 
-class ScoreCodec:
-    """codes (B, 4, T) -> waveform (B, T * HOP) at 16 kHz; deterministic, no learned parameters."""
+RENDERERS = ("soundfont", "synth")  # recorded GM instruments, stereo 32 kHz; the wavetable synthesiser, mono 16 kHz
 
-    sample_rate = SAMPLE_RATE
+
+class ScoreCodec:
+    """codes (B, 4, T) -> waveforms; deterministic, no learned parameters.
+
+    `renderer`: "synth", the wavetable synthesiser here (mono, 16 kHz: what E, the scorers and the shipped θ were
+    trained with), or "soundfont", recorded General MIDI instruments (`engine.soundfont`: stereo, 32 kHz).
+    `decode(codes)` is mono (B, samples), the channels averaged; `decode(codes, keep_channels=True)` is
+    (B, channels, samples)."""
+
     frame_rate = float(FRAME_RATE)
     num_codebooks = len(STREAMS)
     cardinality = VOCAB
 
-    def __init__(self, reverb: float = 0.18):
-        self.reverb = reverb
+    def __init__(self, reverb: float = 0.18, renderer: str = "synth", soundfont: str | None = None):
+        if renderer not in RENDERERS:
+            raise ValueError(f"renderer must be one of {', '.join(RENDERERS)}, got {renderer!r}")
+        self.reverb, self.renderer = reverb, renderer
         self._drums = _drum_samples()
         self._ir = _reverb_ir()
+        self._soundfont = None
+        if renderer == "soundfont":
+            from engine.soundfont import SoundFontRenderer  # noqa: PLC0415 (symusic only when it plays)
+
+            self._soundfont = SoundFontRenderer(soundfont)
+        self.sample_rate = self._soundfont.sample_rate if self._soundfont else SAMPLE_RATE
+        self.channels = self._soundfont.channels if self._soundfont else 1
+
+    @property
+    def description(self) -> str:
+        """What the takes sound like, for the page and the log."""
+        if self._soundfont is None:
+            return "nano's wavetable synthesiser (mono, 16 kHz)"
+        return f"the {self._soundfont.bank.name} SoundFont (stereo, {self.sample_rate // 1000} kHz)"
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, keep_channels: bool = False) -> torch.Tensor:
         codes = torch.as_tensor(codes)
         if codes.ndim != 3 or codes.shape[1] != len(STREAMS):
             raise ValueError(f"codes must be (batch, {len(STREAMS)}, frames), got {tuple(codes.shape)}")
         arr = codes.cpu().numpy()
-        audio = np.stack([self._render(clip) for clip in arr])
-        return torch.from_numpy(audio)
+        if self._soundfont is not None:
+            audio = np.stack([self._soundfont.render(clip) for clip in arr])
+        else:
+            audio = np.stack([self._render(clip) for clip in arr])[:, None]
+        return torch.from_numpy(audio if keep_channels else audio.mean(axis=1))
 
     def _render(self, clip: np.ndarray) -> np.ndarray:
         T = clip.shape[-1]
@@ -259,7 +285,7 @@ class ScoreCodec:
         for k, name in enumerate(STREAMS):
             tokens = clip[k]
             stream = self._render_drums(tokens, n) if name == "drums" else self._render_pitched(name, tokens, n)
-            stream = self._degrade(stream, tokens)
+            stream = degrade(stream, tokens, HOP)
             mix += STREAM_GAIN[name] * stream
         if self.reverb:
             wet = np.fft.irfft(np.fft.rfft(mix, 2 * n) * np.fft.rfft(self._ir, 2 * n), 2 * n)[:n]
@@ -300,18 +326,22 @@ class ScoreCodec:
                 out[frame * HOP:frame * HOP + len(hit)] += hit
         return out[:n]
 
-    @staticmethod
-    def _degrade(stream: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """NOISE frames: silence + a noise burst; DISTORT frames: the stream clipped hard."""
-        noise, distort = tokens == NOISE, tokens == DISTORT
-        if not noise.any() and not distort.any():
-            return stream
-        ramp = np.minimum(1, np.minimum(np.arange(HOP), np.arange(HOP)[::-1]) / 40)  # 2.5 ms fades
-        stream = stream.copy()
-        for frame in np.flatnonzero(distort).tolist():
-            seg = stream[frame * HOP:(frame + 1) * HOP]
-            seg += ramp * (np.clip(seg * 12, -0.6, 0.6) - seg)
-        rng = np.random.default_rng(int(tokens.sum()) % 2**32)  # deterministic per clip
-        for frame in np.flatnonzero(noise).tolist():
-            stream[frame * HOP:(frame + 1) * HOP] = ramp * 0.8 * rng.standard_normal(HOP).astype(np.float32)
+
+
+def degrade(stream: np.ndarray, tokens: np.ndarray, hop: int, noise_level: float = 0.8) -> np.ndarray:
+    """NOISE frames: silence + a noise burst; DISTORT frames: the stream clipped hard (`hop` samples per frame; the
+    same for every renderer, so a degraded take sounds degraded through any of them; `noise_level`: the burst's peak,
+    about the level of the renderer's notes)."""
+    noise, distort = tokens == NOISE, tokens == DISTORT
+    if not noise.any() and not distort.any():
         return stream
+    fade = max(1, round(40 * hop / HOP))  # 2.5 ms fades
+    ramp = np.minimum(1, np.minimum(np.arange(hop), np.arange(hop)[::-1]) / fade)
+    stream = stream.copy()
+    for frame in np.flatnonzero(distort).tolist():
+        seg = stream[frame * hop:(frame + 1) * hop]
+        seg += ramp * (np.clip(seg * 12, -0.6, 0.6) - seg)
+    rng = np.random.default_rng(int(tokens.sum()) % 2**32)  # deterministic per clip
+    for frame in np.flatnonzero(noise).tolist():
+        stream[frame * hop:(frame + 1) * hop] = ramp * noise_level * rng.standard_normal(hop).astype(np.float32)
+    return stream

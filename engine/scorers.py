@@ -227,9 +227,12 @@ class Scorers:
 
 
 def _as_tensor(audio) -> Tensor:
+    """Clips (N, samples) or (N, channels, samples) -> (N, samples): the scorers hear the channels' mean (mono)."""
     audio = torch.as_tensor(np.asarray(audio) if not isinstance(audio, Tensor) else audio)
+    if audio.dim() == 3 and audio.shape[1] > 0:
+        audio = audio.float().mean(dim=1)
     if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise ValueError(f"expected clips as (N, samples), got shape {tuple(audio.shape)}")
+        raise ValueError(f"expected clips as (N, samples) or (N, channels, samples), got shape {tuple(audio.shape)}")
     if not torch.isfinite(audio).all():
         raise ValueError("audio contains NaN or inf")
     return audio.float()

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import exact
+from engine import exact, loudness
 from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting, check_number
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
@@ -108,7 +108,7 @@ class Request:
 class Generation:
     """Clips and how they were made."""
 
-    audio: np.ndarray  # (N, samples) float32 in [-1, 1]
+    audio: np.ndarray  # (N, channels, samples) float32, each clip at `loudness.TARGET_LUFS`, peaks ≤ −1 dBFS
     codes: torch.Tensor  # (N, K, T)
     sample_rate: int
     seed: int
@@ -120,12 +120,17 @@ class Generation:
 
     @property
     def duration_s(self) -> float:
-        return self.audio.shape[1] / self.sample_rate
+        return self.audio.shape[-1] / self.sample_rate
 
     @property
     def real_time_factor(self) -> float:
         """Seconds of audio per second of wall time, all clips counted."""
         return self.audio.shape[0] * self.duration_s / self.timings["total"]
+
+
+def takes_audio(codec, codes: torch.Tensor) -> np.ndarray:
+    """What a listener gets from codes (N, K, T): (N, channels, samples), each take at one loudness (`loudness`)."""
+    return loudness.normalise(codec.decode(codes, keep_channels=True).numpy(), codec.sample_rate)
 
 
 class BlendGate:
@@ -198,13 +203,17 @@ class MusicService:
     @classmethod
     def from_sources(cls, base: str, theta_q: str | None = None, theta_d: str | None = None,
                      allow_download: bool = False, max_duration_s: float | None = None,
-                     device: str = "cpu", dtype: str | torch.dtype = "fp32") -> tuple["MusicService", list[str]]:
+                     device: str = "cpu", dtype: str | torch.dtype = "fp32", renderer: str = "synth",
+                     soundfont: str | None = None) -> tuple["MusicService", list[str]]:
         """Build a service from paths/ids; returns it with notices for the user (e.g. missing endpoints).
         A missing θ_q or θ_d falls back to the base weights, shared by reference. `dtype` is the decoder weights'
         ("bf16" on a CPU: bf16 matmuls, fp32 activations, half the memory; see FastDecoder); every checkpoint
-        is cast to it, so λ = 0 and 1 reproduce θ_q and θ_d as stored in that dtype."""
+        is cast to it, so λ = 0 and 1 reproduce θ_q and θ_d as stored in that dtype. `renderer`, `soundfont`: how
+        nano's notes sound (`ScoreCodec`; a real MusicGen's EnCodec is what it is)."""
 
         model = load_model(base, parse_dtype(dtype), device, allow_download)
+        if isinstance(model.codec, ScoreCodec) and (renderer, soundfont) != (model.codec.renderer, None):
+            model.codec = ScoreCodec(renderer=renderer, soundfont=soundfont)
         service = cls(model, max_duration_s)
         notices = []
         for name, source in (("q", theta_q), ("d", theta_d)):
@@ -308,7 +317,7 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
                                 progress=progress, cancel=cancel, **cfg)
     stop_if_cancelled(cancel, "before decoding")
     t = time.perf_counter()
-    audio = model.codec.decode(out.codes).clamp(-1, 1).numpy()
+    audio = takes_audio(model.codec, out.codes)
     t_codec = time.perf_counter() - t
     stop_if_cancelled(cancel, "after decoding")
     total = time.perf_counter() - t_start

@@ -68,7 +68,7 @@ def test_generate_clips_scores_and_wavs(studio):
     with zipfile.ZipFile(archive) as z:
         assert sorted(z.namelist()) == sorted(os.path.basename(f) for f in wavs)
     audio, sr = sf.read(wavs[0])
-    assert sr == r.merged.sample_rate and len(audio) == r.merged.audio.shape[1]
+    assert sr == r.merged.sample_rate and len(audio) == r.merged.audio.shape[-1]
     with sf.SoundFile(wavs[0]) as f:  # no CFG settings on a clip made without CFG; nano's tempo and key
         assert "seed=7" in f.comment and f.title == "rock song" and "guidance" not in f.comment
         assert "tempo=" in f.comment and "key=" in f.comment

@@ -33,7 +33,7 @@ def service():
 
 def test_generates_music_offline(service):
     gen = service.generate_base(Request("calm piano with soft strings", num_clips=2, duration_s=2.0, seed=0))
-    assert gen.audio.shape == (2, 32000) and np.isfinite(gen.audio).all() and np.abs(gen.audio).max() <= 0.95
+    assert gen.audio.shape == (2, 1, 32000) and np.isfinite(gen.audio).all() and np.abs(gen.audio).max() <= 0.95
     codes = gen.codes.numpy()
     assert (codes >= FIRST_EVENT).any(axis=2).sum() >= 4  # events in several streams, not silence
     cfg = service.generate_base(Request("calm piano with soft strings", num_clips=2, duration_s=2.0,

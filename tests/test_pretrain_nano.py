@@ -32,7 +32,7 @@ def test_train_resume_export_load(tmp_path):
     assert model.sample_rate == 16000 and model.frame_rate == 32 and model.max_duration_s == 1.0
     service, _ = MusicService.from_sources(str(export))
     gen = service.generate_base(Request("calm piano", num_clips=2, duration_s=0.5, seed=0, guidance=3.0))
-    assert gen.audio.shape == (2, 8000) and np.isfinite(gen.audio).all()
+    assert gen.audio.shape == (2, 1, 8000) and np.isfinite(gen.audio).all()
 
 
 def test_a_second_stage_starts_from_the_first_with_its_own_schedule(tmp_path):

@@ -93,4 +93,4 @@ def test_bad_shapes_are_refused(codec):
 
 
 def test_kits_and_rates():
-    assert len(DRUM_KITS) == 3 and FRAME_RATE * HOP == ScoreCodec.sample_rate
+    assert len(DRUM_KITS) == 3 and FRAME_RATE * HOP == ScoreCodec().sample_rate

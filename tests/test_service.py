@@ -19,7 +19,7 @@ def test_same_seed_same_clips_different_seed_different(service):
     b = service.generate_merged(Request("rock song", seed=1, **FAST), 0.5)
     c = service.generate_merged(Request("rock song", seed=2, **FAST), 0.5)
     assert _same(a, b) and not _same(a, c)
-    assert a.audio.shape == (2, round(0.3 * service.model.sample_rate)) and a.audio.dtype == np.float32
+    assert a.audio.shape == (2, 1, round(0.3 * service.model.sample_rate)) and a.audio.dtype == np.float32
 
 
 def test_random_seed_is_reported_and_reproduces(service):
@@ -126,7 +126,7 @@ def test_takes_longer_than_the_window_are_continued_and_start_with_the_plain_tak
     assert svc.max_duration_s == 12.0 and svc.window_s < 12.0
     plain = svc.generate_base(Request("x", num_clips=1, duration_s=svc.window_s, seed=5))
     long = svc.generate_base(Request("x", num_clips=1, duration_s=12.0, seed=5))
-    assert long.audio.shape[1] == 12 * long.sample_rate
+    assert long.audio.shape[-1] == 12 * long.sample_rate
     assert np.array_equal(long.codes[:, :, :plain.codes.shape[-1]], plain.codes)
     assert MusicService(build_debug_model(seed=0), max_duration_s=1e6).max_duration_s == MAX_TAKE_WINDOWS * svc.window_s
 

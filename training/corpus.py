@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+import torchaudio.functional as AF
 
 from engine.nano_world import GENRES, KEYS, MODES, MOODS, PROGRESSIONS, Genre
 from engine.score_codec import (
@@ -313,13 +314,21 @@ def _caption_forms(a: dict, g: str, mood: str, inst: list[str]) -> list:
     ]
 
 
-def render(pieces: list[Piece], codec, batch: int = 32):
-    """Audio (len(pieces), samples) of equally long pieces through the score codec (a torch tensor)."""
+def render(pieces: list[Piece], codec, batch: int = 32, sample_rate: int | None = None):
+    """Mono audio (len(pieces), samples) of equally long pieces through the score codec (a torch tensor), at
+    `sample_rate` (default: the codec's). Through a SoundFont the pieces are what a listener of the app gets
+    (`engine.service.takes_audio`: loudness-normalised), then mixed to mono; through the synthesiser they are its raw
+    output, as the shipped E and scorers were trained."""
+    from engine.service import takes_audio  # noqa: PLC0415 (the engine's serving side: only for this)
 
-    out = []
+    out, rate = [], sample_rate or codec.sample_rate
     for j in range(0, len(pieces), batch):
-        codes = np.stack([pc.codes for pc in pieces[j:j + batch]]).astype(np.int64)
-        out.append(codec.decode(torch.as_tensor(codes)))
+        codes = torch.as_tensor(np.stack([pc.codes for pc in pieces[j:j + batch]]).astype(np.int64))
+        if getattr(codec, "renderer", "synth") == "soundfont":
+            audio = torch.from_numpy(takes_audio(codec, codes).mean(axis=1))
+        else:
+            audio = codec.decode(codes)
+        out.append(AF.resample(audio, codec.sample_rate, rate) if rate != codec.sample_rate else audio)
     return torch.cat(out)
 
 

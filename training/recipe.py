@@ -156,7 +156,7 @@ class Recipe:
         for i, prompt in enumerate(prompts):
             req = Request(prompt, per_prompt, seconds, seed=seed * 1_000_003 + i)
             gen = generate(self.base, self.base.decoder, req, "base")
-            audio = torch.from_numpy(gen.audio)
+            audio = torch.from_numpy(gen.audio.mean(axis=1))  # mono, as E and the scorers hear
             if gen.sample_rate != rate:
                 audio = AF.resample(audio, gen.sample_rate, rate)
             out.append(audio[:, :int(seconds * rate)])

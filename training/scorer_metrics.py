@@ -59,6 +59,10 @@ class MetricsSettings:
     heldout: int = setting(600, "held-out pieces for the quality scorers")
     distractors: int = setting(10, "captions each clip's own caption competes with")
     prompts: int = setting(32, "prompt pairs for the generation-based r_D")
+    renderer: str = setting("synth", "how the corpus and the generations sound: synth (the wavetable synthesiser, "
+                                     "mono 16 kHz, the shipped E and scorers were trained on) or soundfont (the "
+                                     "app's default: GM instruments, loudness-normalised, mixed to mono)")
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
     out: str | None = setting(None, "write the metrics JSON here")
 
     def __post_init__(self):
@@ -78,9 +82,9 @@ def retrieval_results(scorers: Scorers, audio: torch.Tensor, s: MetricsSettings)
     return out
 
 
-def corpus_pairs(scorers: Scorers, pieces: list, audio: torch.Tensor, codec: ScoreCodec, seed: int) -> dict:
-    """r_D of corpus pairs: augmented renderings, other pieces, and the hackability probes."""
-    sr, w = codec.sample_rate, scorers.embedder.config.window_samples
+def corpus_pairs(scorers: Scorers, pieces: list, audio: torch.Tensor, codec: ScoreCodec, sr: int, seed: int) -> dict:
+    """r_D of corpus pairs (`audio` at `sr`): augmented renderings, other pieces, and the hackability probes."""
+    w = scorers.embedder.config.window_samples
     rng = np.random.default_rng(seed)
     noise_rng = torch.Generator().manual_seed(seed)  # the same noise whichever scorers were built before
     half = audio[:, :w]
@@ -99,7 +103,8 @@ def corpus_pairs(scorers: Scorers, pieces: list, audio: torch.Tensor, codec: Sco
         codes = pc.codes.copy()
         codes[3] = drummed[k % len(drummed)].codes[3]
         with_drums.append(type(pc)(pc.index, codes, pc.caption, pc.attributes))
-    rd["drums added"] = paired_rd(scorers, render(drumless, codec)[:, :w], render(with_drums, codec)[:, :w], sr)
+    rd["drums added"] = paired_rd(scorers, render(drumless, codec, sample_rate=sr)[:, :w],
+                                  render(with_drums, codec, sample_rate=sr)[:, :w], sr)
     return rd
 
 
@@ -166,14 +171,16 @@ def print_results(results: dict, s: MetricsSettings) -> None:
 def measure_all(s: MetricsSettings) -> dict:
     torch.manual_seed(0)
     scorers = Scorers.from_folders(s.embedding, s.quality)
-    codec = ScoreCodec()
+    codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
+    sr = scorers.embedder.config.sample_rate  # pieces are rendered at E's rate (the generations at the codec's)
     # one set of held-out pieces, rendered once: retrieval, the r_D pairs and the quality scorers take its first ones
     held = [generate_piece(s.seed, i * HELD_OUT_EVERY, int(8 * FRAME_RATE))
             for i in range(max(s.retrieval_pieces, s.pairs, s.heldout))]
-    audio = render(held, codec)
+    audio = render(held, codec, sample_rate=sr)
     results: dict = dict(retrieval_top1=retrieval_results(scorers, audio[:s.retrieval_pieces], s))
-    rd = corpus_pairs(scorers, held[:s.pairs], audio[:s.pairs], codec, s.seed)
+    rd = corpus_pairs(scorers, held[:s.pairs], audio[:s.pairs], codec, sr, s.seed)
     service = MusicService(load_model(s.model))
+    service.model.codec = codec
     prompts = [pc.caption for pc in held[:s.pairs] if not pc.attributes["degraded"]]
     rd.update(generation_pairs(scorers, service, prompts, s.prompts))
     results["diversity"] = {k: summary(v) for k, v in rd.items()}
@@ -186,7 +193,6 @@ def measure_all(s: MetricsSettings) -> dict:
     results["quality"] = dict(q, heldout=len(quality_set), distractors=s.distractors,
                               degraded=int(sum(pc.attributes["degraded"] for pc in quality_set)))
     results["generation_quality"] = generation_quality(scorers, service, prompts[:s.prompts])
-    sr = codec.sample_rate
     results["score_8_clips_8s_s"] = scoring_time(scorers, audio[:8, :8 * sr], sr, prompts)
     results["threads"] = torch.get_num_threads()
     return results

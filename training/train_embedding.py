@@ -33,10 +33,11 @@ from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
 from training.settings import parse, setting
 
 
-def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec) -> tuple[torch.Tensor, np.ndarray]:
-    """(len(indices), samples) audio of corpus pieces, and each piece's genre."""
+def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec,
+                sample_rate: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(len(indices), samples) audio of corpus pieces at `sample_rate`, and each piece's genre."""
     pieces = [generate_piece(seed, i, int(seconds * FRAME_RATE)) for i in indices]
-    return render(pieces, codec), np.array([pc.attributes["genre"] for pc in pieces])
+    return render(pieces, codec, sample_rate=sample_rate), np.array([pc.attributes["genre"] for pc in pieces])
 
 
 def batch_indices(rng: np.random.Generator, genres: np.ndarray, batch: int, one_genre: bool) -> np.ndarray:
@@ -157,6 +158,10 @@ def retrieval_top1(model: AudioEmbedder, audio: torch.Tensor, sample_rate: int) 
 class EmbeddingSettings:
     # data
     seed: int = setting(0, "corpus and initialisation seed")
+    renderer: str = setting("synth", "how the corpus sounds: synth (the wavetable synthesiser, mono 16 kHz, as the "
+                                     "shipped E and scorers until issue 27) or soundfont (the app's default: GM "
+                                     "instruments, loudness-normalised, mixed to mono)")
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
     pool: int = setting(1500, "training pieces rendered once and reused with new augmentations")
     eval_candidates: int = setting(200, "held-out pieces of the retrieval eval")
     init: str | None = setting(None, "start from this E folder (model.json + embedding.safetensors) and fine-tune it; "
@@ -206,12 +211,12 @@ def train(s: EmbeddingSettings, tower_settings: TowerSettings) -> None:
     model = AudioEmbedder(config)
     if state is not None:
         model.load_state_dict(state)
-    codec = ScoreCodec()
+    codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
     train_idx = [i for i in range(s.pool * 2) if split_of(i) == "train"][:s.pool]
     heldout_idx = [i * HELD_OUT_EVERY for i in range(s.eval_candidates)]
     t0 = time.time()
-    pool, genres = render_pool(s.seed, train_idx, 2 * config.window_s, codec)
-    heldout, _ = render_pool(s.seed, heldout_idx, 2 * config.window_s, codec)
+    pool, genres = render_pool(s.seed, train_idx, 2 * config.window_s, codec, config.sample_rate)
+    heldout, _ = render_pool(s.seed, heldout_idx, 2 * config.window_s, codec, config.sample_rate)
     print(f"rendered {len(pool)} + {len(heldout)} pieces in {time.time() - t0:.0f} s", flush=True)
     fit(model, pool, genres, heldout, s, tower_settings)
 

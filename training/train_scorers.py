@@ -120,6 +120,10 @@ def evaluate(model: QualityScorer, audio: torch.Tensor, captions: list[str], deg
 @dataclass(frozen=True)
 class ScorerSettings:
     seed: int = setting(0, "corpus and initialisation seed")
+    renderer: str = setting("synth", "how the corpus sounds: synth (the wavetable synthesiser, mono 16 kHz, as the "
+                                     "shipped E and scorers until issue 27) or soundfont (the app's default: GM "
+                                     "instruments, loudness-normalised, mixed to mono)")
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
     pool: int = setting(3000, "training pieces rendered once, reused with new gains")
     heldout: int = setting(400, "held-out pieces of the eval")
     distractors: int = setting(10, "captions each held-out clip's own caption competes with")
@@ -173,19 +177,19 @@ class ScorerData:
                              for i in idx.tolist()])
 
 
-def load_data(s: ScorerSettings, window_s: float) -> ScorerData:
+def load_data(s: ScorerSettings, window_s: float, sample_rate: int) -> ScorerData:
     frames = int(2 * window_s * FRAME_RATE)
     t0 = time.time()
     train = [generate_piece(s.seed, i, frames) for i in range(s.pool * 2) if split_of(i) == "train"][:s.pool]
     held = [generate_piece(s.seed, i * HELD_OUT_EVERY, frames) for i in range(s.heldout)]
-    codec = ScoreCodec()
+    codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
     sentences = SentenceEncoder()
     captions, held_captions = [pc.caption for pc in train], [pc.caption for pc in held]
-    data = ScorerData(render(train, codec), captions, sentences(captions),
+    data = ScorerData(render(train, codec, sample_rate=sample_rate), captions, sentences(captions),
                       torch.as_tensor(np.unique(captions, return_inverse=True)[1]),
                       [true_captions(pc) for pc in train] if s.true_positives else None,
                       torch.tensor([0.0 if pc.attributes["degraded"] else 1.0 for pc in train]),
-                      render(held, codec), held_captions, sentences(held_captions),
+                      render(held, codec, sample_rate=sample_rate), held_captions, sentences(held_captions),
                       [true_captions(pc) for pc in held], np.array([pc.attributes["degraded"] for pc in held]))
     print(f"rendered {len(train)} + {len(held)} pieces, {int(data.caption_ids.max()) + 1} distinct captions, "
           f"{data.held_degraded.sum()} degraded held out, in {time.time() - t0:.0f} s", flush=True)
@@ -212,7 +216,7 @@ def train(s: ScorerSettings, tower_settings: TowerSettings) -> None:
     model = QualityScorer(QualityConfig(audio=config))
     if state is not None:
         model.audio.load_state_dict(state)
-    data = load_data(s, model.config.audio.window_s)
+    data = load_data(s, model.config.audio.window_s, model.config.audio.sample_rate)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.01)
     sched = cosine_schedule(opt, s.warmup, s.steps)
     out = Path(s.out)

@@ -42,10 +42,10 @@ def write_set_wavs(folder: Path, result, merged_tag: str) -> list[str]:
         plays = result.played.get(key) or [None] * len(gen.audio)
         for i, clip in enumerate(gen.audio):
             path = folder / f"{set_name(gen, tag)}_clip{i + 1}.wav"
-            with sf.SoundFile(path, "w", gen.sample_rate, 1, "PCM_16") as f:
+            with sf.SoundFile(path, "w", gen.sample_rate, clip.shape[0], "PCM_16") as f:
                 f.title = req.prompt[:200] or "(unconditional)"
                 f.comment = clip_comment(gen, i, plays[i])
-                f.write(np.clip(clip, -1, 1))
+                f.write(np.clip(clip.T, -1, 1))
             files.append(str(path))
     archive = folder / f"{set_name(result.merged, '+'.join(tags))}_all.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
@@ -82,7 +82,7 @@ def write_pair_wavs(folder: Path, a: Generation, b: Generation) -> list[str]:
     for letter, gen in (("A", a), ("B", b)):
         for i, clip in enumerate(gen.audio):
             path = folder / f"{letter}{i + 1}.wav"
-            sf.write(path, np.clip(clip, -1, 1), gen.sample_rate, subtype="PCM_16")
+            sf.write(path, np.clip(clip.T, -1, 1), gen.sample_rate, subtype="PCM_16")
             files.append(str(path))
     return files
 

@@ -16,6 +16,7 @@ from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import load_front_settings, load_fronts
 from engine.model import is_nano_folder
 from engine.ratings import RatingStore
+from engine.score_codec import RENDERERS
 from engine.scorers import Scorers
 from engine.service import MusicService
 from engine.studio.core import VOTES_PER_MINUTE, Studio
@@ -65,6 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default=env("MUSIC_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"],
                    help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX "
                         "(activations stay fp32 on a CPU; README, Benchmarks); fp32 reproduces the shipped figures")
+    p.add_argument("--renderer", default=env("MUSIC_RENDERER", "soundfont"), choices=list(RENDERERS),
+                   help="how nano's notes sound: recorded General MIDI instruments (soundfont: stereo, 32 kHz) or the "
+                        "wavetable synthesiser the shipped figures used (synth: mono, 16 kHz); MusicGen ignores it")
+    p.add_argument("--soundfont", default=env("MUSIC_SOUNDFONT"),
+                   help="an .sf2/.sf3 General MIDI bank for --renderer soundfont (default: FluidR3 GM or MuseScore "
+                        "General where the system has them, else TimGM6mb from pip)")
     # serving
     p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 30)),
                    help="longest take a user may ask for, in seconds; beyond the model's window (nano 8 s, MusicGen "
@@ -204,7 +211,8 @@ def make_studio(args) -> Studio:
     # 1. the base, θ_q, θ_d and the soup's other members
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     service, notices = MusicService.from_sources(src.base, src.theta_q, src.theta_d, args.allow_download,
-                                                   args.max_duration, device, args.dtype)
+                                                   args.max_duration, device, args.dtype, args.renderer,
+                                                   args.soundfont)
     banner += notices + [tip for tip in (bf16_tip(src.base, device, args.dtype), kernel_tip(device)) if tip]
     soup = add_soup(service, src.soup)
     LOG.info("weights: %s", weights_report(service, {"θ_q": ("q", src.theta_q), "θ_d": ("d", src.theta_d)}
