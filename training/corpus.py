@@ -318,18 +318,32 @@ def render(pieces: list[Piece], codec, batch: int = 32, sample_rate: int | None 
     """Mono audio (len(pieces), samples) of equally long pieces through the score codec (a torch tensor), at
     `sample_rate` (default: the codec's). Through a SoundFont the pieces are what a listener of the app gets
     (`engine.service.takes_audio`: loudness-normalised), then mixed to mono; through the synthesiser they are its raw
-    output, as the shipped E and scorers were trained."""
+    output, as the shipped E and scorers were trained. `codec` may be a list: batch j uses codec j mod len (e.g.
+    one per SoundFont bank, so that what is learned holds for each)."""
+    codecs = codec if isinstance(codec, list | tuple) else [codec]
+    rate = sample_rate or codecs[0].sample_rate
+    out = [_render_batch(pieces[j:j + batch], codecs[(j // batch) % len(codecs)], rate)
+           for j in range(0, len(pieces), batch)]
+    return torch.cat(out)
+
+
+def _render_batch(pieces: list[Piece], codec, rate: int) -> torch.Tensor:
     from engine.service import takes_audio  # noqa: PLC0415 (the engine's serving side: only for this)
 
-    out, rate = [], sample_rate or codec.sample_rate
-    for j in range(0, len(pieces), batch):
-        codes = torch.as_tensor(np.stack([pc.codes for pc in pieces[j:j + batch]]).astype(np.int64))
-        if getattr(codec, "renderer", "synth") == "soundfont":
-            audio = torch.from_numpy(takes_audio(codec, codes).mean(axis=1))
-        else:
-            audio = codec.decode(codes)
-        out.append(AF.resample(audio, codec.sample_rate, rate) if rate != codec.sample_rate else audio)
-    return torch.cat(out)
+    codes = torch.as_tensor(np.stack([pc.codes for pc in pieces]).astype(np.int64))
+    if getattr(codec, "renderer", "synth") == "soundfont":
+        audio = torch.from_numpy(takes_audio(codec, codes).mean(axis=1))
+    else:
+        audio = codec.decode(codes)
+    return AF.resample(audio, codec.sample_rate, rate) if rate != codec.sample_rate else audio
+
+
+def codecs(renderer: str, soundfonts: str | None = None) -> list[ScoreCodec]:
+    """The codecs a training run renders through: one, or one per bank of a comma-separated `soundfonts`."""
+    banks = [b.strip() for b in (soundfonts or "").split(",") if b.strip()] or [None]
+    if renderer != "soundfont":
+        return [ScoreCodec(renderer=renderer)]
+    return [ScoreCodec(renderer=renderer, soundfont=b) for b in banks]
 
 
 def split_of(index: int) -> str:

@@ -30,7 +30,7 @@ from engine.model import load_model
 from engine.score_codec import FRAME_RATE, ScoreCodec
 from engine.scorers import Scorers, SentenceEncoder
 from engine.service import MusicService, Request
-from training.corpus import HELD_OUT_EVERY, generate_piece, possible_captions, render
+from training.corpus import HELD_OUT_EVERY, codecs, generate_piece, possible_captions, render
 from training.frontier import standard_error
 from training.settings import parse, setting
 from training.train_embedding import augment, half_embeddings, retrieval_hits
@@ -62,7 +62,8 @@ class MetricsSettings:
     renderer: str = setting("synth", "how the corpus and the generations sound: synth (the wavetable synthesiser, "
                                      "mono 16 kHz, the shipped E and scorers were trained on) or soundfont (the "
                                      "app's default: GM instruments, loudness-normalised, mixed to mono)")
-    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank(s) for --renderer soundfont, comma-separated: pieces "
+                                                   "alternate between them (default: the best installed)")
     out: str | None = setting(None, "write the metrics JSON here")
 
     def __post_init__(self):
@@ -82,7 +83,8 @@ def retrieval_results(scorers: Scorers, audio: torch.Tensor, s: MetricsSettings)
     return out
 
 
-def corpus_pairs(scorers: Scorers, pieces: list, audio: torch.Tensor, codec: ScoreCodec, sr: int, seed: int) -> dict:
+def corpus_pairs(scorers: Scorers, pieces: list, audio: torch.Tensor, codec: list[ScoreCodec], sr: int,
+                 seed: int) -> dict:
     """r_D of corpus pairs (`audio` at `sr`): augmented renderings, other pieces, and the hackability probes."""
     w = scorers.embedder.config.window_samples
     rng = np.random.default_rng(seed)
@@ -171,7 +173,7 @@ def print_results(results: dict, s: MetricsSettings) -> None:
 def measure_all(s: MetricsSettings) -> dict:
     torch.manual_seed(0)
     scorers = Scorers.from_folders(s.embedding, s.quality)
-    codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
+    codec = codecs(s.renderer, s.soundfont)
     sr = scorers.embedder.config.sample_rate  # pieces are rendered at E's rate (the generations at the codec's)
     # one set of held-out pieces, rendered once: retrieval, the r_D pairs and the quality scorers take its first ones
     held = [generate_piece(s.seed, i * HELD_OUT_EVERY, int(8 * FRAME_RATE))
@@ -180,7 +182,7 @@ def measure_all(s: MetricsSettings) -> dict:
     results: dict = dict(retrieval_top1=retrieval_results(scorers, audio[:s.retrieval_pieces], s))
     rd = corpus_pairs(scorers, held[:s.pairs], audio[:s.pairs], codec, sr, s.seed)
     service = MusicService(load_model(s.model))
-    service.model.codec = codec
+    service.model.codec = codec[0]  # generations through the first bank
     prompts = [pc.caption for pc in held[:s.pairs] if not pc.attributes["degraded"]]
     rd.update(generation_pairs(scorers, service, prompts, s.prompts))
     results["diversity"] = {k: summary(v) for k, v in rd.items()}

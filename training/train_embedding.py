@@ -29,11 +29,11 @@ import torchaudio.functional as AF
 from engine.checkpoint import copy_as_fp16, save_json, save_state
 from engine.embedding import AudioEmbedder, EmbeddingConfig, load_embedder
 from engine.score_codec import FRAME_RATE, ScoreCodec
-from training.corpus import HELD_OUT_EVERY, generate_piece, render, split_of
+from training.corpus import HELD_OUT_EVERY, codecs, generate_piece, render, split_of
 from training.settings import parse, setting
 
 
-def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec,
+def render_pool(seed: int, indices: list[int], seconds: float, codec: ScoreCodec | list[ScoreCodec],
                 sample_rate: int) -> tuple[torch.Tensor, np.ndarray]:
     """(len(indices), samples) audio of corpus pieces at `sample_rate`, and each piece's genre."""
     pieces = [generate_piece(seed, i, int(seconds * FRAME_RATE)) for i in indices]
@@ -161,7 +161,8 @@ class EmbeddingSettings:
     renderer: str = setting("synth", "how the corpus sounds: synth (the wavetable synthesiser, mono 16 kHz, as the "
                                      "shipped E and scorers until issue 27) or soundfont (the app's default: GM "
                                      "instruments, loudness-normalised, mixed to mono)")
-    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank(s) for --renderer soundfont, comma-separated: pieces "
+                                                   "alternate between them (default: the best installed)")
     pool: int = setting(1500, "training pieces rendered once and reused with new augmentations")
     eval_candidates: int = setting(200, "held-out pieces of the retrieval eval")
     init: str | None = setting(None, "start from this E folder (model.json + embedding.safetensors) and fine-tune it; "
@@ -211,7 +212,7 @@ def train(s: EmbeddingSettings, tower_settings: TowerSettings) -> None:
     model = AudioEmbedder(config)
     if state is not None:
         model.load_state_dict(state)
-    codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
+    codec = codecs(s.renderer, s.soundfont)
     train_idx = [i for i in range(s.pool * 2) if split_of(i) == "train"][:s.pool]
     heldout_idx = [i * HELD_OUT_EVERY for i in range(s.eval_candidates)]
     t0 = time.time()

@@ -29,9 +29,17 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoint import copy_as_fp16, save_json, save_state
-from engine.score_codec import FRAME_RATE, ScoreCodec
+from engine.score_codec import FRAME_RATE
 from engine.scorers import QUALITY_CONFIG, QUALITY_WEIGHTS, QualityConfig, QualityScorer, SentenceEncoder
-from training.corpus import BAD_CAPTIONS, HELD_OUT_EVERY, generate_piece, possible_captions, render, split_of
+from training.corpus import (
+    BAD_CAPTIONS,
+    HELD_OUT_EVERY,
+    codecs,
+    generate_piece,
+    possible_captions,
+    render,
+    split_of,
+)
 from training.settings import parse, setting
 from training.train_embedding import TowerSettings, cosine_schedule, tower
 
@@ -123,7 +131,8 @@ class ScorerSettings:
     renderer: str = setting("synth", "how the corpus sounds: synth (the wavetable synthesiser, mono 16 kHz, as the "
                                      "shipped E and scorers until issue 27) or soundfont (the app's default: GM "
                                      "instruments, loudness-normalised, mixed to mono)")
-    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank(s) for --renderer soundfont, comma-separated: pieces "
+                                                   "alternate between them (default: the best installed)")
     pool: int = setting(3000, "training pieces rendered once, reused with new gains")
     heldout: int = setting(400, "held-out pieces of the eval")
     distractors: int = setting(10, "captions each held-out clip's own caption competes with")
@@ -182,7 +191,7 @@ def load_data(s: ScorerSettings, window_s: float, sample_rate: int) -> ScorerDat
     t0 = time.time()
     train = [generate_piece(s.seed, i, frames) for i in range(s.pool * 2) if split_of(i) == "train"][:s.pool]
     held = [generate_piece(s.seed, i * HELD_OUT_EVERY, frames) for i in range(s.heldout)]
-    codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
+    codec = codecs(s.renderer, s.soundfont)
     sentences = SentenceEncoder()
     captions, held_captions = [pc.caption for pc in train], [pc.caption for pc in held]
     data = ScorerData(render(train, codec, sample_rate=sample_rate), captions, sentences(captions),
