@@ -31,6 +31,7 @@ from engine.studio import (
     private_gradio_cache,
     sweep_dead_owners,
 )
+from engine.studio.files import ARCHIVES
 from engine.studio.pages import HELP
 from engine.studio.startup import parse_args
 from engine.studio.web import GuardMiddleware, client_key, jobs_of, unknown_key, waiting
@@ -183,7 +184,7 @@ def take_outputs(gr, studio: Studio) -> dict:
     with gr.Accordion("Quality vs diversity, against the measured fronts", open=False):
         qd = gr.Image(label="Quality vs diversity", type="pil",
                       value=pages.qd_figure(studio.fronts, None, studio.fronts_exact, studio.measured))
-    files = gr.File(label="Download: all takes as one ZIP, and each WAV (prompt, seed, λ or γ in the names)",
+    files = gr.File(label="Download: all takes in one ZIP (FLAC: lossless, smaller), and each take as WAV",
                     file_count="multiple", elem_id="files")
     return dict(merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
                 heat_merged=heat_merged, heat_base=heat_base, qd=qd, files=files, take=take, from_s=from_s,
@@ -257,7 +258,7 @@ def take_outputs_of(ui) -> list:
 def render(gr, studio: Studio, ui, r: Result) -> dict:
     """A generation's values, by component (so no order has to match a list elsewhere)."""
     n = r.merged.audio.shape[0]
-    files = {"merged": r.files[1:n + 1], "base": r.files[n + 1:]}  # files[0]: the ZIP of all
+    files = {"merged": r.files[ARCHIVES:ARCHIVES + n], "base": r.files[ARCHIVES + n:]}  # first: the ZIPs of all
     out = {}
     for key, _, gen in r.sets():
         for i, player in enumerate(ui.merged_audio if key == "merged" else ui.base_audio):

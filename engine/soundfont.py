@@ -120,8 +120,10 @@ class SoundFontRenderer:
         for k, name in enumerate(sc.STREAMS):
             tokens = np.asarray(clip[k])
             stream = self._stream(name, tokens, n)
-            if stream is None:
-                continue
+            if stream is None:  # no notes: silent, unless a degradation sounds in it
+                if not np.isin(tokens, (sc.NOISE, sc.DISTORT)).any():
+                    continue
+                stream = np.zeros((2, n), dtype=np.float32)
             stream = np.stack([sc.degrade(ch, tokens, HOP, NOISE_LEVEL) for ch in stream])
             mix += STREAM_GAIN[name] * _pan(stream, PAN[name])
         if self.reverb:

@@ -1,4 +1,5 @@
 """The app's callbacks without a browser (`Studio`), and the Blocks it builds."""
+import io
 import os
 import threading
 import time
@@ -61,17 +62,21 @@ def test_generate_clips_scores_and_wavs(studio):
     assert r.merged.audio.shape[0] == 3 and r.base is None and r.merged.seed == 7
     s = r.scores["merged"]
     assert s.diversity.shape == (3, 3) and s.quality.shape == (3,)
-    archive, *wavs = r.files  # one ZIP of all takes first, then each WAV
+    archive, *wavs = r.files  # one ZIP of all takes (FLAC) first, then each WAV
     assert len(wavs) == 3 and all("rock-song_0.5s_seed7_q-d-lam0.50_clip" in f and f.startswith(str(studio.out_dir))
                                   for f in wavs)  # prompt, length, seed, mode and λ: two sets never share a name
     assert archive.endswith("rock-song_0.5s_seed7_q-d-lam0.50_all.zip")
-    with zipfile.ZipFile(archive) as z:
-        assert sorted(z.namelist()) == sorted(os.path.basename(f) for f in wavs)
     audio, sr = sf.read(wavs[0])
     assert sr == r.merged.sample_rate and len(audio) == r.merged.audio.shape[-1]
     with sf.SoundFile(wavs[0]) as f:  # no CFG settings on a clip made without CFG; nano's tempo and key
         assert "seed=7" in f.comment and f.title == "rock song" and "guidance" not in f.comment
         assert "tempo=" in f.comment and "key=" in f.comment
+    with zipfile.ZipFile(archive) as z:  # the same samples, losslessly, with the same title and comment
+        names = sorted(z.namelist())
+        assert names == sorted(os.path.basename(f)[:-4] + ".flac" for f in wavs)
+        with sf.SoundFile(io.BytesIO(z.read(os.path.basename(wavs[0])[:-4] + ".flac"))) as f:
+            assert f.format == "FLAC" and f.comment.startswith("prompt=") and f.title == "rock song"
+            assert np.array_equal(f.read(dtype="int16"), sf.read(wavs[0], dtype="int16")[0])
     assert "Seed 7" in pages.summary_markdown(r) and "mean diversity" in pages.scores_markdown(r)
     heat, none = pages.heatmaps(r)
     assert heat.size[0] > 100 and none is None
@@ -224,6 +229,18 @@ def test_old_output_folders_are_pruned_oldest_first(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
     prune(tmp_path, keep=1, spare=tmp_path / "20260101-000000-aaaaaa")  # the folder being written stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101-000000-aaaaaa", "pair-y"]
+
+
+def test_output_folders_are_also_bounded_in_bytes_newest_kept(tmp_path):
+    """Stereo 32 kHz takes of up to 30 s: the folder count alone let 64 folders reach gigabytes."""
+    for age, name in ((300, "old"), (200, "mid"), (100, "new")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "take.wav").write_bytes(b"x" * 1000)
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))
+    (tmp_path / "writing").mkdir()
+    (tmp_path / "writing" / "take.wav").write_bytes(b"x" * 1000)
+    prune(tmp_path, keep=10, spare=tmp_path / "writing", max_bytes=2500)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "writing"]
 
 
 def test_pruning_survives_folders_that_vanish_meanwhile(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -21,17 +22,23 @@ import soundfile as sf
 
 from engine.service import Generation
 
-MAX_OUTPUT_FOLDERS = 64  # newest generations whose WAVs stay here (each ≤ 16 clips × 10 s × 32 kB/s = 5 MB for nano)
+MAX_OUTPUT_FOLDERS = 64  # newest generations whose WAVs stay here (typically 4 takes × 8 s: 5 MB of stereo WAV + FLAC)
+MAX_OUTPUT_BYTES = 1 << 30  # … and at most 1 GiB of them (one request can write ~100 MB: 16 takes × 30 s × 128 kB/s of
+# WAV and their FLACs), so the newest ones are dropped first by size, never the one being written
 
 
 def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
 
 
+ARCHIVES = 1  # the ZIPs listed before the WAVs of a set (`write_set_wavs`): one, of FLACs (lossless and 40 % smaller
+# than WAVs; every DAW reads FLAC; each WAV is there as well)
+
+
 def write_set_wavs(folder: Path, result, merged_tag: str) -> list[str]:
     """16-bit WAVs of both sets, named after prompt, length, seed and what made them (the blend mode and λ, or the CFG
     setting), so that two sets never share a name; what made each clip in its comment (CFG settings only on CFG clips;
-    on nano also the tempo and key it played); then one ZIP of them all, listed first, named after both sets."""
+    on nano also the tempo and key it played); then a ZIP of them all as FLAC, listed first, named after both sets."""
     files, tags = [], []
     for key, gen, tag in (("merged", result.merged, merged_tag), ("base", result.base, None)):
         if gen is None:
@@ -47,11 +54,27 @@ def write_set_wavs(folder: Path, result, merged_tag: str) -> list[str]:
                 f.comment = clip_comment(gen, i, plays[i])
                 f.write(np.clip(clip.T, -1, 1))
             files.append(str(path))
-    archive = folder / f"{set_name(result.merged, '+'.join(tags))}_all.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in files:
-            z.write(f, Path(f).name)
-    return [str(archive)] + files
+    name = set_name(result.merged, '+'.join(tags))
+    return [zip_takes(folder / f"{name}_all.zip", files, "FLAC")] + files
+
+
+def zip_takes(archive: Path, wavs: list[str], audio_format: str = "WAV") -> str:
+    """One ZIP of the WAVs, as they are or re-encoded (FLAC: lossless, the same 16-bit samples in about 60 % of
+    the bytes, with the WAV's title and comment)."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED if audio_format == "WAV" else zipfile.ZIP_STORED) as z:
+        for wav in wavs:
+            if audio_format == "WAV":
+                z.write(wav, Path(wav).name)
+                continue
+            with sf.SoundFile(wav) as src:
+                data, rate, title, comment = src.read(dtype="int16"), src.samplerate, src.title, src.comment
+            buffer = io.BytesIO()
+            with sf.SoundFile(buffer, "w", rate, data.shape[1] if data.ndim > 1 else 1, "PCM_16",
+                              format=audio_format) as f:
+                f.title, f.comment = title, comment
+                f.write(data)
+            z.writestr(f"{Path(wav).stem}.{audio_format.lower()}", buffer.getvalue())
+    return str(archive)
 
 
 def set_name(gen: Generation, tag: str) -> str:
@@ -87,19 +110,34 @@ def write_pair_wavs(folder: Path, a: Generation, b: Generation) -> list[str]:
     return files
 
 
-def prune(out_dir: Path, keep: int = MAX_OUTPUT_FOLDERS, spare: Path | None = None) -> None:
-    """Keep the newest `keep` output folders, and always `spare` (the one a request is writing). Safe while other
-    requests prune the same folder: one that vanishes between listing and deleting is simply gone already."""
+def prune(out_dir: Path, keep: int = MAX_OUTPUT_FOLDERS, spare: Path | None = None,
+          max_bytes: int = MAX_OUTPUT_BYTES) -> None:
+    """Keep the newest `keep` output folders holding at most `max_bytes` together, and always `spare` (the one a
+    request is writing). Safe while other requests prune the same folder: one that vanishes between listing and
+    deleting is simply gone already."""
     folders = []
     for path in out_dir.iterdir():
         try:
             if path.is_dir() and path != spare:
-                folders.append((path.stat().st_mtime, path))
+                folders.append((path.stat().st_mtime, _bytes(path), path))
         except FileNotFoundError:
             continue
-    folders.sort()
-    for _, old in folders[:max(len(folders) - keep, 0)]:
-        shutil.rmtree(old, ignore_errors=True)
+    folders.sort(reverse=True)  # newest first
+    total = _bytes(spare) if spare is not None else 0
+    for i, (_, size, path) in enumerate(folders):
+        total += size
+        if i >= keep or total > max_bytes:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _bytes(folder: Path) -> int:
+    total = 0
+    if not folder.is_dir():
+        return 0
+    for f in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            total += f.stat().st_size
+    return total
 
 
 class Janitor:

@@ -242,10 +242,14 @@ def qd_figure(fronts: dict, result: Result | None = None, fronts_exact: dict | N
     return quality_diversity_plot(shown, points, title=title, xlabel=xlabel, note=note)
 
 
-def models_markdown(base: str, sources: dict[str, str | None], scorers: Scorers, readable: bool) -> str:
-    """Which models this server loaded and where each score comes from (shown folded at the top of the page)."""
+def models_markdown(base: str, sources: dict[str, str | None], scorers: Scorers, readable: bool,
+                    sound: str = "") -> str:
+    """Which models this server loaded and where each score comes from (shown folded at the top of the page);
+    `sound`: how nano's notes are played (the codec's description)."""
     lines = [f"- **Base model**: {base}" + (" (MusicGen-nano: every take's notes can be read back)" if readable
                                                else "")]
+    if sound:
+        lines.append(f"- **Sound**: nano's notes played by {sound}; every take at one loudness (−14 LUFS)")
     lines += [f"- **{name}**: {path or 'the base model (none given)'}" for name, path in sources.items()]
     if scorers.has_diversity:
         lines.append("- **Diversity**: the diversity embedding E (mean r_D between takes)")

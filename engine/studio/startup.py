@@ -215,6 +215,7 @@ def make_studio(args) -> Studio:
                                                    args.soundfont)
     banner += notices + [tip for tip in (bf16_tip(src.base, device, args.dtype), kernel_tip(device)) if tip]
     soup = add_soup(service, src.soup)
+    LOG.info("sound: %s", getattr(service.model.codec, "description", "MusicGen's EnCodec"))
     LOG.info("weights: %s", weights_report(service, {"θ_q": ("q", src.theta_q), "θ_d": ("d", src.theta_d)}
                                                 | {f"soup {i}": (f"soup{i}", p) for i, p in enumerate(src.soup)}))
     # 2. the scorers, the fronts and the teacher the comparison starts from
@@ -230,7 +231,7 @@ def make_studio(args) -> Studio:
     # 3. what the page says was loaded
     studio.models = models_markdown(src.base, {"θ_q (quality model)": src.theta_q, "θ_d (diversity model)": src.theta_d}
                                     | {f"soup model {i + 1}": p for i, p in enumerate(src.soup)}, scorers,
-                                    studio.readable)
+                                    studio.readable, getattr(service.model.codec, "description", ""))
     return studio
 
 
