@@ -85,7 +85,8 @@ def find_soundfont(path: str | Path | None = None) -> SoundFont:
             raise FileNotFoundError(f"{p}: no SoundFont there (an .sf2 or .sf3 file is needed)")
         if p.suffix.lower() not in (".sf2", ".sf3"):
             raise ValueError(f"{p}: not a SoundFont (.sf2 or .sf3)")
-        return SoundFont(p.stem, p, "as its author states")
+        known = [b for b in soundfonts() if b.path.is_file() and b.path.resolve() == p.resolve()]
+        return known[0] if known else SoundFont(p.stem, p, "as its author states")
     for bank in soundfonts():
         if bank.path.is_file():
             return bank

@@ -38,6 +38,7 @@ from engine.figures import lambda_plot, quality_diversity_plot
 from engine.merge import Blend
 from engine.model import load_model
 from engine.modes import MERGE_MODES
+from engine.score_codec import RENDERERS, ScoreCodec
 from engine.scorers import OMEGA, Scorers
 from engine.service import MusicService, Request
 from training.claims import (
@@ -81,6 +82,10 @@ class EvalSettings:
     runs: list[str] = setting([], "training runs whose snapshots to evaluate (runs/theta_d ...)")
     embedding: str = setting(shipped.EMBEDDING, "E")
     quality: str = setting(shipped.QUALITY, "quality scorer")
+    renderer: str = setting("synth", "how nano's takes sound for the learned scores: synth (mono 16 kHz) or soundfont "
+                                     "(GM instruments, stereo 32 kHz; the exact metrics read the tokens either way)",
+                            choices=RENDERERS)
+    soundfont: str | None = setting(None, "the .sf2/.sf3 bank for --renderer soundfont (default: the best installed)")
     prompts: int = setting(32, "held-out prompts")
     clips: int = setting(4, "clips per prompt")
     seconds: float = setting(4.0, "clip length (s)")
@@ -132,18 +137,24 @@ class Evaluator:
     def __init__(self, s: EvalSettings, split: str = "test"):
         self.settings = s
         self.service = MusicService(load_model(s.base))
+        if isinstance(self.service.model.codec, ScoreCodec) and s.renderer != "synth":
+            self.service.model.codec = ScoreCodec(renderer=s.renderer, soundfont=s.soundfont)
         self.scorers = Scorers.from_folders(s.embedding, s.quality)
         self.prompts = {"test": heldout_prompts, "validation": validation_prompts}[split](s.seed, s.prompts)
         self.fingerprints = {"base": file_hash(Path(s.base)), "E": file_hash(Path(s.embedding)),
                              "Q": file_hash(Path(s.quality))}
         self.cache_key_settings = dict(prompts=s.prompts, clips=s.clips, seconds=s.seconds, seed=s.seed, omega=OMEGA,
-                                       split=split, metrics=METRICS_VERSION)
+                                       split=split, metrics=METRICS_VERSION, sound=self.sound())
         self.cache_path = Path(s.out) / "cache.jsonl"
         self.cache = {}
         if self.cache_path.exists():
             for line in self.cache_path.read_text().splitlines():
                 rec = json.loads(line)
                 self.cache[rec["key"]] = rec
+
+    def sound(self) -> str:
+        """How the takes the learned scores hear were made (part of every cached point's key)."""
+        return getattr(self.service.model.codec, "description", "MusicGen's EnCodec") + ", at -14 LUFS"
 
     def add(self, name: str, path: str | Path) -> None:
         self.service.add_checkpoint(name, path)
