@@ -1,7 +1,8 @@
 """Optional C kernels for CPU decoding, compiled on first use and cached; torch's own ops wherever they are missing.
 
 - `decode_attention`: one decode step of attention (one query per row and head over a KV cache);
-- `few_row_linear`: x · wᵀ for the few rows of a decode step (AVX-512; fp32 or bf16 weights), weights streamed once.
+- `few_row_linear`: x · wᵀ for the few rows of a decode step (AVX-512, or AVX2 + FMA; fp32 or bf16 weights), weights
+  streamed once.
 What each saves is measured by `python -m bench.decode_kernels` (README, "Where the time goes").
 
 The source is `engine/csrc/cpu_kernels.c`: plain C (no torch headers), built with the system C compiler (`$CC`,
@@ -33,13 +34,16 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-shared"]
+ISA_NAMES = {512: "AVX-512", 256: "AVX2 + FMA"}  # kernel_isa() -> what few_row_linear was built for
+ISA_FLAGS = {"native": [], "avx2": ["-mno-avx512f"]}  # $MUSIC_KERNEL_ISA: "avx2" builds the AVX2 path on a CPU
+# with AVX-512 too, so that it is tested and measured there (`bench.decode_kernels`, tests/test_kernels.py)
 MAX_HEAD_DIM = 512
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status = "not built yet"
 _tried = False
-_few_rows = False  # whether few_row_linear runs here (it needs AVX-512)
+_few_rows = False  # whether few_row_linear runs here (it needs AVX-512, or AVX2 and FMA)
 
 
 @functools.cache
@@ -64,6 +68,13 @@ def _compiler() -> str | None:
     return None
 
 
+def _isa_flags() -> list[str]:
+    isa = os.environ.get("MUSIC_KERNEL_ISA", "native")
+    if isa not in ISA_FLAGS:
+        raise RuntimeError(f"MUSIC_KERNEL_ISA must be one of {', '.join(ISA_FLAGS)}, got {isa!r}")
+    return ISA_FLAGS[isa]
+
+
 def _build(cc: str) -> Path:
     """Compile SOURCE (with OpenMP, else without) into the cache; return the library's path."""
     source = SOURCE.read_bytes()
@@ -71,7 +82,7 @@ def _build(cc: str) -> Path:
     cpu = next((line for line in first_cpu().splitlines() if line.startswith(("flags", "Features"))), "")
     errors: list[str] = []
     for openmp in (["-fopenmp"], []):
-        flags = FLAGS + openmp
+        flags = FLAGS + _isa_flags() + openmp
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), cpu.encode()]))
         path = _cache_dir() / f"cpu_kernels-{key.hexdigest()[:16]}.so"
         if path.exists():
@@ -115,10 +126,13 @@ def load() -> ctypes.CDLL | None:
                 lib.decode_attention.restype = ctypes.c_int
                 lib.few_row_linear.argtypes = [p, i, p, ctypes.c_int, p, i, i, i, ctypes.c_int]
                 lib.few_row_linear.restype = ctypes.c_int
+                lib.kernel_isa.restype = ctypes.c_int
                 _lib, _status = lib, f"C kernels ({SOURCE.name}, built with {cc})"
                 _few_rows = _probe_few_row_linear(lib)
                 if not _few_rows:
-                    _status += "; few-row matmuls through torch (no AVX-512)"
+                    _status += "; few-row matmuls through torch (neither AVX-512 nor AVX2 + FMA)"
+                else:
+                    _status += f"; few-row matmuls: {ISA_NAMES.get(lib.kernel_isa(), 'none')}"
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _status = f"build failed, using torch: {e}"
             log.warning("engine.kernels: %s", _status)
@@ -126,15 +140,21 @@ def load() -> ctypes.CDLL | None:
     return _lib
 
 
+def simd() -> str:
+    """The vector instructions the few-row matmul was built for ("AVX-512", "AVX2 + FMA" or "none")."""
+    lib = load()
+    return ISA_NAMES.get(lib.kernel_isa() if lib is not None else 0, "none")
+
+
 def _probe_few_row_linear(lib: ctypes.CDLL) -> bool:
-    """Whether the matmul kernel runs here (it answers 1 when built without AVX-512) and adds up."""
+    """Whether the matmul kernel runs here (it answers 1 when built without AVX-512 or AVX2) and adds up."""
     x, w, y = torch.ones(2, 16), torch.ones(8, 16), torch.zeros(2, 8)
     ran = lib.few_row_linear(x.data_ptr(), 16, w.data_ptr(), 0, y.data_ptr(), 2, 16, 8, 1) == 0
     return ran and bool((y == 16).all())
 
 
 def has_few_row_linear() -> bool:
-    """Whether `few_row_linear` runs on this CPU (the kernels are built and it has AVX-512)."""
+    """Whether `few_row_linear` runs on this CPU (the kernels are built and it has AVX-512, or AVX2 and FMA)."""
     load()
     return _few_rows
 
@@ -176,9 +196,9 @@ def decode_attention(q: Tensor, kc: Tensor, vc: Tensor, length: int, new_k: Tens
 
 
 def few_row_linear(x: Tensor, w: Tensor) -> Tensor | None:
-    """x (R, I) · w (O, I)ᵀ -> (R, O) fp32 on a CPU with AVX-512: w fp32 or bf16 (widened exactly, fp32 arithmetic),
-    x fp32 (or bf16, widened first) with unit stride within rows, w contiguous; None where the kernel does not apply
-    (not built, no AVX-512, I % 16 or O % 8 not 0, other dtypes, autograd...)."""
+    """x (R, I) · w (O, I)ᵀ -> (R, O) fp32 on a CPU with AVX-512 or AVX2: w fp32 or bf16 (widened exactly, fp32
+    arithmetic), x fp32 (or bf16, widened first) with unit stride within rows, w contiguous; None where the kernel does
+    not apply (not built, neither AVX-512 nor AVX2, I % 16 (AVX2: 8) or O % 8 not 0, other dtypes, autograd...)."""
     load()
     if (not _few_rows or w.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu" or x.dim() != 2
             or not w.is_contiguous() or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):

@@ -10,7 +10,6 @@ from engine.decoder import _position_major
 from engine.generate import SamplingParams, generate_codes
 
 built = pytest.mark.skipif(kernels.load() is None, reason=f"kernels not built here: {kernels.status()}")
-avx512 = pytest.mark.skipif(not kernels.has_few_row_linear(), reason=f"no few-row matmul kernel: {kernels.status()}")
 
 
 def _case(B, H, T, D, max_len=None, seed=0):
@@ -130,10 +129,29 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     assert kernels.load() is not None and (tmp_path / files[0]).stat().st_mtime_ns == mtime  # reused, not rebuilt
 
 
-@avx512
+def _avx2_builds() -> bool:
+    """Whether this machine can build and run the AVX2 + FMA variant (any x86-64 CPU with both)."""
+    flags = next((ln for ln in kernels.first_cpu().splitlines() if ln.startswith("flags")), "").split()
+    return kernels.load() is not None and {"avx2", "fma"} <= set(flags)
+
+
+@pytest.fixture(params=["native", "avx2"])
+def isa(request, monkeypatch):
+    """Each few-row matmul test on this CPU's own build and on the AVX2 + FMA build (`MUSIC_KERNEL_ISA=avx2`), so the
+    path most laptops take is tested on AVX-512 machines too."""
+    if request.param == "avx2":
+        if not _avx2_builds():
+            pytest.skip("no AVX2 + FMA here")
+        _fresh(monkeypatch, MUSIC_KERNEL_ISA="avx2")
+        assert kernels.simd() == "AVX2 + FMA" and "AVX2 + FMA" in kernels.status()
+    elif not kernels.has_few_row_linear():
+        pytest.skip(f"no few-row matmul kernel: {kernels.status()}")
+    return request.param
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 8, 15, 16, 33, 48])
 @pytest.mark.parametrize("n_out, n_in", [(8, 16), (40, 48), (768, 256), (256, 1024)])
-def test_few_row_linear_matches_f_linear(rows, n_out, n_in):
+def test_few_row_linear_matches_f_linear(rows, n_out, n_in, isa):
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(n_out, n_in, generator=g)
     big = torch.randn(rows, n_in + 16, generator=g)
@@ -148,9 +166,8 @@ def test_few_row_linear_matches_f_linear(rows, n_out, n_in):
         torch.testing.assert_close(y, F.linear(x, w), rtol=1e-5, atol=1e-4)
 
 
-@avx512
 @pytest.mark.parametrize("rows", [1, 5, 16])
-def test_few_row_linear_bf16_weights_in_fp32_arithmetic(rows):
+def test_few_row_linear_bf16_weights_in_fp32_arithmetic(rows, isa):
     g = torch.Generator().manual_seed(rows)
     w = torch.randn(48, 64, generator=g).bfloat16()
     x = torch.randn(rows, 64, generator=g)
@@ -161,10 +178,10 @@ def test_few_row_linear_bf16_weights_in_fp32_arithmetic(rows):
                                rtol=1e-5, atol=1e-4)
 
 
-@avx512
-def test_few_row_linear_declines_what_it_does_not_handle():
+def test_few_row_linear_declines_what_it_does_not_handle(isa):
     w, x = torch.randn(16, 32), torch.randn(3, 32)
-    assert kernels.few_row_linear(x[:, :24], w[:, :24].contiguous()) is None  # I % 16
+    odd = 24 if kernels.simd() == "AVX-512" else 20  # I % 16 (AVX-512), I % 8 (AVX2)
+    assert kernels.few_row_linear(x[:, :odd], w[:, :odd].contiguous()) is None
     assert kernels.few_row_linear(x, w[:12]) is None  # O % 8
     assert kernels.few_row_linear(x.half(), w.half()) is None
     assert kernels.few_row_linear(x.T.contiguous().T, w) is None  # no unit stride within rows

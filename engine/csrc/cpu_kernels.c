@@ -124,7 +124,8 @@ int decode_attention(const float *q, const float *new_k, const float *new_v, int
  * with one transposing tree. The 8 weight rows stay in L1/L2 across the row pairs, so the weights are read from
  * memory once per call. x rows at stride x_stride (unit stride within a row), w and y contiguous. bf16 weights
  * are widened to fp32 in registers (exact), so they stream half the bytes and the arithmetic stays fp32.
- * Returns 1 (nothing written) without AVX-512, or where I % 16 or O % 8 is not 0.
+ * Returns 1 (nothing written) without AVX-512 or AVX2+FMA (the AVX2 variant below), or where I % 16 (AVX2: I % 8)
+ * or O % 8 is not 0.
  */
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -185,6 +186,55 @@ int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, 
     else linear_rows(x, x_stride, w, y, R, I, O, threads, 0);
     return 0;
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+/* AVX2 + FMA (most x86-64 laptops and servers without AVX-512): 16 ymm registers, so each thread keeps 8
+ * accumulators (1 input row × 8 outputs) plus the row and one weight vector; the 8 weight rows (8 · I floats) stay
+ * in L1/L2 across the input rows, so the weights are still read from memory once per call. */
+#include <immintrin.h>
+
+/* 8 vectors -> one vector whose lane k is the sum of v[k]'s lanes: horizontal adds within 128-bit lanes, then the
+ * two halves */
+static inline __m256 reduce8(const __m256 *v) {
+    const __m256 s0 = _mm256_hadd_ps(v[0], v[1]), s1 = _mm256_hadd_ps(v[2], v[3]);
+    const __m256 s2 = _mm256_hadd_ps(v[4], v[5]), s3 = _mm256_hadd_ps(v[6], v[7]);
+    const __m256 t0 = _mm256_hadd_ps(s0, s1), t1 = _mm256_hadd_ps(s2, s3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
+}
+
+static inline __attribute__((always_inline)) __m256 load_w8(const char *w, const int bf16) {
+    if (!bf16) return _mm256_loadu_ps((const float *)w);
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+
+static inline __attribute__((always_inline)) void linear_rows8(const float *x, int64_t x_stride, const char *w,
+                                                               float *y, int64_t R, int64_t I, int64_t O,
+                                                               int threads, const int bf16) {
+    const int64_t w_item = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < O; o += 8) {
+        const char *wo = w + o * I * w_item;
+        for (int64_t r = 0; r < R; r++) {
+            const float *xr = x + r * x_stride;
+            __m256 acc[8];
+            for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < I; i += 8) {
+                const __m256 a = _mm256_loadu_ps(xr + i);
+                for (int j = 0; j < 8; j++)
+                    acc[j] = _mm256_fmadd_ps(a, load_w8(wo + (j * I + i) * w_item, bf16), acc[j]);
+            }
+            _mm256_storeu_ps(y + r * O + o, reduce8(acc));
+        }
+    }
+}
+
+int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
+                   int64_t O, int threads) {
+    if (I % 8 || O % 8) return 1;
+    if (w_bf16) linear_rows8(x, x_stride, w, y, R, I, O, threads, 1);
+    else linear_rows8(x, x_stride, w, y, R, I, O, threads, 0);
+    return 0;
+}
 #else
 int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
                    int64_t O, int threads) {
@@ -192,3 +242,14 @@ int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, 
     return 1;
 }
 #endif
+
+/* The vector width few_row_linear was built for: 512 (AVX-512), 256 (AVX2 + FMA), 0 (none: it always answers 1) */
+int kernel_isa(void) {
+#if defined(__AVX512F__)
+    return 512;
+#elif defined(__AVX2__) && defined(__FMA__)
+    return 256;
+#else
+    return 0;
+#endif
+}
