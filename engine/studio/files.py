@@ -31,8 +31,8 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "unconditional"
 
 
-ARCHIVES = 1  # the ZIPs listed before the WAVs of a set (`write_set_wavs`): one, of FLACs (lossless and 40 % smaller
-# than WAVs; every DAW reads FLAC; each WAV is there as well)
+ARCHIVES = 1  # the ZIPs listed before the WAVs of a set (`write_set_wavs`): one, of FLACs (lossless, two thirds
+# of the WAVs' bytes on SoundFont takes; every DAW reads FLAC; each WAV is there as well)
 
 
 def write_set_wavs(folder: Path, result, merged_tag: str) -> list[str]:
@@ -59,8 +59,8 @@ def write_set_wavs(folder: Path, result, merged_tag: str) -> list[str]:
 
 
 def zip_takes(archive: Path, wavs: list[str], audio_format: str = "WAV") -> str:
-    """One ZIP of the WAVs, as they are or re-encoded (FLAC: lossless, the same 16-bit samples in about 60 % of
-    the bytes, with the WAV's title and comment)."""
+    """One ZIP of the WAVs, as they are or re-encoded (FLAC: lossless, the same 16-bit samples in about two thirds
+    of the bytes, with the WAV's title and comment)."""
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED if audio_format == "WAV" else zipfile.ZIP_STORED) as z:
         for wav in wavs:
             if audio_format == "WAV":
