@@ -98,3 +98,20 @@ def test_the_synthesiser_stays_available_and_unchanged_for_the_shipped_figures()
     service, _ = MusicService.from_sources(NANO, renderer="synth")
     gen = service.generate_base(Request("calm piano", num_clips=1, duration_s=1.0, seed=0))
     assert gen.audio.shape == (1, 1, 16000)
+
+
+def test_the_page_warns_when_a_scorer_heard_other_takes_than_these(tmp_path):
+    from engine.studio.startup import sound_mismatch, trained_renderer
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "model.json").write_text('{"config": {}}')  # a run from before the SoundFont: the synthesiser's takes
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "model.json").write_text('{"config": {}, "renderer": "soundfont"}')
+    assert trained_renderer(str(old)) == "synth" and trained_renderer(str(new)) == "soundfont"
+    assert trained_renderer(str(tmp_path / "none")) is None and trained_renderer(None) is None
+    warnings = sound_mismatch(ScoreCodec(renderer="soundfont"), {"E": str(old), "the quality scorer": str(new)})
+    assert len(warnings) == 1 and warnings[0].startswith("E was trained on takes played by the synth renderer")
+    assert sound_mismatch(ScoreCodec(), {"E": str(old)}) == []
+    assert sound_mismatch(object(), {"E": str(new)}) == []  # a real MusicGen's EnCodec: nothing to compare

@@ -3,6 +3,7 @@ give the tips and warnings the page shows at its top."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -222,6 +223,7 @@ def make_studio(args) -> Studio:
     scorers = Scorers.from_folders(src.embedding, src.quality, clap=args.clap, allow_download=args.allow_download)
     if not scorers.has_diversity:
         banner.append("No diversity embedding E loaded: diversity is not shown.")
+    banner += sound_mismatch(service.model.codec, {"E": src.embedding, "the quality scorer": src.quality})
     fronts = args.fronts
     studio = Studio(service, scorers, ratings, load_fronts(fronts) if fronts else {}, banner, soup=soup,
                     fronts_exact=load_fronts(fronts, "fronts_exact") if fronts else {},
@@ -233,6 +235,26 @@ def make_studio(args) -> Studio:
                                     | {f"soup model {i + 1}": p for i, p in enumerate(src.soup)}, scorers,
                                     studio.readable, getattr(service.model.codec, "description", ""))
     return studio
+
+
+def trained_renderer(folder: str | None) -> str | None:
+    """The renderer a learned scorer's training corpus was played by (its run settings in model.json; runs before
+    the SoundFont renderer have none: the synthesiser); None where the folder has no readable model.json."""
+    try:
+        settings = json.loads((Path(folder) / "model.json").read_text())
+    except (TypeError, OSError, ValueError):
+        return None
+    return settings.get("renderer", "synth") if isinstance(settings, dict) else None
+
+
+def sound_mismatch(codec, scorers: dict[str, str | None]) -> list[str]:
+    """A page warning for each learned scorer trained on takes played otherwise than nano's takes here."""
+    playing = getattr(codec, "renderer", None)
+    if playing is None:  # a real MusicGen: its own audio
+        return []
+    return [f"{name} was trained on takes played by the {trained} renderer, and these takes are played by the "
+            f"{playing} renderer: its scores are less reliable here (`--renderer {trained}` matches it)."
+            for name, folder in scorers.items() if (trained := trained_renderer(folder)) not in (None, playing)]
 
 
 def add_soup(service: MusicService, paths: list[str]) -> list[str]:
