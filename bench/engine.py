@@ -4,6 +4,7 @@
     python -m bench.engine --sizes nano    # quick
     python -m bench.engine --dtype bf16    # bf16 weights on both sides (ours: fp32 activations, bf16 weights
                                            # widened in the matmuls)
+    python -m bench.engine --isa avx2      # both sides as on a CPU without AVX-512
 
 Sampler: the same random model, batch, length and sampling settings (top-k 250, temperature 1) through
 (a) our `generate_codes` and (b) transformers' `MusicgenForConditionalGeneration.generate`, text encoding
@@ -20,17 +21,22 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from engine import kernels
 from engine.generate import SamplingParams, generate_codes
 from engine.merge import Blend, WeightMixer
 from engine.model import debug_composite, from_composite, parse_dtype
 
+NO_AVX512 = {"avx2": {"MUSIC_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                      "ONEDNN_MAX_CPU_ISA": "AVX2"}}  # each library's own switch down to AVX2 (+ FMA)
 SIZES = {
     # ~9M-parameter decoder: the scale of the embedded nano model
     "nano": dict(hidden=256, layers=8, heads=8, vocab=512, codebooks=4, max_positions=1024),
@@ -128,13 +134,22 @@ def main(argv=None) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="decoder weights on both sides; with bf16 transformers runs its whole composite in bf16 "
                         "(what from_pretrained(torch_dtype=torch.bfloat16) gives a user)")
-    p.add_argument("--out", help="default: bench/results/engine.json (engine_bf16.json for --dtype bf16)")
+    p.add_argument("--isa", choices=list(NO_AVX512), help="avx2: run everything (our kernels, torch's ATen, MKL, "
+                   "oneDNN) as on a CPU without AVX-512, so one machine measures both (the run starts again with "
+                   "the libraries' own switches set)")
+    p.add_argument("--out", help="default: bench/results/engine.json (engine_bf16.json for --dtype bf16, "
+                                 "engine_avx2.json for --isa avx2)")
     args = p.parse_args(argv)
-    args.out = args.out or f"bench/results/engine{'' if args.dtype == 'fp32' else '_' + args.dtype}.json"
+    if args.isa and any(os.environ.get(k) != v for k, v in NO_AVX512[args.isa].items()):
+        os.execve(sys.executable, [sys.executable, "-m", "bench.engine", *(argv or sys.argv[1:])],
+                  os.environ | NO_AVX512[args.isa])
+    suffix = "".join(f"_{v}" for v in (args.dtype if args.dtype != "fp32" else "", args.isa or "") if v)
+    args.out = args.out or f"bench/results/engine{suffix}.json"
     dtype = parse_dtype(args.dtype)
     torch.set_num_threads(args.threads)
 
-    results = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype,
+    results = {"torch": torch.__version__, "threads": args.threads, "dtype": args.dtype, "isa": args.isa or "native",
+               "kernels": kernels.status(),
                "cpu": platform.processor() or platform.machine(), "sampler": [], "merge": {}}
     for size in args.sizes:
         t = time.perf_counter()

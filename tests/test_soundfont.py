@@ -13,6 +13,7 @@ from engine.score_codec import ScoreCodec
 from engine.service import MusicService, Request
 from engine.shipped import NANO
 from engine.studio import Studio
+from engine.studio.startup import sound_mismatch, trained_renderer
 from training.corpus import generate_piece
 
 
@@ -101,8 +102,6 @@ def test_the_synthesiser_stays_available_and_unchanged_for_the_shipped_figures()
 
 
 def test_the_page_warns_when_a_scorer_heard_other_takes_than_these(tmp_path):
-    from engine.studio.startup import sound_mismatch, trained_renderer
-
     old = tmp_path / "old"
     old.mkdir()
     (old / "model.json").write_text('{"config": {}}')  # a run from before the SoundFont: the synthesiser's takes
