@@ -189,8 +189,12 @@ def test_a_20s_take_starts_with_the_8s_take_of_its_seed_and_can_be_continued(bro
                             api_name="/generate")[0] for seconds in (8.0, 20.0)]
     (short, rate), (long, _) = [sf.read(t["value"] if isinstance(t, dict) else t) for t in takes]
     head = int(7.5 * rate)  # the last half second differs: the 8 s take's notes end there, the long one's go on
-    # the same notes (their codes are equal: tests/test_service.py); the renders agree to 6e-8, a 16-bit step here
-    assert len(long) == 20 * rate and np.abs(short[:head] - long[:head]).max() <= 1 / 32768
+    # the same notes (their codes are equal: tests/test_service.py), each take brought to −14 LUFS on its own: the
+    # same audio up to one gain, except where the peak limiter held a peak down a little more in one take (1.3e-3 at
+    # most in this test's runs)
+    gain = float((short[:head] * long[:head]).sum() / (long[:head] ** 2).sum())
+    assert len(long) == 20 * rate and short.shape[1] == 2 and 0.5 < gain < 2
+    assert np.abs(short[:head] - gain * long[:head]).max() <= 5e-3
     page.get_by_text("Longer takes and variations").click()  # the folded controls
     page.locator("#vary-take input").first.fill("1")
     page.locator("#vary-from textarea, #vary-from input").first.fill("4")
