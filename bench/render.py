@@ -5,7 +5,8 @@
    wall time, median of `--repeats`, and the SoundFont's time as a ratio of the synthesiser's.
 2. Text to wave: a whole 4 × 8 s generation (θ_q ↔ θ_d at λ = 0.5, no CFG) through the service with each renderer,
    the time from the request to the normalised takes (the app's "Generate" without scoring and files).
-3. `--figure PATH`: spectrograms (0–16 kHz, log magnitude) of one corpus piece through both renderers, labelled.
+3. FLAC vs WAV: the bytes of 8 pieces' takes (16-bit stereo) encoded both ways, as the "all takes" ZIP holds them.
+4. `--figure PATH`: spectrograms (0–16 kHz, log magnitude) of one corpus piece through both renderers, labelled.
 
     python -m bench.render --repeats 3 --figure docs/renderers.png
 """
@@ -37,10 +38,14 @@ def codecs() -> dict[str, ScoreCodec]:
     return out
 
 
+def _pieces(n: int) -> torch.Tensor:
+    """The codes of n corpus pieces of 8 s (seed 1)."""
+    return torch.as_tensor(np.stack([generate_piece(1, i, int(SECONDS * 32)).codes for i in range(n)]).astype(np.int64))
+
+
 def render_speed(codec: ScoreCodec, n: int, repeats: int) -> float:
     """Seconds of audio per second of wall time, rendering and normalising n pieces of 8 s (median of repeats)."""
-    pieces = [generate_piece(1, i, int(SECONDS * 32)).codes for i in range(n)]
-    codes = torch.as_tensor(np.stack(pieces).astype(np.int64))
+    codes = _pieces(n)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -58,6 +63,22 @@ def text_to_wave(renderer: str, repeats: int) -> float:
         service.generate_merged(Request("upbeat funk with slap bass", num_clips=4, duration_s=SECONDS, seed=i), 0.5)
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
+
+
+def flac_ratio(codec: ScoreCodec) -> float:
+    """FLAC bytes / WAV bytes of 8 pieces' normalised takes (16-bit, as the app writes them)."""
+    import io  # noqa: PLC0415
+
+    import soundfile as sf  # noqa: PLC0415
+
+    codes = _pieces(8)
+    sizes = {"WAV": 0, "FLAC": 0}
+    for take in takes_audio(codec, codes):
+        for fmt in sizes:
+            buffer = io.BytesIO()
+            sf.write(buffer, take.T, codec.sample_rate, format=fmt, subtype="PCM_16")
+            sizes[fmt] += len(buffer.getvalue())
+    return sizes["FLAC"] / sizes["WAV"]
 
 
 def figure(path: str) -> None:
@@ -103,6 +124,8 @@ def main(argv=None) -> None:
         for name, codec in all_codecs.items():
             speed = render_speed(codec, n, args.repeats) if name != "synth" else base
             print(f"  {n} takes, {name:28s} {speed:6.1f} s of audio per s  ({base / speed:.2f}x the synth's time)")
+    for name, codec in all_codecs.items():
+        print(f"FLAC / WAV bytes, 8 takes, {name:28s} {flac_ratio(codec):.2f}")
     for renderer in ("synth", "soundfont"):
         print(f"text to wave, 4 × 8 s, {renderer:9s}: {text_to_wave(renderer, args.repeats):.2f} s")
     if args.figure:
