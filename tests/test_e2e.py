@@ -50,12 +50,17 @@ def open_page(browser, server, width=1440, height=900):
     return page
 
 
-def set_number(page, elem_id: str, value) -> None:
-    """Type into a slider's number box, as a user would."""
+def set_number(page, elem_id: str, value, settled: bool = False) -> None:
+    """Type into a slider's number box, as a user would; `settled`: wait until the slider shows the value (one the
+    page accepts), so a click right after sends it."""
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
     box.blur()  # the slider takes the value as it loses focus: under load a click right after could send the old one
+    if settled:  # the page's own state has the value once the slider shows it (CI once sent the old length)
+        from playwright.sync_api import expect  # noqa: PLC0415
+
+        expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value), timeout=10_000)
     page.wait_for_timeout(300)
 
 
@@ -198,7 +203,7 @@ def test_a_20s_take_starts_with_the_8s_take_of_its_seed_and_can_be_continued(bro
     page.get_by_text("Longer takes and variations").click()  # the folded controls
     page.locator("#vary-take input").first.fill("1")
     page.locator("#vary-from textarea, #vary-from input").first.fill("4")
-    set_number(page, "vary-length", 12)
+    set_number(page, "vary-length", 12, settled=True)
     generate(page, expect, 1, button="#new-endings")  # the first 4 s kept, a new ending to 12 s
     expect(page.locator("#info")).to_contain_text("new endings from 4 s")
     expect(page.locator("#files")).to_contain_text("_12s_seed77_q-d-lam0.50-take1-from4s")
