@@ -52,15 +52,24 @@ def open_page(browser, server, width=1440, height=900):
 
 def set_number(page, elem_id: str, value, settled: bool = False) -> None:
     """Type into a slider's number box, as a user would; `settled`: wait until the slider shows the value (one the
-    page accepts), so a click right after sends it."""
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()  # the slider takes the value as it loses focus: under load a click right after could send the old one
-    if settled:  # the page's own state has the value once the slider shows it (CI once sent the old length)
-        from playwright.sync_api import expect  # noqa: PLC0415
+    page accepts), typing it again if it did not (under CI load a box in a just-opened accordion once kept the old
+    value for 10 s), so a click right after sends it."""
+    from playwright.sync_api import expect  # noqa: PLC0415
 
-        expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value), timeout=10_000)
+    box = page.locator(f"#{elem_id} input[type=number]")
+    expect(box).to_be_editable()
+    for attempt in range(3 if settled else 1):
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()  # the slider takes the value as it loses focus: under load a click right after could send the old one
+        if not settled:
+            break
+        try:
+            expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(str(value), timeout=5_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     page.wait_for_timeout(300)
 
 
