@@ -7,7 +7,6 @@ with its own requests, so users never share a λ.
 """
 # (no `from __future__ import annotations` here: Gradio finds the gr.Request parameter of a callback by its evaluated
 # annotation, and a string annotation hands it the gr.Progress instead)
-import functools
 import logging
 import signal
 import sys
@@ -29,9 +28,12 @@ from engine.studio import (
     make_studio,
     pages,
     private_gradio_cache,
+    rater_id,
+    rater_session,
     sweep_dead_owners,
 )
 from engine.studio.files import ARCHIVES
+from engine.studio.handlers import api_error, handled, in_place, strict_arity
 from engine.studio.pages import HELP
 from engine.studio.startup import parse_args
 from engine.studio.web import GuardMiddleware, client_key, jobs_of, unknown_key, waiting
@@ -58,35 +60,6 @@ def _enqueued_at() -> float | None:
     queue = getattr(blocks, "_queue", None)
     event = queue.event_ids_to_events.get(event_id) if queue is not None and event_id else None
     return getattr(event, "enqueue_time", None)
-
-
-def handled(what: str, on_error):
-    """The one error wrapper: a callback's failure becomes `on_error(kind, message)` (`explain_failure`: one log line,
-    a readable message, never internals). Keeps the signature: Gradio injects gr.Request and gr.Progress from it."""
-    def decorate(fn):
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:
-                return on_error(*explain_failure(what, e))
-        return wrapped
-    return decorate
-
-
-def api_error(gr):
-    """on_error of the API endpoints: an error the client receives as such."""
-    def raise_it(kind: str, message: str):
-        raise gr.Error(message, title="Stopped" if kind == "stopped" else "Error", print_exception=False)
-    return raise_it
-
-
-def in_place(box, stopped: str = "Stopped.", failed_suffix: str = ""):
-    """on_error of the buttons: the message in `box`, every other output left as it was (the previous takes stay)."""
-    def show(kind: str, message: str):
-        text = stopped if kind == "stopped" else f"⚠️ {message}" + (failed_suffix if kind == "failed" else "")
-        return {box: text}
-    return show
 
 
 # ---------------------------------------------------------------------- the page
@@ -234,6 +207,9 @@ def ab_tab(gr, studio: Studio) -> SimpleNamespace:
     ui["submit"] = gr.Button("Submit rating", elem_id="submit-rating", interactive=False)
     ui["reveal"] = gr.Markdown(elem_id="reveal")
     ui["api_pair"], ui["api_rate"] = gr.Button(visible=False), gr.Button(visible=False)  # the API's endpoints
+    # one rater identity per browser, kept in its storage across page loads (a refresh is not a new rater)
+    secret = studio.ratings.browser_secret() if studio.ratings is not None else None
+    ui["rater"] = gr.BrowserState("", storage_key="cfg-distill-rater", secret=secret)
     return SimpleNamespace(**ui)
 
 
@@ -278,10 +254,10 @@ def wire_generate(gr, studio: Studio, ui) -> None:
     outputs = take_outputs_of(ui)
 
     @handled("generate", api_error(gr))
+    @pages.documented(pages.GENERATE_API)  # what the API page and MCP clients read
     def generate(prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative,
                  plausibility, top_p, request: gr.Request,
                  progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
-        """The API: the seed as sent (blank = a fresh one); errors as errors."""
         return render(gr, studio, ui, studio.generate(
             prompt, num_clips, duration, seed, temperature, mode, lam, compare, guidance, negative, plausibility,
             top_p, _session(request), progress, submitted=_enqueued_at()))
@@ -324,6 +300,7 @@ def wire_generate(gr, studio: Studio, ui) -> None:
         button.click(vary(keep_all), vary_inputs, ui_outputs, api_name=False, trigger_mode="always_last", **models)
 
     def stop(request: gr.Request):
+        """Stop the caller's own generation, running or waiting; its earlier takes stay."""
         return studio.stop(_session(request))
 
     # Stop reaches a queued or running job through the Studio's signal, which ends it with its own message and leaves
@@ -382,6 +359,15 @@ def wire_ab(gr, studio: Studio, ab, results) -> None:
     pair_sets = [ab.token] + ab.set_a + ab.set_b
 
     def make_pair(prompt, system_1, system_2, num_clips, duration) -> dict:
+        """A blind pair: two sets of takes of one prompt, by two systems in a hidden order (A, B), and its token.
+
+        Args:
+            prompt: what to play, in words
+            system_1: one system (a name from the page's list, e.g. "merged λ=0.5")
+            system_2: the other system
+            num_clips: takes per set, 1 to 4
+            duration: each take's length in seconds
+        """
         token, a, b = studio.new_pair(prompt, system_1, system_2, num_clips, duration)
         files, n = studio.write_pair(token, a, b), a.audio.shape[0]
         players = {p: gr.update(value=files[i] if i < n else None, visible=i < n) for i, p in enumerate(ab.set_a)}
@@ -396,14 +382,22 @@ def wire_ab(gr, studio: Studio, ab, results) -> None:
             ab.vote_q: gr.update(value=None, interactive=True), ab.vote_d: gr.update(value=None, interactive=True),
             ab.submit: gr.update(interactive=True)}
 
-    def rate(token, quality, diversity, request: gr.Request) -> dict:
-        message = studio.rate(token, quality, diversity, _session(request), studio.addresses.of_request(request))
+    def rate(token, quality, diversity, request: gr.Request, rater=None) -> dict:
+        """A vote on a blind pair; reveals which system was A and which was B.
+
+        Args:
+            token: the pair's token, from make_pair
+            quality: which set sounds better: "A", "B" or "tie"
+            diversity: which set's takes differ more from each other: "A", "B" or "tie"
+        """
+        message = studio.rate(token, quality, diversity, rater_session(rater, _session(request)),
+                              studio.addresses.of_request(request))
         return {ab.reveal: message, ab.token: "", results.table: studio.results_table()}
 
-    def rate_ui(token, quality, diversity, request: gr.Request) -> dict:
-        """Submit from the UI: the votes close after one submit, so the pair cannot be rated twice; a refusal is a
-        message and the Results table stays as it was."""
-        out = rate(token, quality, diversity, request)
+    def rate_ui(token, quality, diversity, rater, request: gr.Request) -> dict:
+        """Submit from the UI, as the browser's rater: the votes close after one submit, so the pair cannot be rated
+        twice; a refusal is a message and the Results table stays as it was."""
+        out = rate(token, quality, diversity, request, rater)
         return out | {ab.reveal: out[ab.reveal] + " Press **Next pair** for another.",
                       **{c: gr.update(interactive=False) for c in (ab.vote_q, ab.vote_d, ab.submit)}}
 
@@ -416,7 +410,7 @@ def wire_ab(gr, studio: Studio, ab, results) -> None:
     votes = [ab.token, ab.vote_q, ab.vote_d]
     ab.api_rate.click(handled("rate", api_error(gr))(rate), votes, [ab.reveal, ab.token, results.table],
                       api_name="rate", preprocess=False)
-    ab.submit.click(handled("rate", in_place(ab.reveal))(rate_ui), votes,
+    ab.submit.click(handled("rate", in_place(ab.reveal))(rate_ui), votes + [ab.rater],
                     [ab.reveal, ab.token, results.table, ab.vote_q, ab.vote_d, ab.submit], api_name=False,
                     preprocess=False)
     results.refresh.click(studio.results_table, None, results.table, api_name="results")
@@ -440,24 +434,9 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
             results = results_tab(gr, studio)
         wire_generate(gr, studio, ui)
         wire_ab(gr, studio, ab, results)
-    _strict_arity(demo, gr.Error)
+        demo.load(rater_id, ab.rater, ab.rater, api_name=False, queue=False)  # a new browser gets its identity
+    strict_arity(demo, gr.Error)
     return demo
-
-
-def _strict_arity(demo, error) -> None:
-    """A request with too few or too many values gets a readable error naming what is expected (Gradio's own check
-    ignores extra values and answers too few with an empty error and a traceback in the log)."""
-    def validate_inputs(block_fn, inputs):
-        wanted = [getattr(b, "label", None) or type(b).__name__ for b in block_fn.inputs]
-        message = None
-        if len(inputs) != len(wanted):
-            message = f"{block_fn.name} takes {len(wanted)} values ({', '.join(map(str, wanted))}), got {len(inputs)}"
-        elif any(isinstance(v, dict) for v in inputs):  # e.g. a FileData naming a server path: no endpoint takes files
-            message = f"{block_fn.name} takes text, numbers and true/false only, got an object"
-        if message is not None:
-            LOG.info("%s: rejected: %s", block_fn.name, message)
-            raise error(message, print_exception=False)
-    demo.validate_inputs = validate_inputs
 
 
 # ---------------------------------------------------------------------- the server
@@ -485,6 +464,7 @@ def main(argv=None) -> None:
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
                 enable_monitoring=args.monitoring, quiet=not args.monitoring, css=pages.CSS, head=pages.HEAD,
+                mcp_server=args.mcp,  # the named endpoints as MCP tools, called back through the queue like any client
                 max_file_size=MAX_UPLOAD,  # nothing here takes uploads: Gradio's upload route gets the smallest cap
                 app_kwargs=dict(exception_handlers={KeyError: unknown_key, FnIndexInferError: unknown_key},
                                 middleware=[Middleware(GuardMiddleware, sessions=lambda: waiting(demo),

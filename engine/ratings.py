@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import math
 import os
@@ -42,10 +43,18 @@ def neutralise(cell):
     return "'" + cell if isinstance(cell, str) and cell.lstrip(INVISIBLE).startswith(FORMULA_STARTS) else cell
 
 
+# Spaces' persistent storage (an upgrade a Space owner turns on): mounted here, kept across restarts, where the
+# container's own disk (and ~/.local/share on it) is wiped at each restart
+PERSISTENT_STORAGE = Path("/data")
+
+
 def default_path() -> Path:
-    """`$MUSIC_RATINGS_DB`, else the user's data dir: $XDG_DATA_HOME (or ~/.local/share)/cfg-distill/ratings.sqlite."""
+    """`$MUSIC_RATINGS_DB`; else Spaces' persistent storage when the machine has it (/data, writable); else the user's
+    data dir: $XDG_DATA_HOME (or ~/.local/share)/cfg-distill/ratings.sqlite."""
     if os.environ.get("MUSIC_RATINGS_DB"):
         return Path(os.environ["MUSIC_RATINGS_DB"])
+    if PERSISTENT_STORAGE.is_dir() and os.access(PERSISTENT_STORAGE, os.W_OK):
+        return PERSISTENT_STORAGE / "cfg-distill" / "ratings.sqlite"
     root = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return root / "cfg-distill" / "ratings.sqlite"
 
@@ -149,6 +158,12 @@ class RatingStore:
         if not session:
             return ""
         return hashlib.sha256(f"{self._salt}:{session}".encode()).hexdigest()[:16]
+
+    def browser_secret(self) -> str:
+        """The key each browser's stored rater identity is sealed with (`gr.BrowserState`): derived from this
+        database's salt, so the identities stay readable across restarts as long as the ratings do, and the salt
+        itself never leaves the server."""
+        return hmac.new(self._salt.encode(), b"browser rater identity", hashlib.sha256).hexdigest()[:32]
 
     def export_csv(self) -> str:
         out = io.StringIO()

@@ -61,7 +61,7 @@ def set_number(page, elem_id: str, value, settled: bool = False) -> None:
     for attempt in range(3 if settled else 1):
         box.fill(str(value))
         box.press("Enter")
-        box.blur()  # the slider takes the value as it loses focus: under load a click right after could send the old one
+        box.blur()  # the slider takes the value as it loses focus: under load a click right after could send the old
         if not settled:
             break
         try:

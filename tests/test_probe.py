@@ -64,7 +64,8 @@ class App:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("probe")
-    flags = ["--ratings-db", str(tmp / "r.sqlite"), "--max-duration", "4", "--keep-outputs", "4", "--concurrency", "2"]
+    flags = ["--ratings-db", str(tmp / "r.sqlite"), "--max-duration", "4", "--keep-outputs", "4", "--concurrency", "2",
+             "--mcp"]
     with running_app(flags, tmp) as (url, log, _):
         yield App(url, log)
 
@@ -274,3 +275,32 @@ def test_one_client_has_a_share_of_the_queue_and_no_route_around_it(app):
         app.post("/run/generate", {"data": GOOD})
     assert e.value.code == 404
     assert "Traceback" not in app.log_text()[start:]
+
+
+def test_an_agent_lists_the_tools_over_mcp_and_makes_a_take(app):
+    """--mcp: the generate endpoint is an MCP tool with its parameters described; a call makes a take whose WAV the
+    agent can download, through the same queue as the page."""
+    import asyncio  # noqa: PLC0415
+
+    from mcp import ClientSession  # noqa: PLC0415
+    from mcp.client.streamable_http import streamablehttp_client  # noqa: PLC0415
+
+    async def session():
+        async with streamablehttp_client(app.api + "/mcp/") as (read, write, _), ClientSession(read, write) as mcp:
+            await mcp.initialize()
+            tools = {t.name: t for t in (await mcp.list_tools()).tools}
+            made = await mcp.call_tool("generate", {"prompt": "calm piano", "num_clips": 1, "duration": 1.0,
+                                                    "seed": "7", "lam": 0.3})
+            return tools, made
+
+    tools, made = asyncio.run(session())
+    assert {"generate", "stop", "make_pair", "rate"} <= set(tools)
+    schema = tools["generate"].inputSchema["properties"]
+    assert "blend" in schema["lam"]["description"] and schema["num_clips"]["default"] == 4
+    assert not made.isError
+    text = " ".join(getattr(c, "text", "") for c in made.content)
+    assert "λ=0.30" in text
+    wav = re.search(r"http://[^'\"\s]+calm-piano_1s_seed7_[^'\"\s]+\.wav", text)
+    assert wav, text[:500]
+    with urllib.request.urlopen(wav.group(0), timeout=30) as answer:
+        assert answer.read(4) == b"RIFF"

@@ -16,10 +16,13 @@ from engine.studio.core import (
     Takes,
     ab_systems,
     explain_failure,
+    rater_id,
+    rater_session,
 )
 from engine.studio.files import MAX_OUTPUT_FOLDERS, Janitor, private_gradio_cache, prune, sweep_dead_owners
 from engine.studio.startup import make_studio
 
 __all__ = ["LOG", "MAX_OUTPUT_FOLDERS", "MAX_PAIR_CLIPS", "MAX_SESSIONS", "ExactScores", "Janitor", "Result",
            "StopSignal", "Studio", "System", "Takes", "ab_systems", "explain_failure", "make_studio",
+           "rater_id", "rater_session",
            "private_gradio_cache", "prune", "sweep_dead_owners"]

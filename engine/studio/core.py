@@ -11,6 +11,7 @@ import collections
 import contextlib
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -49,6 +50,22 @@ MAX_PAIRS = 10_000  # blind pairs waiting for a vote; the oldest are forgotten
 VOTES_PER_MINUTE = 12  # per client address: hearing two sets of takes before voting takes a person ≥ 10 s, so 12 a
 # minute leaves room for every honest listener behind one address and caps a script at 12 (it did 80 as new raters)
 DEFAULT_SECONDS = 5.0  # the page's take length when no fronts say how long theirs were
+
+
+# a rater identity kept in the browser (`gr.BrowserState`): one this server issued has this shape; anything else that
+# arrives (a hand-edited storage, an old format) is replaced by a new one
+RATER_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def rater_id(stored) -> str:
+    """The browser's rater identity: the stored one if it has the shape of one this server issues, else a new one."""
+    return stored if isinstance(stored, str) and RATER_ID.match(stored) else secrets.token_urlsafe(16)
+
+
+def rater_session(stored, session: str) -> str:
+    """Who a vote is from: the browser's rater identity (the same across page loads and restarts), or the Gradio
+    session where the browser has none (an API client)."""
+    return f"browser:{stored}" if isinstance(stored, str) and RATER_ID.match(stored) else session
 
 
 class Allowance:

@@ -269,3 +269,32 @@ def nano_wording(prompt) -> tuple[str, str]:
     if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
         return prompt, prompt
     return hear(prompt).rewritten() or prompt, prompt
+
+
+GENERATE_API = """Make takes of music from a text prompt with the trained model at the blend λ, and (compare = true)
+takes of the original model with guidance (CFG) beside them; returns the takes' audio files, a summary, their scores
+(quality and how different the takes are) and the download files.
+
+Args:
+    prompt: what to play, in words (e.g. "calm piano with soft strings"); at most 500 characters
+    num_clips: how many takes, 1 to 8
+    duration: each take's length in seconds (at most the server's --max-duration)
+    seed: a whole number makes the same takes again; blank = new takes
+    temperature: adventurousness, 0 (always the likeliest notes) to 2; 1 = as trained
+    mode: what λ blends: "q-d" (quality model to diversity model), "q-base" or "soup"
+    lam: the blend λ, 0 to 1 (0 = the quality model, 1 = the diversity model)
+    compare: also make takes of the original model with CFG
+    guidance: the CFG strength γ of the comparison, 1 to 10
+    negative: the prompt the comparison steers away from (blank = none)
+    plausibility: the comparison's plausibility mask α, 0 to 0.5 (0 = the paper's CFG)
+    top_p: the comparison keeps only its likeliest notes (0 = off)
+"""
+
+
+def documented(text: str):
+    """Give a callback the docstring its API endpoint shows (Gradio's API page and MCP tools read the description and
+    the `Args:` lines), kept here with the page's other words."""
+    def decorate(fn):
+        fn.__doc__ = text
+        return fn
+    return decorate

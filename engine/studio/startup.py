@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine import decoder, kernels, shipped
+from engine import decoder, hub, kernels, shipped
 from engine.cfg import CfgSetting
 from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import load_front_settings, load_fronts
@@ -38,18 +38,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=APP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     # models (defaults: the shipped nano weights)
     p.add_argument("--base", default=env("MUSIC_BASE"),
-                   help="base model: a nano folder, a local MusicGen folder, a hub id (facebook/musicgen-small), or "
-                        "'debug' (tiny random model). Default: weights/nano, else 'debug'.")
+                   help="base model (default: weights/nano, else 'debug'): a nano folder or a Hub repo of one, a "
+                        "local MusicGen folder, a hub id (facebook/musicgen-small), or 'debug' (tiny random model)")
     p.add_argument("--theta-q", default=env("MUSIC_THETA_Q"),
-                   help="quality decoder checkpoint (default: weights/theta_q)")
+                   help="quality decoder: a checkpoint file or folder, or a Hub repo id owner/name[@revision] "
+                        "(with --allow-download, or already in the Hugging Face cache; default: weights/theta_q)")
     p.add_argument("--theta-d", default=env("MUSIC_THETA_D"),
-                   help="diversity decoder checkpoint (default: weights/theta_d)")
+                   help="diversity decoder, as --theta-q (default: weights/theta_d)")
     p.add_argument("--soup", nargs="*", default=(env("MUSIC_SOUP") or "").split(",") if env("MUSIC_SOUP") else None,
                    help="more decoder checkpoints (e.g. β = 5, 10) for the uniform soup with θ_q and θ_d "
                         "(default with the shipped nano: weights/theta_b15; pass --soup with no path for none)")
     p.add_argument("--embedding", default=env("MUSIC_EMBEDDING"),
-                   help="diversity embedding E (default: weights/embedding)")
-    p.add_argument("--quality", default=env("MUSIC_QUALITY"), help="quality scorer (default: weights/quality)")
+                   help="diversity embedding E: a folder or a Hub repo id (default: weights/embedding)")
+    p.add_argument("--quality", default=env("MUSIC_QUALITY"),
+                   help="quality scorer: a folder or a Hub repo id (default: weights/quality)")
     p.add_argument("--clap", default=env("MUSIC_CLAP"), help="a ClapModel for adherence on real MusicGen audio")
     p.add_argument("--teacher", default=env("MUSIC_TEACHER"),
                    help="the CFG setting the comparison starts from (teacher.json of training.teacher_sweep; default "
@@ -62,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-unverified-weights", action="store_true", default=bool(env("MUSIC_ALLOW_UNVERIFIED")),
                    help="load local checkpoints that no manifest lists and no HMAC signs (refused otherwise)")
     p.add_argument("--allow-download", action="store_true", default=bool(env("MUSIC_ALLOW_DOWNLOAD")),
-                   help="let transformers download hub checkpoints (off by default: everything runs offline)")
+                   help="let the app download Hub checkpoints (base, θ's, E, scorers; off by default: everything "
+                        "runs offline from local folders and the Hugging Face cache)")
     p.add_argument("--device", default=env("MUSIC_DEVICE"), help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", default=env("MUSIC_DTYPE", "fp32"), choices=["fp32", "bf16", "fp16"],
                    help="decoder weights: bf16 halves memory and is faster on CPUs with AVX-512 BF16 or AMX "
@@ -78,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="longest take a user may ask for, in seconds; beyond the model's window (nano 8 s, MusicGen "
                         "30 s) takes are continued window by window (at most 8 windows)")
     p.add_argument("--ratings-db", default=env("MUSIC_RATINGS_DB"),
-                   help="SQLite file of blind ratings (default: ~/.local/share/cfg-distill/ratings.sqlite)")
+                   help="SQLite file of blind ratings (default: /data/cfg-distill/ratings.sqlite on a Space with "
+                        "persistent storage, else ~/.local/share/cfg-distill/ratings.sqlite)")
     p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
     p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
@@ -95,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="newest generations whose WAV folders stay on disk (older ones are deleted)")
     p.add_argument("--file-lifetime", type=int, default=int(env("MUSIC_FILE_LIFETIME", 3600)),
                    help="seconds Gradio keeps the files it served (clips, images); checked every sixth of that")
+    p.add_argument("--mcp", action="store_true", default=bool(env("MUSIC_MCP")),
+                   help="also serve the app's endpoints as Model Context Protocol tools at /gradio_api/mcp, so an AI "
+                        "agent can make takes (through the same queue, shares and limits as the page)")
     p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
                    help="Gradio's monitoring dashboard (off by default: it answers without a login)")
     args = p.parse_args(argv)
@@ -126,6 +133,22 @@ def kernel_tip(device: str) -> str | None:
         return None
     return (f"CPU decoding runs through torch only ({kernels.status()}): with a C compiler (gcc or clang) it builds "
             "two small kernels, each of which makes decoding several clips 1.2-1.6x faster (README, Benchmarks).")
+
+
+def zerogpu_notice() -> str | None:
+    """Why the app runs on the CPU on ZeroGPU hardware (SPACES_ZERO_GPU set, as Spaces does), or None elsewhere.
+
+    ZeroGPU runs each `@spaces.GPU` call in a forked worker process, arguments and results pickled through queues
+    (spaces 0.51: `zero/wrappers.py`), and allows no CUDA work outside such a call. The app's serving state lives in
+    one process between requests: the merged weights and the blend gate that keeps each user's λ exact, Stop, and the
+    blind pairs waiting for votes; a worker would keep its own copies, and a Stop pressed in the main process would
+    never reach its sampling loop. README, "Hosting on Spaces", gives the hardware that fits."""
+    if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("1", "true", "yes"):
+        return None
+    return ("This Space runs on ZeroGPU hardware, which the app does not use: ZeroGPU runs each GPU call in a forked "
+            "worker process, and the app's merged weights, Stop and blind pairs live in one process between requests. "
+            "It runs on the CPU instead; for a GPU, choose a dedicated GPU (e.g. Nvidia T4 small) in the Space's "
+            "settings (README, \"Hosting on Spaces\").")
 
 
 def unsigned(path: str) -> bool:
@@ -163,13 +186,17 @@ class Sources:
 
     @classmethod
     def of(cls, args) -> Sources:
-        base, banner = args.base or shipped.local(shipped.NANO), []
+        """A Hub repo id (`owner/name[@revision]`) in a flag becomes its snapshot's local folder (`engine.hub`), so
+        what follows (trust check, loading) is a local folder's path."""
+        base, banner = hub.resolve_base(args.base, args.allow_download) or shipped.local(shipped.NANO), []
         if base is None:
             base = "debug"
             banner.append("No trained weights in weights/nano: running a tiny random model, so clips are noise.")
         nano = shipped.is_shipped_nano(base)
-        default = lambda given, path: given or (shipped.local(path) if nano else None)  # noqa: E731
-        soup = args.soup if args.soup is not None else [p for p in [shipped.local(shipped.THETA_B15)] if p and nano]
+        default = lambda given, path: (hub.resolve(given, args.allow_download) if given  # noqa: E731
+                                       else shipped.local(path) if nano else None)
+        soup = ([hub.resolve(p, args.allow_download) for p in args.soup] if args.soup is not None
+                else [p for p in [shipped.local(shipped.THETA_B15)] if p and nano])
         return cls(base, default(args.theta_q, shipped.THETA_Q), default(args.theta_d, shipped.THETA_D), soup,
                    default(args.embedding, shipped.EMBEDDING), default(args.quality, shipped.QUALITY),
                    default(args.teacher, shipped.TEACHER), banner)
@@ -210,7 +237,9 @@ def make_studio(args) -> Studio:
     ratings = RatingStore(args.ratings_db)
     banner = src.banner + preflight(src, args)
     # 1. the base, θ_q, θ_d and the soup's other members
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    zerogpu = zerogpu_notice()
+    device = "cpu" if zerogpu else args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    banner += [zerogpu] if zerogpu else []
     service, notices = MusicService.from_sources(src.base, src.theta_q, src.theta_d, args.allow_download,
                                                    args.max_duration, device, args.dtype, args.renderer,
                                                    args.soundfont)
