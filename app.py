@@ -207,9 +207,6 @@ def ab_tab(gr, studio: Studio) -> SimpleNamespace:
     ui["submit"] = gr.Button("Submit rating", elem_id="submit-rating", interactive=False)
     ui["reveal"] = gr.Markdown(elem_id="reveal")
     ui["api_pair"], ui["api_rate"] = gr.Button(visible=False), gr.Button(visible=False)  # the API's endpoints
-    # one rater identity per browser, kept in its storage across page loads (a refresh is not a new rater)
-    secret = studio.ratings.browser_secret() if studio.ratings is not None else None
-    ui["rater"] = gr.BrowserState("", storage_key="cfg-distill-rater", secret=secret)
     return SimpleNamespace(**ui)
 
 
@@ -425,11 +422,16 @@ def build_ui(studio: Studio, file_lifetime: int = 3600):
     lifetime = max(inputs.whole("file lifetime", file_lifetime), 6)
     with gr.Blocks(title="Diversity-rewarded CFG distillation", delete_cache=(lifetime // 6, lifetime)) as demo:
         header(gr, studio)
+        # one rater identity per browser, kept in its storage across page loads (a refresh is not a new rater); outside
+        # the tabs, which Gradio mounts only when opened (one inside neither reads nor writes the storage before)
+        secret = studio.ratings.browser_secret() if studio.ratings is not None else None
+        rater = gr.BrowserState("", storage_key="cfg-distill-rater", secret=secret)
         with gr.Tab("Generate"):
             ui = generate_tab(gr, studio)
             ui.page = demo
         with gr.Tab("Blind A/B"):
             ab = ab_tab(gr, studio)
+            ab.rater = rater
         with gr.Tab("Results"):
             results = results_tab(gr, studio)
         wire_generate(gr, studio, ui)

@@ -19,9 +19,13 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("app")
-    with running_app(["--ratings-db", str(tmp / "ratings.sqlite"), "--max-duration", "20"], tmp) as (url, _, _):
+def app_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def server(app_dir):
+    with running_app(["--ratings-db", str(app_dir / "ratings.sqlite"), "--max-duration", "20"], app_dir) as (url, _, _):
         yield url
 
 
@@ -136,13 +140,20 @@ def test_browser_generate_compare_and_rate(browser, server, artifacts):
     assert page.locator("#generate").bounding_box()["y"] < 900  # Generate is on screen without scrolling
 
 
-def test_blind_votes_never_carry_over_and_results_show_on_a_fresh_page(browser, server, artifacts):
+def test_blind_votes_never_carry_over_and_results_show_on_a_fresh_page(browser, server, artifacts, app_dir):
+    """…and the browser is one rater: its votes before and after a page reload carry one identity, kept in its own
+    storage (gr.BrowserState)."""
+    import sqlite3  # noqa: PLC0415
+
     from playwright.sync_api import expect  # noqa: PLC0415
 
     page = open_page(browser, server)
     page.get_by_role("tab", name="Blind A/B").click()
-    for round_ in range(2):
-        page.locator("#new-pair" if round_ == 0 else "#next-pair").click()
+    for round_ in range(3):
+        if round_ == 2:  # a reload: Gradio's session is new, the browser's rater identity is not
+            page.reload()
+            page.get_by_role("tab", name="Blind A/B").click()
+        page.locator("#new-pair" if round_ != 1 else "#next-pair").click()
         expect(page.locator("#reveal")).to_contain_text("Listen to both sets", timeout=120_000)
         for vote in ("#vote-quality", "#vote-diversity"):  # nothing left over from the pair before
             expect(page.locator(f"{vote} input:checked")).to_have_count(0)
@@ -153,6 +164,10 @@ def test_blind_votes_never_carry_over_and_results_show_on_a_fresh_page(browser, 
         page.wait_for_timeout(1500)
         expect(page.locator("#reveal")).to_contain_text("A was")
         expect(page.locator("#submit-rating")).to_be_disabled()
+    with sqlite3.connect(app_dir / "ratings.sqlite") as db:
+        raters = [row[0] for row in db.execute("SELECT session FROM ratings ORDER BY id")]
+    assert len(set(raters[-3:])) == 1 and raters[-1].startswith("browser:")
+    assert raters[-1] not in raters[:-3]  # another browser (test above) is another rater
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(artifacts / "ab-1440x900.png"))
     fresh = open_page(browser, server)  # a new visitor sees the results without pressing Refresh
