@@ -27,6 +27,7 @@ lint: install
 
 bench: install
 	$(PY) -m bench.engine $(ARGS)
+	$(PY) -m bench.dtypes
 	$(PY) -m bench.render
 
 # Chromium for the end-to-end browser test (tests/test_e2e.py skips without it). Needs root or sudo.

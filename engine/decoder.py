@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,14 +68,35 @@ def _onednn_linear():
     return lambda x, w: op(x, w, None, "none", [], "")
 
 
-def linear(x: Tensor, w: Tensor, row_block: int = 0, c_kernel: bool = False) -> Tensor:
+class Int8Matrix(NamedTuple):
+    """A weight matrix quantised for `--dtype int8`: int8 rows with one fp32 scale each (w ≈ q · scale[:, None];
+    symmetric, scale = max |row| / 127, as gpt-fast's weight-only int8)."""
+
+    q: Tensor  # (O, I) int8
+    scale: Tensor  # (O,) fp32
+
+    @classmethod
+    def of(cls, w: Tensor) -> "Int8Matrix":
+        scale = (w.detach().abs().amax(dim=1).float() / 127).clamp_min(torch.finfo(torch.float32).tiny)
+        q = torch.round(w.detach().float() / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        return cls(q.contiguous(), scale.contiguous())
+
+    def dequantized(self) -> Tensor:
+        return self.q.float() * self.scale[:, None]
+
+
+def linear(x: Tensor, w: Tensor | Int8Matrix, row_block: int = 0, c_kernel: bool = False) -> Tensor:
     """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding (x is cast to w's dtype for torch). On a CPU
     without autograd: with `c_kernel`, up to `C_KERNEL_ROWS` rows through the C kernel
     (`engine.kernels.few_row_linear`, AVX-512; fp32 or bf16 weights, fp32 result), which streams the weights once
     at nearly the memory bandwidth; else, for fp32 with `row_block` > 0 (AMD CPUs), up to `row_block` rows as
     `w @ xᵀ` on one zero-padded block and up to `FEW_ROWS` through oneDNN in chunks of `ONEDNN_ROWS` (its AVX-512
-    kernels beat MKL's here). README, "Where the time goes"."""
+    kernels beat MKL's here). An `Int8Matrix` goes through the C kernel's int8 path, and (more rows, no kernel) through
+    its dequantised fp32 copy, so every path computes with the same quantised weights. README, "Where the time goes"."""
     rows = x.numel() // x.shape[-1]
+    if isinstance(w, Int8Matrix):
+        y = few_row_linear(x.reshape(rows, -1), w.q, w.scale) if rows <= C_KERNEL_ROWS and c_kernel else None
+        return F.linear(x, w.dequantized()) if y is None else y.view(*x.shape[:-1], w.q.shape[0])
     if rows > (C_KERNEL_ROWS if c_kernel else FEW_ROWS if row_block else 0):
         return F.linear(x.to(w.dtype), w)
     x2 = x.reshape(rows, -1)
@@ -156,10 +178,18 @@ class DecodeState:
         return 0 if self.k is None else self.k.shape[3]
 
 
-class FastDecoder:
-    """Sampling-oriented forward over a `MusicgenForCausalLM` whose parameters live in `self.flat`."""
+INT8_MATRICES = ("kvq", "out", "cq", "cout", "fc1", "fc2")  # a layer's decode-step matmuls; `ckv` (the text's keys
+# and values) runs once per request and stays fp32
 
-    def __init__(self, model: MusicgenForCausalLM):
+
+class FastDecoder:
+    """Sampling-oriented forward over a `MusicgenForCausalLM` whose parameters live in `self.flat`.
+
+    `quantize`: the decode-step matmuls (each layer's and the LM heads') read int8 copies of the weights (`--dtype
+    int8`, CPUs with the C kernel): a quarter of fp32's bytes per step. `self.flat` stays the fp32 master that merges
+    write; `requantize()` refreshes the copies from it."""
+
+    def __init__(self, model: MusicgenForCausalLM, quantize: bool = False):
         cfg = model.config
         if cfg.audio_channels != 1:
             raise ValueError("stereo MusicGen checkpoints (audio_channels=2) are not supported yet")
@@ -200,6 +230,13 @@ class FastDecoder:
                 ln3=_norm(layer.final_layer_norm), fc1=layer.fc1.weight, fc2=layer.fc2.weight,
             ))
         self.final_ln = _norm(dec.layer_norm)
+        self.quantized = quantize
+        if quantize:
+            if not (cpu and self.flat.dtype == torch.float32 and c_kernel):
+                raise ValueError("int8 weights need a CPU whose C matmul kernel runs (AVX-512, or AVX2 and FMA; "
+                                 f"{'not a CPU' if not cpu else 'the kernel is not built here'}): use fp32 or bf16")
+            self._float = (self.layers, self.heads_w)  # views of the fp32 master, which merges write
+            self.requantize()
         self._positions = MusicgenSinusoidalPositionalEmbedding.get_embedding(cfg.max_position_embeddings,
                                                                               cfg.hidden_size)
         self._positions = self._positions.to(self.flat.device, self.compute_dtype)
@@ -207,6 +244,15 @@ class FastDecoder:
     @property
     def device(self) -> torch.device:
         return self.flat.device
+
+    @torch.no_grad()
+    def requantize(self) -> None:
+        """Refresh the int8 copies from the fp32 master (after a merge wrote it); nothing for a float decoder."""
+        if not self.quantized:
+            return
+        layers, heads = self._float
+        self.layers = [p | {name: Int8Matrix.of(p[name]) for name in INT8_MATRICES} for p in layers]
+        self.heads_w = Int8Matrix.of(heads)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,8 +1,8 @@
 """Optional C kernels for CPU decoding, compiled on first use and cached; torch's own ops wherever they are missing.
 
 - `decode_attention`: one decode step of attention (one query per row and head over a KV cache);
-- `few_row_linear`: x · wᵀ for the few rows of a decode step (AVX-512, or AVX2 + FMA; fp32 or bf16 weights), weights
-  streamed once.
+- `few_row_linear`: x · wᵀ for the few rows of a decode step (AVX-512, or AVX2 + FMA; fp32, bf16 or int8 weights with
+  per-output-channel scales), weights streamed once.
 What each saves is measured by `python -m bench.decode_kernels` (README, "Where the time goes").
 
 The source is `engine/csrc/cpu_kernels.c`: plain C (no torch headers), built with the system C compiler (`$CC`,
@@ -38,6 +38,7 @@ ISA_NAMES = {512: "AVX-512", 256: "AVX2 + FMA"}  # kernel_isa() -> what few_row_
 ISA_FLAGS = {"native": [], "avx2": ["-mno-avx512f"]}  # $MUSIC_KERNEL_ISA: "avx2" builds the AVX2 path on a CPU
 # with AVX-512 too, so that it is tested and measured there (`bench.decode_kernels`, tests/test_kernels.py)
 MAX_HEAD_DIM = 512
+W_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # few_row_linear's w_kind for each weight dtype
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -124,7 +125,7 @@ def load() -> ctypes.CDLL | None:
                 p, i = ctypes.c_void_p, ctypes.c_int64
                 lib.decode_attention.argtypes = [p, p, p, i, p, p, i, i, p, p, i, i, i, i, ctypes.c_float, ctypes.c_int]
                 lib.decode_attention.restype = ctypes.c_int
-                lib.few_row_linear.argtypes = [p, i, p, ctypes.c_int, p, i, i, i, ctypes.c_int]
+                lib.few_row_linear.argtypes = [p, i, p, ctypes.c_int, p, p, i, i, i, ctypes.c_int]
                 lib.few_row_linear.restype = ctypes.c_int
                 lib.kernel_isa.restype = ctypes.c_int
                 _lib, _status = lib, f"C kernels ({SOURCE.name}, built with {cc})"
@@ -149,7 +150,8 @@ def simd() -> str:
 def _probe_few_row_linear(lib: ctypes.CDLL) -> bool:
     """Whether the matmul kernel runs here (it answers 1 when built without AVX-512 or AVX2) and adds up."""
     x, w, y = torch.ones(2, 16), torch.ones(8, 16), torch.zeros(2, 8)
-    ran = lib.few_row_linear(x.data_ptr(), 16, w.data_ptr(), 0, y.data_ptr(), 2, 16, 8, 1) == 0
+    ran = lib.few_row_linear(x.data_ptr(), 16, w.data_ptr(), W_KINDS[torch.float32], None, y.data_ptr(), 2, 16, 8,
+                             1) == 0
     return ran and bool((y == 16).all())
 
 
@@ -195,13 +197,17 @@ def decode_attention(q: Tensor, kc: Tensor, vc: Tensor, length: int, new_k: Tens
     return None if failed else out
 
 
-def few_row_linear(x: Tensor, w: Tensor) -> Tensor | None:
+def few_row_linear(x: Tensor, w: Tensor, scale: Tensor | None = None) -> Tensor | None:
     """x (R, I) · w (O, I)ᵀ -> (R, O) fp32 on a CPU with AVX-512 or AVX2: w fp32 or bf16 (widened exactly, fp32
-    arithmetic), x fp32 (or bf16, widened first) with unit stride within rows, w contiguous; None where the kernel does
-    not apply (not built, neither AVX-512 nor AVX2, I % 16 (AVX2: 8) or O % 8 not 0, other dtypes, autograd...)."""
+    arithmetic) or int8 with `scale` (O,) fp32 (output o is multiplied by scale[o]), x fp32 (or bf16, widened first)
+    with unit stride within rows, w contiguous; None where the kernel does not apply (not built, neither AVX-512 nor
+    AVX2, I % 16 (AVX2: 8) or O % 8 not 0, other dtypes, autograd...)."""
     load()
-    if (not _few_rows or w.dtype not in (torch.float32, torch.bfloat16) or x.device.type != "cpu" or x.dim() != 2
+    if (not _few_rows or w.dtype not in W_KINDS or x.device.type != "cpu" or x.dim() != 2
             or not w.is_contiguous() or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))):
+        return None
+    if w.dtype == torch.int8 and (scale is None or scale.dtype != torch.float32 or not scale.is_contiguous()
+                                  or scale.shape != (w.shape[0],)):
         return None
     if x.dtype != torch.float32:
         if x.dtype != torch.bfloat16:
@@ -210,6 +216,7 @@ def few_row_linear(x: Tensor, w: Tensor) -> Tensor | None:
     if x.stride(1) != 1:
         return None
     y = torch.empty(x.shape[0], w.shape[0])
-    failed = _lib.few_row_linear(x.data_ptr(), x.stride(0), w.data_ptr(), int(w.dtype == torch.bfloat16), y.data_ptr(),
+    failed = _lib.few_row_linear(x.data_ptr(), x.stride(0), w.data_ptr(), W_KINDS[w.dtype],
+                                 scale.data_ptr() if w.dtype == torch.int8 else None, y.data_ptr(),
                                  x.shape[0], x.shape[1], w.shape[0], torch.get_num_threads())
     return None if failed else y

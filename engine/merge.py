@@ -69,6 +69,7 @@ class WeightMixer:
     """Pristine endpoint checkpoints and the in-place merge into a decoder's serving weights."""
 
     def __init__(self, decoder: FastDecoder):
+        self.decoder = decoder
         self.target = decoder.flat
         self.reference = dict(decoder.model.named_parameters())
         self.endpoints: dict[str, Tensor] = {}
@@ -92,7 +93,8 @@ class WeightMixer:
 
     @torch.no_grad()
     def apply(self, blend: Blend) -> float:
-        """Write the blend into the serving weights in place; returns the seconds it took."""
+        """Write the blend into the serving weights in place (and an int8 decoder's copies from them); returns the
+        seconds it took."""
         missing = [n for n, _ in blend.parts if n not in self.endpoints]
         if missing:
             raise ValueError(f"unknown checkpoint(s) {missing}; loaded: {sorted(self.endpoints)}")
@@ -107,4 +109,5 @@ class WeightMixer:
             torch.mul(parts[0][0], parts[0][1], out=self.target)
             for ep, w in parts[1:]:
                 self.target.add_(ep, alpha=w)
+        self.decoder.requantize()
         return time.perf_counter() - t

@@ -140,7 +140,7 @@ def from_composite(composite: MusicgenForConditionalGeneration, tokenizer, name:
     projection = getattr(composite, "enc_to_dec_proj", None)
     text = TextEncoder(tokenizer, composite.text_encoder.to(device),
                        projection.to(device) if projection is not None else None)
-    decoder = FastDecoder(composite.decoder.to(device=device, dtype=dtype))
+    decoder = decoder_of(composite.decoder, dtype, device)
     codec = EncodecCodec(composite.audio_encoder.to(device))
     return MusicModel(name, text, decoder, codec)
 
@@ -246,7 +246,7 @@ def load_nano(folder: str | os.PathLike, dtype: torch.dtype = torch.float32,
     projection = nn.Linear(text_model.config.hidden_size, config.hidden_size)
     projection.load_state_dict(load_state(folder / "text_projection.safetensors", dict(projection.named_parameters())))
     text = TextEncoder(tokenizer, text_model.to(device), projection.to(device), meta.get("max_text_tokens", 64))
-    return MusicModel(meta.get("name", folder.name), text, FastDecoder(decoder.to(device=device, dtype=dtype)),
+    return MusicModel(meta.get("name", folder.name), text, decoder_of(decoder, dtype, device),
                       ScoreCodec())
 
 
@@ -255,11 +255,18 @@ def is_nano_folder(source: str | os.PathLike) -> bool:
     return (Path(source) / NANO_CONFIG).is_file()
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# int8: fp32 weights (what merges write), the decode-step matmuls reading int8 copies (FastDecoder's `quantize`)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+
+
+def decoder_of(module: torch.nn.Module, dtype: torch.dtype, device: str | torch.device) -> FastDecoder:
+    """The serving view of a transformers decoder in `dtype` (int8: an fp32 master with int8 matmul copies)."""
+    master = torch.float32 if dtype == torch.int8 else dtype
+    return FastDecoder(module.to(device=device, dtype=master), quantize=dtype == torch.int8)
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    """"fp32", "bf16" or "fp16" (or a torch dtype among those) -> the torch dtype of the decoder weights."""
+    """"fp32", "bf16", "fp16" or "int8" (or a torch dtype among those) -> the torch dtype of the decoder weights."""
     if isinstance(name, torch.dtype) and name in DTYPES.values():
         return name
     if name not in DTYPES:

@@ -192,7 +192,7 @@ class MusicService:
         continued window by window, up to MAX_TAKE_WINDOWS windows)."""
         self.model = model
         self.base = model.decoder
-        self.serving = FastDecoder(copy.deepcopy(self.base.model))
+        self.serving = FastDecoder(copy.deepcopy(self.base.model), quantize=self.base.quantized)
         self.mixer = WeightMixer(self.serving)
         self.mixer.add("base", self.base.flat)  # by reference: the base decoder's own weights
         self.gate = BlendGate(self.mixer)

@@ -99,3 +99,18 @@ def test_decode_kernel_ab_runs_and_restores_the_decoder(capsys):
     out = capsys.readouterr().out
     assert (engine.decoder.linear, engine.decoder.decode_attention, engine.decoder.few_row_linear) == shipped
     assert all(name in out for name in ("4-row blocks", "torch SDPA", "torch matmuls"))
+
+
+def test_dtype_bench_runs_and_orders_the_errors():
+    """bench.dtypes on the nano shape: every dtype timed; fp32 has no error against itself, int8 more than bf16."""
+    import argparse  # noqa: PLC0415
+
+    import bench.dtypes  # noqa: PLC0415
+    import engine.kernels  # noqa: PLC0415
+
+    if not engine.kernels.has_few_row_linear():
+        return  # int8 needs the C kernel (bench.dtypes says so and stops)
+    row = bench.dtypes.shapes(argparse.Namespace(sizes=["nano"], frames=4, repeats=1))["nano"]
+    assert set(row["s_per_audio_s"]) == {"fp32", "bf16", "int8"} and row["int8_over_bf16"] > 0
+    errors = {name: e["rms_rel"] for name, e in row["logits"].items()}
+    assert errors["fp32"] == 0 and 0 < errors["bf16"] < errors["int8"] < 0.05

@@ -178,6 +178,59 @@ def test_few_row_linear_bf16_weights_in_fp32_arithmetic(rows, isa):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 7, 48])
+@pytest.mark.parametrize("n_out, n_in", [(8, 32), (40, 64), (256, 1024), (16, 8192)])
+def test_few_row_linear_int8_weights_times_their_scales(rows, n_out, n_in, isa):
+    """int8 weights times int16-rounded rows, summed in integers, each output times its row's and channel's scales:
+    what the dequantised matrix gives, up to the rows' rounding (each x off by at most half its row's step,
+    max |x| / 32767 / 2)."""
+    g = torch.Generator().manual_seed(rows + n_out)
+    q = torch.randint(-127, 128, (n_out, n_in), generator=g, dtype=torch.int8)
+    scale = torch.rand(n_out, generator=g) / 100
+    x = torch.randn(rows, n_in, generator=g) * torch.logspace(-3, 3, rows)[:, None]  # rows of very different sizes
+    ref = F.linear(x, q.float() * scale[:, None])
+    y = kernels.few_row_linear(x, q, scale)
+    step = x.abs().amax(dim=1, keepdim=True) / 32767  # each row's own scale
+    bound = 0.5 * step * (q.float().abs() * scale[:, None]).sum(dim=1) + 1e-5 * ref.abs()
+    assert ((y - ref).abs() <= bound).all()
+    q[:] = 127  # the largest sums an int8 row can make: no int32 overflow (sums are flushed every 2048 inputs)
+    x = torch.full((rows, n_in), 3.0)
+    torch.testing.assert_close(kernels.few_row_linear(x, q, scale), F.linear(x, q.float() * scale[:, None]),
+                               rtol=1e-4, atol=0)  # an overflow would be off by far more
+    assert kernels.few_row_linear(x, q) is None and kernels.few_row_linear(x, q, scale[:-1]) is None  # no scales
+    assert kernels.few_row_linear(x, q, scale.double()) is None
+
+
+def test_int8_matrices_quantise_each_row_and_the_decoder_keeps_them_fresh(model, isa):
+    """Int8Matrix: |w − q·scale| ≤ scale/2 per row; an int8 FastDecoder's logits stay close to fp32's, and after its
+    master is written (a merge), requantize() makes the copies match it again."""
+    import copy  # noqa: PLC0415
+
+    from engine.decoder import FastDecoder, Int8Matrix  # noqa: PLC0415
+
+    w = torch.randn(24, 32) * torch.linspace(0.01, 3, 24)[:, None]
+    m = Int8Matrix.of(w)
+    assert m.q.dtype == torch.int8 and m.q.abs().max() == 127
+    assert ((w - m.dequantized()).abs() <= m.scale[:, None] / 2 + 1e-7).all()
+    fp32 = model.decoder
+    int8 = FastDecoder(copy.deepcopy(fp32.model), quantize=True)
+    cond = model.encode_text(["jazz trio", "calm piano"])
+    tokens = torch.randint(0, fp32.vocab_size, (2, fp32.num_codebooks, 6), generator=torch.Generator().manual_seed(0))
+
+    def logits(d):
+        return d.forward(tokens, 0, d.new_state(cond.hidden, cond.mask, None))
+
+    ref = logits(fp32)
+    assert (logits(int8) - ref).abs().max() < 0.05 * ref.abs().max()
+    int8.flat.mul_(0.5)  # as a merge writes the master
+    stale = logits(int8)
+    int8.requantize()
+    half = FastDecoder(copy.deepcopy(fp32.model), quantize=True)
+    half.flat.mul_(0.5)
+    half.requantize()
+    assert torch.equal(logits(int8), logits(half)) and not torch.equal(stale, logits(half))
+
+
 def test_few_row_linear_declines_what_it_does_not_handle(isa):
     w, x = torch.randn(16, 32), torch.randn(3, 32)
     odd = 24 if kernels.simd() == "AVX-512" else 20  # I % 16 (AVX-512), I % 8 (AVX2)

@@ -143,3 +143,27 @@ def test_nano_continues_each_clip_from_a_bar_line_of_its_own():
         if not piece.attributes["degraded"]:
             assert steps.bar(torch.from_numpy(piece.codes.astype(np.int64))) == 16 * piece.attributes[
                 "sixteenth_frames"], piece.attributes
+
+
+@pytest.mark.skipif(not __import__("engine.kernels").kernels.has_few_row_linear(), reason="int8 needs the C kernel")
+def test_int8_serving_requantizes_after_every_merge():
+    """--dtype int8: the serving decoder's int8 copies follow each merge, so λ = 0.3 after λ = 0.9 gives exactly what a
+    fresh int8 service gives at λ = 0.3; and the clips stay close to fp32's (the same seed)."""
+    from conftest import perturbed_state  # noqa: PLC0415
+
+    from engine.model import load_model  # noqa: PLC0415
+    from engine.service import MusicService  # noqa: PLC0415
+
+    def make(dtype):
+        svc = MusicService(load_model("debug", dtype))
+        svc.add_checkpoint("q", perturbed_state(svc.model, 1))
+        svc.add_checkpoint("d", perturbed_state(svc.model, 2))
+        return svc
+
+    req = Request("jazz trio", num_clips=2, duration_s=0.3, seed=4, temperature=0.0)
+    moved, fresh = make(torch.int8), make(torch.int8)
+    assert moved.serving.quantized and moved.base.quantized
+    moved.generate_merged(req, 0.9)
+    assert torch.equal(moved.generate_merged(req, 0.3).codes, fresh.generate_merged(req, 0.3).codes)
+    agree = (fresh.generate_merged(req, 0.3).codes == make(torch.float32).generate_merged(req, 0.3).codes)
+    assert agree.float().mean() > 0.9

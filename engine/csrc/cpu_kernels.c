@@ -124,9 +124,40 @@ int decode_attention(const float *q, const float *new_k, const float *new_v, int
  * with one transposing tree. The 8 weight rows stay in L1/L2 across the row pairs, so the weights are read from
  * memory once per call. x rows at stride x_stride (unit stride within a row), w and y contiguous. bf16 weights
  * are widened to fp32 in registers (exact), so they stream half the bytes and the arithmetic stays fp32.
- * Returns 1 (nothing written) without AVX-512 or AVX2+FMA (the AVX2 variant below), or where I % 16 (AVX2: I % 8)
- * or O % 8 is not 0.
+ * int8 weights (w_kind INT8, one fp32 scale per output channel, as gpt-fast's weight-only int8) stream a quarter of
+ * the bytes; converting each to fp32 made the kernel compute-bound (no faster than bf16 at one row), so they are
+ * multiplied in integers instead (`int8_rows`): each x row is rounded to int16 with its own scale (max |x| / 32767,
+ * an error below 2e-5 of the row's largest value), int8 × int16 products summed in int32 (AVX-512 VNNI's vpdpwssd,
+ * else vpmaddwd), flushed to fp32 every INT_BLOCK inputs so that no int32 sum can overflow, and each output
+ * multiplied by its row's and its channel's scale.
+ * Returns 1 (nothing written) without AVX-512 or AVX2+FMA (the AVX2 variant below), where I % 16 (AVX2: I % 8; int8:
+ * I % 32, AVX2 I % 16) or O % 8 is not 0, for int8 without scales, or when out of memory.
  */
+enum { FP32 = 0, BF16 = 1, INT8 = 2 }; /* w_kind: how the weights are stored */
+static const int64_t W_BYTES[3] = {4, 2, 1};
+/* Inputs summed in int32 before a flush to fp32: each lane adds two products of at most 32767 · 127 per step of
+ * 32 (AVX2: 16) inputs, so 2048 inputs stay below 2 · 128 · 4.2e6 ≈ 1.07e9 < 2³¹ with either width. */
+#define INT_BLOCK 2048
+/* The next 8 int8 weight rows (8·I contiguous bytes), requested while a step reads inputs i..i+step-1 of these: 8 ·
+ * step bytes (AVX-512: 4 lines) per step, so the next block streams in one block ahead. Its rows are short (1 KB for I = 1024), too
+ * short for the hardware prefetcher to ramp up in: without this, int8 weights came from memory at about half the
+ * bandwidth fp32 reached. Reading past the matrix's end is harmless (a prefetch never faults). */
+static inline __attribute__((always_inline)) void prefetch_next_block(const int8_t *next, int64_t i, int step) {
+    const int8_t *at = next + i * 8;
+    for (int line = 0; line < 8 * step; line += 64) __builtin_prefetch(at + line);
+}
+
+/* x (R, I) at stride x_stride -> int16 rows (R, I) and their scales (R): x ≈ xq · xs */
+static void quantize_rows16(const float *x, int64_t x_stride, int64_t R, int64_t I, int16_t *xq, float *xs) {
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = x + r * x_stride;
+        float m = 0.f;
+        for (int64_t i = 0; i < I; i++) m = fabsf(xr[i]) > m ? fabsf(xr[i]) : m;
+        xs[r] = m > 0.f ? m / 32767.f : 1.f;
+        const float inv = 1.f / xs[r];
+        for (int64_t i = 0; i < I; i++) xq[r * I + i] = (int16_t)lrintf(xr[i] * inv);
+    }
+}
 #ifdef __AVX512F__
 #include <immintrin.h>
 
@@ -146,29 +177,36 @@ static inline __m512 reduce16(const __m512 *v) {
 }
 
 /* 16 weights at w as fp32: fp32 as is, bf16 (the top half of an fp32) widened exactly */
-static inline __attribute__((always_inline)) __m512 load_w(const char *w, const int bf16) {
-    if (!bf16) return _mm512_loadu_ps(w);
+static inline __attribute__((always_inline)) __m512 load_w(const char *w, const int kind) {
+    if (kind == FP32) return _mm512_loadu_ps(w);
     const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)w));
     return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
 }
 
 static inline __attribute__((always_inline)) void linear_rows(const float *x, int64_t x_stride, const char *w,
                                                               float *y, int64_t R, int64_t I, int64_t O, int threads,
-                                                              const int bf16) {
-    const int64_t w_item = bf16 ? 2 : 4;
+                                                              const int kind) {
+    const int64_t w_item = W_BYTES[kind];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t o = 0; o < O; o += 8) {
         const char *wo = w + o * I * w_item;
         for (int64_t r = 0; r < R; r += 2) {
-            const float *x0 = x + r * x_stride, *x1 = r + 1 < R ? x0 + x_stride : x0;
+            const float *x0 = x + r * x_stride, *x1 = x0 + x_stride;
             __m512 acc[16];
             for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
-            for (int64_t i = 0; i < I; i += 16) {
-                const __m512 a = _mm512_loadu_ps(x0 + i), b = _mm512_loadu_ps(x1 + i);
-                for (int j = 0; j < 8; j++) {
-                    const __m512 ww = load_w(wo + (j * I + i) * w_item, bf16);
-                    acc[j] = _mm512_fmadd_ps(a, ww, acc[j]);
-                    acc[8 + j] = _mm512_fmadd_ps(b, ww, acc[8 + j]);
+            if (r + 1 < R) {
+                for (int64_t i = 0; i < I; i += 16) {
+                    const __m512 a = _mm512_loadu_ps(x0 + i), b = _mm512_loadu_ps(x1 + i);
+                    for (int j = 0; j < 8; j++) {
+                        const __m512 ww = load_w(wo + (j * I + i) * w_item, kind);
+                        acc[j] = _mm512_fmadd_ps(a, ww, acc[j]);
+                        acc[8 + j] = _mm512_fmadd_ps(b, ww, acc[8 + j]);
+                    }
+                }
+            } else { /* the last of an odd number of rows (a single take: every row): one FMA per weight vector */
+                for (int64_t i = 0; i < I; i += 16) {
+                    const __m512 a = _mm512_loadu_ps(x0 + i);
+                    for (int j = 0; j < 8; j++) acc[j] = _mm512_fmadd_ps(a, load_w(wo + (j * I + i) * w_item, kind), acc[j]);
                 }
             }
             const __m512 s = reduce16(acc);
@@ -178,12 +216,78 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, in
     }
 }
 
-/* w_bf16: 0 for fp32 weights, 1 for bf16 weights (computed in fp32 against the fp32 x) */
-int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
-                   int64_t O, int threads) {
-    if (I % 16 || O % 8) return 1;
-    if (w_bf16) linear_rows(x, x_stride, w, y, R, I, O, threads, 1);
-    else linear_rows(x, x_stride, w, y, R, I, O, threads, 0);
+static inline __attribute__((always_inline)) __m512i dot16(__m512i acc, __m512i a, __m512i b) {
+#ifdef __AVX512VNNI__
+    return _mm512_dpwssd_epi32(acc, a, b); /* 32 int16 products, pairs summed into 16 int32 lanes, added */
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
+/* int8 weights (O, I) against int16 rows xq (R, I): pairs of rows, 8 outputs at a time, 32 inputs per step */
+static void int8_rows(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, float *y, int64_t R,
+                      int64_t I, int64_t O, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < O; o += 8) {
+        const int8_t *wo = w + o * I;
+        const __m256 sc = _mm256_loadu_ps(scale + o);
+        for (int64_t r = 0; r < R; r += 2) {
+            const int pair = r + 1 < R;
+            const int16_t *x0 = xq + r * I, *x1 = pair ? x0 + I : x0;
+            __m512 acc[16];
+            for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
+            for (int64_t i0 = 0; i0 < I; i0 += INT_BLOCK) {
+                const int64_t i1 = i0 + INT_BLOCK < I ? i0 + INT_BLOCK : I;
+                __m512i sum[16];
+                for (int k = 0; k < 16; k++) sum[k] = _mm512_setzero_si512();
+                if (pair) {
+                    for (int64_t i = i0; i < i1; i += 32) {
+                        const __m512i a = _mm512_loadu_si512(x0 + i), b = _mm512_loadu_si512(x1 + i);
+                        prefetch_next_block(wo + 8 * I, i, 32);
+                        for (int j = 0; j < 8; j++) {
+                            const __m512i ww = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wo + j * I + i)));
+                            sum[j] = dot16(sum[j], a, ww);
+                            sum[8 + j] = dot16(sum[8 + j], b, ww);
+                        }
+                    }
+                } else {
+                    for (int64_t i = i0; i < i1; i += 32) {
+                        const __m512i a = _mm512_loadu_si512(x0 + i);
+                        prefetch_next_block(wo + 8 * I, i, 32);
+                        for (int j = 0; j < 8; j++)
+                            sum[j] = dot16(sum[j], a,
+                                           _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wo + j * I + i))));
+                    }
+                }
+                for (int k = 0; k < 16; k++) acc[k] = _mm512_add_ps(acc[k], _mm512_cvtepi32_ps(sum[k]));
+            }
+            const __m512 s = reduce16(acc);
+            const __m256 s0 = _mm256_mul_ps(_mm512_castps512_ps256(s), _mm256_mul_ps(sc, _mm256_set1_ps(xs[r])));
+            _mm256_storeu_ps(y + r * O + o, s0);
+            if (pair) _mm256_storeu_ps(y + (r + 1) * O + o, _mm256_mul_ps(_mm512_extractf32x8_ps(s, 1),
+                                                                          _mm256_mul_ps(sc, _mm256_set1_ps(xs[r + 1]))));
+        }
+    }
+}
+
+/* w_kind: FP32, BF16 (computed in fp32 against the fp32 x) or INT8 (in integers: `int8_rows`); scale: INT8's (O)
+ * per-channel scales, else NULL */
+int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_kind, const float *scale, float *y,
+                   int64_t R, int64_t I, int64_t O, int threads) {
+    if (O % 8 || w_kind < FP32 || w_kind > INT8) return 1;
+    if (w_kind == INT8) {
+        if (I % 32 || !scale) return 1;
+        int16_t *xq = malloc(sizeof(int16_t) * R * I);
+        float *xs = malloc(sizeof(float) * R);
+        if (!xq || !xs) { free(xq); free(xs); return 1; }
+        quantize_rows16(x, x_stride, R, I, xq, xs);
+        int8_rows(xq, xs, w, scale, y, R, I, O, threads);
+        free(xq); free(xs);
+        return 0;
+    }
+    if (I % 16) return 1;
+    if (w_kind == BF16) linear_rows(x, x_stride, w, y, R, I, O, threads, BF16);
+    else linear_rows(x, x_stride, w, y, R, I, O, threads, FP32);
     return 0;
 }
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -201,16 +305,16 @@ static inline __m256 reduce8(const __m256 *v) {
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
 }
 
-static inline __attribute__((always_inline)) __m256 load_w8(const char *w, const int bf16) {
-    if (!bf16) return _mm256_loadu_ps((const float *)w);
+static inline __attribute__((always_inline)) __m256 load_w8(const char *w, const int kind) {
+    if (kind == FP32) return _mm256_loadu_ps((const float *)w);
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)w));
     return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
 
 static inline __attribute__((always_inline)) void linear_rows8(const float *x, int64_t x_stride, const char *w,
                                                                float *y, int64_t R, int64_t I, int64_t O,
-                                                               int threads, const int bf16) {
-    const int64_t w_item = bf16 ? 2 : 4;
+                                                               int threads, const int kind) {
+    const int64_t w_item = W_BYTES[kind];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t o = 0; o < O; o += 8) {
         const char *wo = w + o * I * w_item;
@@ -221,24 +325,64 @@ static inline __attribute__((always_inline)) void linear_rows8(const float *x, i
             for (int64_t i = 0; i < I; i += 8) {
                 const __m256 a = _mm256_loadu_ps(xr + i);
                 for (int j = 0; j < 8; j++)
-                    acc[j] = _mm256_fmadd_ps(a, load_w8(wo + (j * I + i) * w_item, bf16), acc[j]);
+                    acc[j] = _mm256_fmadd_ps(a, load_w8(wo + (j * I + i) * w_item, kind), acc[j]);
             }
             _mm256_storeu_ps(y + r * O + o, reduce8(acc));
         }
     }
 }
 
-int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
-                   int64_t O, int threads) {
-    if (I % 8 || O % 8) return 1;
-    if (w_bf16) linear_rows8(x, x_stride, w, y, R, I, O, threads, 1);
-    else linear_rows8(x, x_stride, w, y, R, I, O, threads, 0);
+/* int8 weights (O, I) against int16 rows xq (R, I): one row, 8 outputs at a time, 16 inputs per step (vpmaddwd) */
+static void int8_rows8(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, float *y, int64_t R,
+                       int64_t I, int64_t O, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < O; o += 8) {
+        const int8_t *wo = w + o * I;
+        const __m256 sc = _mm256_loadu_ps(scale + o);
+        for (int64_t r = 0; r < R; r++) {
+            const int16_t *xr = xq + r * I;
+            __m256 acc[8];
+            for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+            for (int64_t i0 = 0; i0 < I; i0 += INT_BLOCK) {
+                const int64_t i1 = i0 + INT_BLOCK < I ? i0 + INT_BLOCK : I;
+                __m256i sum[8];
+                for (int k = 0; k < 8; k++) sum[k] = _mm256_setzero_si256();
+                for (int64_t i = i0; i < i1; i += 16) {
+                    const __m256i a = _mm256_loadu_si256((const __m256i *)(xr + i));
+                    prefetch_next_block(wo + 8 * I, i, 16);
+                    for (int j = 0; j < 8; j++)
+                        sum[j] = _mm256_add_epi32(sum[j], _mm256_madd_epi16(a, _mm256_cvtepi8_epi16(
+                                     _mm_loadu_si128((const __m128i *)(wo + j * I + i)))));
+                }
+                for (int k = 0; k < 8; k++) acc[k] = _mm256_add_ps(acc[k], _mm256_cvtepi32_ps(sum[k]));
+            }
+            _mm256_storeu_ps(y + r * O + o, _mm256_mul_ps(reduce8(acc), _mm256_mul_ps(sc, _mm256_set1_ps(xs[r]))));
+        }
+    }
+}
+
+int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_kind, const float *scale, float *y,
+                   int64_t R, int64_t I, int64_t O, int threads) {
+    if (O % 8 || w_kind < FP32 || w_kind > INT8) return 1;
+    if (w_kind == INT8) {
+        if (I % 16 || !scale) return 1;
+        int16_t *xq = malloc(sizeof(int16_t) * R * I);
+        float *xs = malloc(sizeof(float) * R);
+        if (!xq || !xs) { free(xq); free(xs); return 1; }
+        quantize_rows16(x, x_stride, R, I, xq, xs);
+        int8_rows8(xq, xs, w, scale, y, R, I, O, threads);
+        free(xq); free(xs);
+        return 0;
+    }
+    if (I % 8) return 1;
+    if (w_kind == BF16) linear_rows8(x, x_stride, w, y, R, I, O, threads, BF16);
+    else linear_rows8(x, x_stride, w, y, R, I, O, threads, FP32);
     return 0;
 }
 #else
-int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_bf16, float *y, int64_t R, int64_t I,
-                   int64_t O, int threads) {
-    (void)x; (void)x_stride; (void)w; (void)w_bf16; (void)y; (void)R; (void)I; (void)O; (void)threads;
+int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_kind, const float *scale, float *y,
+                   int64_t R, int64_t I, int64_t O, int threads) {
+    (void)x; (void)x_stride; (void)w; (void)w_kind; (void)scale; (void)y; (void)R; (void)I; (void)O; (void)threads;
     return 1;
 }
 #endif
