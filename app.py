@@ -12,6 +12,7 @@ import signal
 import sys
 from types import SimpleNamespace
 
+from engine import threads
 from engine.heard import world_markdown
 from engine.ratings import TABLE_HEADERS, VOTES
 from engine.service import MAX_CLIPS
@@ -456,13 +457,13 @@ def main(argv=None) -> None:
     if stale:
         LOG.info("removed %d temporary folder(s) of servers that died without cleaning up", len(stale))
     cache = private_gradio_cache()
-    studio = make_studio(args)
+    studio = threads.in_own_thread(make_studio, args)  # the main thread opens no OpenMP pool (engine.threads)
     demo = build_ui(studio, args.file_lifetime)
     addresses = studio.addresses
     if cache is not None:
         Janitor(cache, args.file_lifetime).start()
     # api_open=False: every model call goes through the queue (its limits and each client's share), none around it
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size, api_open=False)
+    demo.queue(default_concurrency_limit=studio.concurrency, max_size=args.queue_size, api_open=False)
     LOG.info("serving on http://%s:%d (monitoring %s)", args.host, args.port, "on" if args.monitoring else "off")
     demo.launch(server_name=args.host, server_port=args.port, state_session_capacity=MAX_SESSIONS,
                 enable_monitoring=args.monitoring, quiet=not args.monitoring, css=pages.CSS, head=pages.HEAD,

@@ -28,9 +28,10 @@ from engine.model import debug_composite, from_composite
 CASES = {"nano": [(8, None), (4, 3.0), (8, 3.0)], "small": [(4, 3.0)]}
 
 
-def blocks_of_4(x: torch.Tensor, w: torch.Tensor, row_block: int = 0, c_kernel: bool = False) -> torch.Tensor:
+def blocks_of_4(x: torch.Tensor, w: torch.Tensor, row_block: int = 0, c_kernel: bool = False,
+                chunked: bool = False) -> torch.Tensor:
     """The earlier strategy: zero-padded blocks of `row_block` rows up to 4 blocks, `F.linear` beyond (`linear`'s
-    signature; `c_kernel` is ignored)."""
+    signature; `c_kernel` and `chunked` are ignored)."""
     rows = x.numel() // x.shape[-1]
     if not row_block or rows > 4 * row_block:
         return F.linear(x, w)

@@ -85,15 +85,23 @@ class Int8Matrix(NamedTuple):
         return self.q.float() * self.scale[:, None]
 
 
-def linear(x: Tensor, w: Tensor | Int8Matrix, row_block: int = 0, c_kernel: bool = False) -> Tensor:
+def linear(x: Tensor, w: Tensor | Int8Matrix, row_block: int = 0, c_kernel: bool = False,
+           chunked: bool = False) -> Tensor:
     """x (..., I) @ w (O, I)ᵀ, equal to `F.linear` up to float rounding (x is cast to w's dtype for torch). On a CPU
     without autograd: with `c_kernel`, up to `C_KERNEL_ROWS` rows through the C kernel
     (`engine.kernels.few_row_linear`, AVX-512; fp32 or bf16 weights, fp32 result), which streams the weights once
     at nearly the memory bandwidth; else, for fp32 with `row_block` > 0 (AMD CPUs), up to `row_block` rows as
     `w @ xᵀ` on one zero-padded block and up to `FEW_ROWS` through oneDNN in chunks of `ONEDNN_ROWS` (its AVX-512
     kernels beat MKL's here). An `Int8Matrix` goes through the C kernel's int8 path, and (more rows, no kernel) through
-    its dequantised fp32 copy, so every path computes with the same quantised weights. README, "Where the time goes"."""
+    its dequantised fp32 copy, so every path computes with the same quantised weights. `chunked` (fused requests,
+    `DecodeState.groups`): more than `C_KERNEL_ROWS` rows go through the C kernel in chunks of that many, so that each
+    row is computed exactly as when its request runs alone (the kernel's rows are independent; BLAS's are not
+    guaranteed to be). README, "Where the time goes"."""
     rows = x.numel() // x.shape[-1]
+    if chunked and c_kernel and rows > C_KERNEL_ROWS:
+        x2 = x.reshape(rows, -1)
+        parts = [linear(x2[i:i + C_KERNEL_ROWS], w, row_block, c_kernel) for i in range(0, rows, C_KERNEL_ROWS)]
+        return torch.cat(parts).view(*x.shape[:-1], -1)
     if isinstance(w, Int8Matrix):
         y = few_row_linear(x.reshape(rows, -1), w.q, w.scale) if rows <= C_KERNEL_ROWS and c_kernel else None
         return F.linear(x, w.dequantized()) if y is None else y.view(*x.shape[:-1], w.q.shape[0])
@@ -172,6 +180,9 @@ class DecodeState:
     # one decode step reads is one contiguous stream (engine/csrc/cpu_kernels.c). None: a cache-free forward.
     k: Tensor | None
     v: Tensor | None
+    # Fused requests (`FastDecoder.new_fused_state`): each request's rows and its own cross-attention state, computed
+    # as when it runs alone (its text width, its K/V), so that its rows come out exactly as alone; None: one request
+    groups: list[tuple[slice, "DecodeState"]] | None = None
 
     @property
     def max_len(self) -> int:
@@ -289,15 +300,33 @@ class FastDecoder:
         mask = encoder_mask.to(self.device).bool()[:, None, None, :]
         cross_mask = torch.zeros(mask.shape, dtype=ad, device=self.device)
         cross_mask.masked_fill_(~mask, torch.finfo(ad).min)
-        k = v = None
-        if max_len is not None:
-            L, B, H, D = len(self.layers), encoder_hidden.shape[0], self.heads, self.head_dim
-            if cpu:  # (L, T, B, H, D) in memory, seen as (L, B, H, T, D)
-                k, v = (torch.empty(L, max_len, B, H, D, dtype=ad, device=self.device).permute(0, 2, 3, 1, 4)
-                        for _ in range(2))
-            else:
-                k, v = (torch.empty(L, B, H, max_len, D, dtype=ad, device=self.device) for _ in range(2))
+        k, v = self._cache(encoder_hidden.shape[0], max_len) if max_len is not None else (None, None)
         return DecodeState(ks, vs, cross_mask, k, v)
+
+    def _cache(self, rows: int, max_len: int) -> tuple[Tensor, Tensor]:
+        """An empty self-attention KV cache: on CPUs (L, T, B, H, D) in memory, seen as (L, B, H, T, D)."""
+        L, H, D, ad = len(self.layers), self.heads, self.head_dim, self.compute_dtype
+        if self.device.type == "cpu":
+            return tuple(torch.empty(L, max_len, rows, H, D, dtype=ad, device=self.device).permute(0, 2, 3, 1, 4)
+                         for _ in range(2))
+        return tuple(torch.empty(L, rows, H, max_len, D, dtype=ad, device=self.device) for _ in range(2))
+
+    def new_fused_state(self, conditions: list[tuple[Tensor, Tensor]], max_len: int) -> DecodeState:
+        """The state of several requests sampled together: each request's (text states, mask) keeps the
+        cross-attention state it has alone; the self-attention cache covers all their rows."""
+        groups, start = [], 0
+        for hidden, mask in conditions:
+            groups.append((slice(start, start + hidden.shape[0]), self.new_state(hidden, mask, None)))
+            start += hidden.shape[0]
+        return DecodeState([], [], groups[0][1].cross_mask, *self._cache(start, max_len), groups)
+
+    def _cross(self, q: Tensor, i: int, state: DecodeState, t: int) -> Tensor:
+        """Cross-attention of layer i over the text (each fused request over its own)."""
+        if state.groups is not None:
+            return torch.cat([self._cross(q[rows], i, own, t) for rows, own in state.groups])
+        ck, cv, cmask = state.cross_k[i], state.cross_v[i], state.cross_mask
+        a = decode_attention(q, ck, cv, ck.shape[2], mask=cmask) if t == 1 else None
+        return self._attend(q, ck, cv, attn_mask=cmask) if a is None else a
 
     def forward(self, tokens: Tensor, pos: int, state: DecodeState) -> Tensor:
         """Logits (B, K, t, V) for token columns `tokens` (B, K, t) placed at positions pos..pos+t-1.
@@ -309,7 +338,7 @@ class FastDecoder:
             raise ValueError("a cache-free forward must start at position 0")
         if state.k is not None and pos + t > state.max_len:
             raise ValueError(f"positions {pos}..{pos + t - 1} exceed the cache length {state.max_len}")
-        wd, ad, mm = self.dtype, self.compute_dtype, self.matmul
+        wd, ad, mm = self.dtype, self.compute_dtype, (*self.matmul, state.groups is not None)
         to = _keep if wd == ad else Tensor.to  # fp32: no cast calls at all (~1 µs each, ~60 per step)
         x = F.embedding(tokens + self.embed_offsets, self.embed).sum(1, dtype=ad)  # (B, t, E)
         x = x + self.positions(pos, t)
@@ -334,11 +363,7 @@ class FastDecoder:
             x = x + linear(to(a, wd), p["out"], *mm)
             h = F.layer_norm(to(x, wd), *p["ln2"])
             q = self._heads(to(linear(h, p["cq"], *mm), ad))
-            ck, cv, cmask = state.cross_k[i], state.cross_v[i], state.cross_mask
-            a = decode_attention(q, ck, cv, ck.shape[2], mask=cmask) if t == 1 else None
-            if a is None:
-                a = self._attend(q, ck, cv, attn_mask=cmask)
-            x = x + linear(to(a, wd), p["cout"], *mm)
+            x = x + linear(to(self._cross(q, i, state, t), wd), p["cout"], *mm)
             x = x + linear(self.act(linear(F.layer_norm(to(x, wd), *p["ln3"]), p["fc1"], *mm)), p["fc2"], *mm)
         x = F.layer_norm(to(x, wd), *self.final_ln)
         logits = to(linear(x, self.heads_w, *mm), ad)  # (B, t, K * V)

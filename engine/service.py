@@ -23,10 +23,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from engine import exact, loudness
+from engine import exact, kernels, loudness
 from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting, check_number
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
+from engine.fused import FusedJob, SamplerBatcher
 from engine.generate import Continuation, SamplingParams, generate_codes, generate_long, stop_if_cancelled
 from engine.merge import Blend, WeightMixer
 from engine.model import MusicModel, load_model, parse_dtype
@@ -187,9 +188,13 @@ class BlendGate:
 class MusicService:
     """Generation for many concurrent users: base model (optionally with CFG) and merged θ_q/θ_d."""
 
-    def __init__(self, model: MusicModel, max_duration_s: float | None = None):
+    def __init__(self, model: MusicModel, max_duration_s: float | None = None, fuse: bool = False):
         """`max_duration_s`: the longest take users may ask for (default: the model's window; longer ones are
-        continued window by window, up to MAX_TAKE_WINDOWS windows)."""
+        continued window by window, up to MAX_TAKE_WINDOWS windows). `fuse`: concurrent requests for the same weights,
+        length and CFG-ness are sampled in one call (`engine.fused`; where the C matmul kernel runs), each getting
+        exactly the takes it gets alone, and every sampler call runs on the batcher's engine thread. For a server
+        whose main thread opens no OpenMP pool (`engine.threads`: the app); a script sampling from its main thread
+        is faster without."""
         self.model = model
         self.base = model.decoder
         self.serving = FastDecoder(copy.deepcopy(self.base.model), quantize=self.base.quantized)
@@ -199,12 +204,14 @@ class MusicService:
         self.window_s = model.max_duration_s  # what one pass of the decoder covers
         self.max_duration_s = min(max_duration_s or self.window_s, MAX_TAKE_WINDOWS * self.window_s)
         self._text_lock = threading.Lock()  # fast tokenizers are not safe to call concurrently
+        fusable = fuse and self.base.device.type == "cpu" and kernels.has_few_row_linear()
+        self.batcher = SamplerBatcher() if fusable else None
 
     @classmethod
     def from_sources(cls, base: str, theta_q: str | None = None, theta_d: str | None = None,
                      allow_download: bool = False, max_duration_s: float | None = None,
                      device: str = "cpu", dtype: str | torch.dtype = "fp32", renderer: str = "synth",
-                     soundfont: str | None = None) -> tuple["MusicService", list[str]]:
+                     soundfont: str | None = None, fuse: bool = False) -> tuple["MusicService", list[str]]:
         """Build a service from paths/ids; returns it with notices for the user (e.g. missing endpoints).
         A missing θ_q or θ_d falls back to the base weights, shared by reference. `dtype` is the decoder weights'
         ("bf16" on a CPU: bf16 matmuls, fp32 activations, half the memory; see FastDecoder); every checkpoint
@@ -214,7 +221,7 @@ class MusicService:
         model = load_model(base, parse_dtype(dtype), device, allow_download)
         if isinstance(model.codec, ScoreCodec) and (renderer, soundfont) != (model.codec.renderer, None):
             model.codec = ScoreCodec(renderer=renderer, soundfont=soundfont)
-        service = cls(model, max_duration_s)
+        service = cls(model, max_duration_s, fuse)
         notices = []
         for name, source in (("q", theta_q), ("d", theta_d)):
             if source is None:
@@ -267,7 +274,8 @@ class MusicService:
         if req.duration_s > self.max_duration_s:
             raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, "
                              f"got {req.duration_s}")
-        return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock, prefix)
+        return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock, prefix,
+                        self.batcher)
 
 
 def continuation(model: MusicModel) -> Continuation:
@@ -286,35 +294,56 @@ def continuation(model: MusicModel) -> Continuation:
 
 def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, weights=None,
              progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-             text_lock: threading.Lock | None = None, prefix: torch.Tensor | None = None) -> Generation:
+             text_lock: threading.Lock | None = None, prefix: torch.Tensor | None = None,
+             batcher: SamplerBatcher | None = None) -> Generation:
     """Clips for `req` from `decoder` (the base's, the service's merged one, or a student in training), with the text
     encoder and codec of `model`. `weights`: a context holding the decoder's weights (the blend gate) during sampling
     only; it yields the merge time. Text encoding (under `text_lock`) and audio decoding happen outside it. A take
-    longer than the model's window, or one continuing `prefix` codes (1, K, P), is made window by window."""
+    longer than the model's window, or one continuing `prefix` codes (1, K, P), is made window by window; a take of
+    one window goes through `batcher` where there is one (sampled with the requests that share its weights)."""
     t_start = time.perf_counter()
     stop_if_cancelled(cancel, "before it started")  # a request stopped while it waited never starts
     notices = []
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     use_cfg = req.guidance > 1
-    with text_lock if text_lock is not None else contextlib.nullcontext():
-        cond = model.encode_text([req.prompt])
-        neg = model.encode_text([req.negative_prompt]) if use_cfg else None
+    frames, steps = model.num_frames(req.duration_s), continuation(model)
+    if batcher is not None:
+        batcher.announce()  # a fused call starting now waits for this request's text
+    try:
+        with text_lock if text_lock is not None else contextlib.nullcontext():
+            cond = model.encode_text([req.prompt])
+            neg = model.encode_text([req.negative_prompt]) if use_cfg else None
+    except BaseException:
+        if batcher is not None:
+            batcher.withdraw()
+        raise
     if not req.prompt:
         notices.append("Empty prompt: generating unconditionally.")
     if cond.truncated[0] or (neg is not None and neg.truncated[0]):
         notices.append(f"Prompt truncated to {model.text_encoder.max_tokens} tokens.")
     t_text = time.perf_counter() - t_start
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
-    with weights if weights is not None else contextlib.nullcontext() as merge_s:
-        frames, steps = model.num_frames(req.duration_s), continuation(model)
-        cfg = dict(neg=neg, guidance=req.guidance if use_cfg else None, plausibility=req.plausibility)
-        params = SamplingParams(req.temperature, req.top_k, req.top_p)
-        if prefix is None and frames <= steps.window:
-            out = generate_codes(decoder, cond, req.num_clips, frames, params, generator, progress=progress,
-                                 cancel=cancel, **cfg)
-        else:
-            out = generate_long(decoder, cond, req.num_clips, frames, params, generator, steps, prefix=prefix,
-                                progress=progress, cancel=cancel, **cfg)
+    cfg = dict(neg=neg, guidance=req.guidance if use_cfg else None, plausibility=req.plausibility)
+    params = SamplingParams(req.temperature, req.top_k, req.top_p)
+    one_window = prefix is None and frames <= steps.window
+
+    def alone(merge_s: float):
+        if one_window:
+            return generate_codes(decoder, cond, req.num_clips, frames, params, generator, progress=progress,
+                                  cancel=cancel, **cfg), merge_s
+        return generate_long(decoder, cond, req.num_clips, frames, params, generator, steps, prefix=prefix,
+                             progress=progress, cancel=cancel, **cfg), merge_s
+
+    if batcher is not None and one_window:  # fused with the requests for the same weights, length and CFG-ness
+        job = FusedJob(cond=cond, num_samples=req.num_clips, sampling=params, generator=generator, progress=progress,
+                       cancel=cancel, **cfg)
+        out = batcher.sample((id(decoder), label, frames, use_cfg), decoder, frames, weights, job, announced=True)
+        merge_s = job.merge_s
+    elif batcher is not None:  # alone, on the engine thread
+        out, merge_s = batcher.call(alone, weights, cancel, announced=True)
+    else:
+        with weights if weights is not None else contextlib.nullcontext() as merge_s:
+            out, merge_s = alone(merge_s)
     stop_if_cancelled(cancel, "before decoding")
     t = time.perf_counter()
     audio = takes_audio(model.codec, out.codes)

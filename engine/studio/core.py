@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import exact
+from engine import exact, threads
 from engine.cfg import PAPER_CFG, CfgSetting
 from engine.checkpoint import CheckpointError
 from engine.generate import GenerationCancelled, stop_if_cancelled
@@ -362,7 +362,10 @@ class Studio:
 
     @contextlib.contextmanager
     def _job(self, what: str, clips: int):
-        """Count the jobs running the models at once (all endpoints together); one log line per finished job."""
+        """Count the jobs running the models at once (all endpoints together); one log line per finished job. Where
+        the engine samples on its own thread, this request's thread computes on one core (`engine.threads`)."""
+        if self.service.batcher is not None:
+            threads.one_core()
         with self._lock:
             self.running += 1
             at_once = self.running

@@ -34,9 +34,21 @@ shipped nano weights offline."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    env = os.environ.get
     p = argparse.ArgumentParser(description=APP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # models (defaults: the shipped nano weights)
+    model_flags(p, os.environ.get)
+    serving_flags(p, os.environ.get)
+    args = p.parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        p.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    for name, least in (("queue_size", 1), ("client_share", 0), ("proxy_hops", 0),
+                        ("votes_per_minute", 1)):
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    return args
+
+
+def model_flags(p: argparse.ArgumentParser, env) -> None:
+    """Which models and scorers to load (defaults: the shipped nano weights), and how."""
     p.add_argument("--base", default=env("MUSIC_BASE"),
                    help="base model (default: weights/nano, else 'debug'): a nano folder or a Hub repo of one, a "
                         "local MusicGen folder, a hub id (facebook/musicgen-small), or 'debug' (tiny random model)")
@@ -78,7 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--soundfont", default=env("MUSIC_SOUNDFONT"),
                    help="an .sf2/.sf3 General MIDI bank for --renderer soundfont (default: FluidR3 GM or MuseScore "
                         "General where the system has them, else TimGM6mb from pip)")
-    # serving
+
+
+def serving_flags(p: argparse.ArgumentParser, env) -> None:
+    """How the server serves: lengths, ratings, address, queue, shares, files, MCP, monitoring."""
     p.add_argument("--max-duration", type=float, default=float(env("MUSIC_MAX_DURATION", 30)),
                    help="longest take a user may ask for, in seconds; beyond the model's window (nano 8 s, MusicGen "
                         "30 s) takes are continued window by window (at most 8 windows)")
@@ -87,7 +102,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "persistent storage, else ~/.local/share/cfg-distill/ratings.sqlite)")
     p.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", 7860)))
-    p.add_argument("--concurrency", type=int, default=2, help="generations running at once")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="generations in progress at once (default: 8 where the engine samples requests for the same "
+                        "weights together, on CPUs with the C matmul kernel; else 2)")
     p.add_argument("--queue-size", type=int, default=16, help="requests waiting at most; more are refused")
     p.add_argument("--client-share", type=int, default=int(env("MUSIC_CLIENT_SHARE", 4)),
                    help="requests one client address may have waiting or running at once (0: no limit); more are "
@@ -106,12 +123,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "agent can make takes (through the same queue, shares and limits as the page)")
     p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
                    help="Gradio's monitoring dashboard (off by default: it answers without a login)")
-    args = p.parse_args(argv)
-    for name, least in (("concurrency", 1), ("queue_size", 1), ("client_share", 0), ("proxy_hops", 0),
-                        ("votes_per_minute", 1)):
-        if getattr(args, name) < least:
-            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
-    return args
 
 
 
@@ -235,6 +246,15 @@ def preflight(src: Sources, args) -> list[str]:
             ] if strangers else []
 
 
+FUSED_CONCURRENCY = 8  # requests in progress at once where the engine fuses their sampling (`engine.fused`): 8 users
+# asking for one blend share a call, and their text, decoding and scoring run side by side
+UNFUSED_CONCURRENCY = 2  # elsewhere each runs its own sampler: 2 keep both cores busy without crowding them
+
+
+def concurrency(service: MusicService) -> int:
+    return FUSED_CONCURRENCY if service.batcher is not None else UNFUSED_CONCURRENCY
+
+
 def make_studio(args) -> Studio:
     """Load models and scorers as the flags say (`args`: the parsed flags; defaults: the shipped nano weights), after
     checking the ratings database and every file to read (`preflight`)."""
@@ -248,7 +268,7 @@ def make_studio(args) -> Studio:
     banner += [zerogpu] if zerogpu else []
     service, notices = MusicService.from_sources(src.base, src.theta_q, src.theta_d, args.allow_download,
                                                    args.max_duration, device, args.dtype, args.renderer,
-                                                   args.soundfont)
+                                                   args.soundfont, fuse=True)  # the app: see engine.threads
     banner += notices + [tip for tip in (bf16_tip(src.base, device, args.dtype), kernel_tip(device)) if tip]
     soup = add_soup(service, src.soup)
     LOG.info("sound: %s", getattr(service.model.codec, "description", "MusicGen's EnCodec"))
@@ -262,7 +282,7 @@ def make_studio(args) -> Studio:
     fronts = args.fronts
     studio = Studio(service, scorers, ratings, load_fronts(fronts) if fronts else {}, banner, soup=soup,
                     fronts_exact=load_fronts(fronts, "fronts_exact") if fronts else {},
-                    teacher=CfgSetting.load(src.teacher), concurrency=args.concurrency,
+                    teacher=CfgSetting.load(src.teacher), concurrency=args.concurrency or concurrency(service),
                     keep_outputs=args.keep_outputs, measured=load_front_settings(fronts) if fronts else {},
                     votes_per_minute=args.votes_per_minute, addresses=ClientAddress(args.proxy_hops))
     # 3. what the page says was loaded
