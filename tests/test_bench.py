@@ -114,3 +114,18 @@ def test_dtype_bench_runs_and_orders_the_errors():
     assert set(row["s_per_audio_s"]) == {"fp32", "bf16", "int8"} and row["int8_over_bf16"] > 0
     errors = {name: e["rms_rel"] for name, e in row["logits"].items()}
     assert errors["fp32"] == 0 and 0 < errors["bf16"] < errors["int8"] < 0.05
+
+
+def test_batching_bench_runs_and_every_user_gets_the_same_codes_both_ways():
+    import bench.batching  # noqa: PLC0415
+    import engine.kernels  # noqa: PLC0415
+    from engine.model import build_debug_model  # noqa: PLC0415
+    from engine.service import MusicService  # noqa: PLC0415
+
+    if not engine.kernels.has_few_row_linear():
+        return  # fusing needs the C kernel (bench.batching says so and stops)
+    service = MusicService(build_debug_model(seed=0))
+    for name in ("q", "d"):
+        service.mixer.add(name, service.base.flat)
+    row = bench.batching.measure(service, users=3, takes=2, seconds=0.3, repeats=1)
+    assert row["same_codes"] and row["throughput_ratio"] > 0 and row["fused_audio_s_per_s"] > 0

@@ -231,6 +231,25 @@ def test_int8_matrices_quantise_each_row_and_the_decoder_keeps_them_fresh(model,
     assert torch.equal(logits(int8), logits(half)) and not torch.equal(stale, logits(half))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_each_row_comes_out_the_same_wherever_it_sits(dtype, isa):
+    """A row's result is bit-identical alone, first or second of a pair, or anywhere in a batch: fused requests
+    (engine.fused) put a request's rows at other places than alone."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(64, 256, generator=g)
+    scale = None
+    if dtype == torch.int8:
+        scale = torch.rand(64, generator=g) / 100
+        w = torch.randint(-127, 128, (64, 256), generator=g, dtype=torch.int8)
+    else:
+        w = w.to(dtype)
+    x = torch.randn(9, 256, generator=g)
+    together = kernels.few_row_linear(x, w, scale)
+    for i in range(9):
+        assert torch.equal(kernels.few_row_linear(x[i:i + 1], w, scale)[0], together[i]), i
+        assert torch.equal(kernels.few_row_linear(x[[(i + 1) % 9, i]], w, scale)[1], together[i]), i
+
+
 def test_few_row_linear_declines_what_it_does_not_handle(isa):
     w, x = torch.randn(16, 32), torch.randn(3, 32)
     odd = 24 if kernels.simd() == "AVX-512" else 20  # I % 16 (AVX-512), I % 8 (AVX2)

@@ -176,6 +176,17 @@ static inline __m512 reduce16(const __m512 *v) {
                          _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+/* Each row's 8 sums from a pair's accumulators (acc[0..7]: row a, acc[8..15]: row b), each row reduced on its own
+ * and in the lanes row a uses, so that a row's result does not depend on its place in a pair or on whether it had one
+ * (fused requests put a request's rows at other places than alone: engine/fused.py) */
+static inline void reduce_rows(const __m512 *acc, __m256 *a, __m256 *b) {
+    __m512 v[16];
+    for (int k = 0; k < 8; k++) { v[k] = acc[k]; v[8 + k] = _mm512_setzero_ps(); }
+    *a = _mm512_castps512_ps256(reduce16(v));
+    for (int k = 0; k < 8; k++) v[k] = acc[8 + k];
+    *b = _mm512_castps512_ps256(reduce16(v));
+}
+
 /* 16 weights at w as fp32: fp32 as is, bf16 (the top half of an fp32) widened exactly */
 static inline __attribute__((always_inline)) __m512 load_w(const char *w, const int kind) {
     if (kind == FP32) return _mm512_loadu_ps(w);
@@ -209,9 +220,10 @@ static inline __attribute__((always_inline)) void linear_rows(const float *x, in
                     for (int j = 0; j < 8; j++) acc[j] = _mm512_fmadd_ps(a, load_w(wo + (j * I + i) * w_item, kind), acc[j]);
                 }
             }
-            const __m512 s = reduce16(acc);
-            _mm256_storeu_ps(y + r * O + o, _mm512_castps512_ps256(s));
-            if (r + 1 < R) _mm256_storeu_ps(y + (r + 1) * O + o, _mm512_extractf32x8_ps(s, 1));
+            __m256 sa, sb;
+            reduce_rows(acc, &sa, &sb);
+            _mm256_storeu_ps(y + r * O + o, sa);
+            if (r + 1 < R) _mm256_storeu_ps(y + (r + 1) * O + o, sb);
         }
     }
 }
@@ -261,11 +273,10 @@ static void int8_rows(const int16_t *xq, const float *xs, const int8_t *w, const
                 }
                 for (int k = 0; k < 16; k++) acc[k] = _mm512_add_ps(acc[k], _mm512_cvtepi32_ps(sum[k]));
             }
-            const __m512 s = reduce16(acc);
-            const __m256 s0 = _mm256_mul_ps(_mm512_castps512_ps256(s), _mm256_mul_ps(sc, _mm256_set1_ps(xs[r])));
-            _mm256_storeu_ps(y + r * O + o, s0);
-            if (pair) _mm256_storeu_ps(y + (r + 1) * O + o, _mm256_mul_ps(_mm512_extractf32x8_ps(s, 1),
-                                                                          _mm256_mul_ps(sc, _mm256_set1_ps(xs[r + 1]))));
+            __m256 sa, sb;
+            reduce_rows(acc, &sa, &sb);
+            _mm256_storeu_ps(y + r * O + o, _mm256_mul_ps(sa, _mm256_mul_ps(sc, _mm256_set1_ps(xs[r]))));
+            if (pair) _mm256_storeu_ps(y + (r + 1) * O + o, _mm256_mul_ps(sb, _mm256_mul_ps(sc, _mm256_set1_ps(xs[r + 1]))));
         }
     }
 }
