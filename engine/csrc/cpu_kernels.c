@@ -134,7 +134,7 @@ int decode_attention(const float *q, const float *new_k, const float *new_v, int
  * I % 32, AVX2 I % 16) or O % 8 is not 0, for int8 without scales, or when out of memory.
  */
 enum { FP32 = 0, BF16 = 1, INT8 = 2 }; /* w_kind: how the weights are stored */
-static const int64_t W_BYTES[3] = {4, 2, 1};
+static const int64_t W_BYTES[3] __attribute__((unused)) = {4, 2, 1};
 /* Inputs summed in int32 before a flush to fp32: each lane adds two products of at most 32767 · 127 per step of
  * 32 (AVX2: 16) inputs, so 2048 inputs stay below 2 · 128 · 4.2e6 ≈ 1.07e9 < 2³¹ with either width. */
 #define INT_BLOCK 2048
@@ -148,7 +148,7 @@ static inline __attribute__((always_inline)) void prefetch_next_block(const int8
 }
 
 /* x (R, I) at stride x_stride -> int16 rows (R, I) and their scales (R): x ≈ xq · xs */
-static void quantize_rows16(const float *x, int64_t x_stride, int64_t R, int64_t I, int16_t *xq, float *xs) {
+static __attribute__((unused)) void quantize_rows16(const float *x, int64_t x_stride, int64_t R, int64_t I, int16_t *xq, float *xs) {
     for (int64_t r = 0; r < R; r++) {
         const float *xr = x + r * x_stride;
         float m = 0.f;
@@ -281,26 +281,8 @@ static void int8_rows(const int16_t *xq, const float *xs, const int8_t *w, const
     }
 }
 
-/* w_kind: FP32, BF16 (computed in fp32 against the fp32 x) or INT8 (in integers: `int8_rows`); scale: INT8's (O)
- * per-channel scales, else NULL */
-int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_kind, const float *scale, float *y,
-                   int64_t R, int64_t I, int64_t O, int threads) {
-    if (O % 8 || w_kind < FP32 || w_kind > INT8) return 1;
-    if (w_kind == INT8) {
-        if (I % 32 || !scale) return 1;
-        int16_t *xq = malloc(sizeof(int16_t) * R * I);
-        float *xs = malloc(sizeof(float) * R);
-        if (!xq || !xs) { free(xq); free(xs); return 1; }
-        quantize_rows16(x, x_stride, R, I, xq, xs);
-        int8_rows(xq, xs, w, scale, y, R, I, O, threads);
-        free(xq); free(xs);
-        return 0;
-    }
-    if (I % 16) return 1;
-    if (w_kind == BF16) linear_rows(x, x_stride, w, y, R, I, O, threads, BF16);
-    else linear_rows(x, x_stride, w, y, R, I, O, threads, FP32);
-    return 0;
-}
+#define FLOAT_STEP 16 /* inputs per step of linear_rows (I must be a multiple) */
+#define INT8_STEP 32  /* of int8_rows */
 #elif defined(__AVX2__) && defined(__FMA__)
 /* AVX2 + FMA (most x86-64 laptops and servers without AVX-512): 16 ymm registers, so each thread keeps 8
  * accumulators (1 input row × 8 outputs) plus the row and one weight vector; the 8 weight rows (8 · I floats) stay
@@ -322,9 +304,9 @@ static inline __attribute__((always_inline)) __m256 load_w8(const char *w, const
     return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
 
-static inline __attribute__((always_inline)) void linear_rows8(const float *x, int64_t x_stride, const char *w,
-                                                               float *y, int64_t R, int64_t I, int64_t O,
-                                                               int threads, const int kind) {
+static inline __attribute__((always_inline)) void linear_rows(const float *x, int64_t x_stride, const char *w,
+                                                              float *y, int64_t R, int64_t I, int64_t O, int threads,
+                                                              const int kind) {
     const int64_t w_item = W_BYTES[kind];
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t o = 0; o < O; o += 8) {
@@ -344,8 +326,8 @@ static inline __attribute__((always_inline)) void linear_rows8(const float *x, i
 }
 
 /* int8 weights (O, I) against int16 rows xq (R, I): one row, 8 outputs at a time, 16 inputs per step (vpmaddwd) */
-static void int8_rows8(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, float *y, int64_t R,
-                       int64_t I, int64_t O, int threads) {
+static void int8_rows(const int16_t *xq, const float *xs, const int8_t *w, const float *scale, float *y, int64_t R,
+                      int64_t I, int64_t O, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t o = 0; o < O; o += 8) {
         const int8_t *wo = w + o * I;
@@ -372,22 +354,30 @@ static void int8_rows8(const int16_t *xq, const float *xs, const int8_t *w, cons
     }
 }
 
+#define FLOAT_STEP 8
+#define INT8_STEP 16
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+/* w_kind: FP32, BF16 (computed in fp32 against the fp32 x) or INT8 (in integers: `int8_rows`); scale: INT8's (O)
+ * per-channel scales, else NULL. One dispatcher for both instruction sets: each block above defines linear_rows,
+ * int8_rows and their steps. */
 int few_row_linear(const float *x, int64_t x_stride, const void *w, int w_kind, const float *scale, float *y,
                    int64_t R, int64_t I, int64_t O, int threads) {
     if (O % 8 || w_kind < FP32 || w_kind > INT8) return 1;
     if (w_kind == INT8) {
-        if (I % 16 || !scale) return 1;
+        if (I % INT8_STEP || !scale) return 1;
         int16_t *xq = malloc(sizeof(int16_t) * R * I);
         float *xs = malloc(sizeof(float) * R);
         if (!xq || !xs) { free(xq); free(xs); return 1; }
         quantize_rows16(x, x_stride, R, I, xq, xs);
-        int8_rows8(xq, xs, w, scale, y, R, I, O, threads);
+        int8_rows(xq, xs, w, scale, y, R, I, O, threads);
         free(xq); free(xs);
         return 0;
     }
-    if (I % 8) return 1;
-    if (w_kind == BF16) linear_rows8(x, x_stride, w, y, R, I, O, threads, BF16);
-    else linear_rows8(x, x_stride, w, y, R, I, O, threads, FP32);
+    if (I % FLOAT_STEP) return 1;
+    if (w_kind == BF16) linear_rows(x, x_stride, w, y, R, I, O, threads, BF16);
+    else linear_rows(x, x_stride, w, y, R, I, O, threads, FP32);
     return 0;
 }
 #else
