@@ -16,14 +16,13 @@ request made alone in the app (one request at a time).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
-from pathlib import Path
 
 import torch
 
+from bench import write_json
 from bench.engine import SIZES
 from engine import kernels, threads
 from engine.fused import SamplerBatcher
@@ -130,10 +129,7 @@ def main(argv=None) -> None:
                   f"({row['fused_audio_s_per_s']:.1f}): {row['throughput_ratio']:.2f}x; fused codes = alone: "
                   f"{row['same_codes']}", flush=True)
         del service
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(results, args.out)
 
 
 if __name__ == "__main__":

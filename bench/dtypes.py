@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import statistics
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
+from bench import write_json
 from bench.engine import SIZES
 from engine import exact, kernels
 from engine.generate import SamplingParams, generate_codes
@@ -149,11 +147,7 @@ def main(argv=None) -> None:
           + "; exact quality " + ", ".join(f"{n} {v['mean']:.3f} ± {v['ci95']:.3f}" for n, v in q.items())
           + f"; int8 − fp32 {nano['exact_quality_int8_minus_fp32']['mean']:+.3f} ± "
             f"{nano['exact_quality_int8_minus_fp32']['ci95']:.3f}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=lambda v: None if isinstance(v, float) and np.isnan(v)
-                              else v) + "\n")
-    print(f"wrote {out}")
+    write_json(results, args.out)
 
 
 if __name__ == "__main__":

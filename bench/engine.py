@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from bench import write_json
 from engine import kernels
 from engine.generate import SamplingParams, generate_codes
 from engine.merge import Blend, WeightMixer
@@ -173,10 +172,7 @@ def main(argv=None) -> None:
               f"{m['memcpy_GBps']:.1f} GB/s memcpy -> {m['merge_over_bound']:.2f}x the bound; state-dict merge "
               f"{m['state_dict_merge_ms']:.1f} ms ({m['speedup_vs_state_dict']:.1f}x slower)", flush=True)
         del comp, model
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(results, args.out)
 
 
 if __name__ == "__main__":

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from transformers import MusicgenDecoderConfig, MusicgenForCausalLM, MusicgenForConditionalGeneration
 
+from bench import write_json
 from bench.engine import bench_merge
 from engine.embedding import AudioEmbedder, EmbeddingConfig
 from engine.generate import SamplingParams, generate_codes
@@ -230,9 +229,7 @@ def main(argv=None) -> dict:
         print(fmt(row), flush=True)
     result["wall_s"] = time.perf_counter() - t0
     print(f"done in {result['wall_s'] / 60:.1f} min", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     return result
 
 

@@ -28,12 +28,17 @@ def perturbed_state(model, seed: int, scale: float = 0.02) -> dict[str, torch.Te
             for n, p in model.decoder.model.named_parameters()}
 
 
-@pytest.fixture(scope="session")
-def service():
+def debug_service() -> MusicService:
+    """A service over the tiny random model with θ_q and θ_d near its base (a fresh one per call)."""
     svc = MusicService(build_debug_model(seed=0))
     svc.add_checkpoint("q", perturbed_state(svc.model, 1))
     svc.add_checkpoint("d", perturbed_state(svc.model, 2))
     return svc
+
+
+@pytest.fixture(scope="session")
+def service():
+    return debug_service()
 
 
 def make_tiny_tower(**overrides):

@@ -129,3 +129,11 @@ def test_batching_bench_runs_and_every_user_gets_the_same_codes_both_ways():
         service.mixer.add(name, service.base.flat)
     row = bench.batching.measure(service, users=3, takes=2, seconds=0.3, repeats=1)
     assert row["same_codes"] and row["throughput_ratio"] > 0 and row["fused_audio_s_per_s"] > 0
+
+
+def test_results_are_written_as_valid_json_with_nan_as_null(tmp_path, capsys):
+    from bench import write_json  # noqa: PLC0415
+
+    path = write_json({"mean": float("nan"), "rows": [{"ci": float("nan"), "n": 1}]}, tmp_path / "x" / "r.json")
+    assert json.loads(path.read_text()) == {"mean": None, "rows": [{"ci": None, "n": 1}]}
+    assert f"wrote {path}" in capsys.readouterr().out

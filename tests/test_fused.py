@@ -4,23 +4,19 @@ import threading
 
 import pytest
 import torch
-from conftest import perturbed_state
+from conftest import debug_service
 
 import engine.kernels
 from engine.fused import SamplerBatcher
 from engine.generate import GenerationCancelled
-from engine.model import build_debug_model
-from engine.service import MusicService, Request
+from engine.service import Request
 
 pytestmark = pytest.mark.skipif(not engine.kernels.has_few_row_linear(), reason="fusing needs the C matmul kernel")
 
 
 @pytest.fixture(scope="module")
 def service():
-    svc = MusicService(build_debug_model(seed=0))
-    svc.add_checkpoint("q", perturbed_state(svc.model, 1))
-    svc.add_checkpoint("d", perturbed_state(svc.model, 2))
-    return svc
+    return debug_service()  # its own: these tests set its batcher
 
 
 def together(service, jobs, batcher=None) -> list:
