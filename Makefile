@@ -30,7 +30,8 @@ bench: install
 	$(PY) -m bench.dtypes
 	$(PY) -m bench.render
 
-# Chromium for the end-to-end browser test (tests/test_e2e.py skips without it). Needs root or sudo.
+# Chromium for the end-to-end browser test (tests/test_e2e.py skips without it) and ffmpeg, with which Gradio encodes
+# the take heard while it is made (the test of it skips without). Needs root or sudo.
 e2e-deps:
-	@command -v chromium >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+	@command -v chromium >/dev/null && command -v ffmpeg >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium ffmpeg; }

@@ -131,6 +131,8 @@ def cfg_controls(gr, studio: Studio) -> dict:
 
 
 def take_outputs(gr, studio: Studio) -> dict:
+    live = gr.Audio(label="Take 1, playing while it is made", streaming=True, autoplay=True, interactive=False,
+                    visible=studio.streams, elem_id="live")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Trained model (the slider's blend)")
@@ -160,7 +162,7 @@ def take_outputs(gr, studio: Studio) -> dict:
                       value=pages.qd_figure(studio.fronts, None, studio.fronts_exact, studio.measured))
     files = gr.File(label="Download: all takes in one ZIP (FLAC: lossless, smaller), and each take as WAV",
                     file_count="multiple", elem_id="files")
-    return dict(merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
+    return dict(live=live, merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
                 heat_merged=heat_merged, heat_base=heat_base, qd=qd, files=files, take=take, from_s=from_s,
                 new_length=new_length, extend=extend, endings=endings, vary_message=vary_message,
                 takes=gr.State(None),  # what the session's last takes were made of (engine.studio.Takes)
@@ -246,6 +248,14 @@ def render(gr, studio: Studio, ui, r: Result) -> dict:
     return out | {getattr(ui, name): values[name] for name in TAKE_PANELS}
 
 
+def streamed(studio: Studio, ui, work):
+    """work(tap): the takes, the first one heard while it is made where the page streams (`engine.stream`)."""
+    live = studio.live_take()
+    if live is None:
+        return work(None)
+    return (yield from live.play(work, lambda chunk: {ui.live: chunk}))
+
+
 def wire_generate(gr, studio: Studio, ui) -> None:
     inputs = [ui.prompt, ui.num_clips, ui.duration, ui.seed, ui.temperature, ui.mode, ui.lam, ui.compare, ui.guidance,
               ui.negative, ui.plausibility, ui.top_p]
@@ -266,10 +276,11 @@ def wire_generate(gr, studio: Studio, ui) -> None:
                     progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
         """The button: new takes each press unless the seed is locked; a refusal or a Stop is a message in place,
         and the previous takes stay."""
-        r = studio.generate(prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare,
-                            guidance, negative, plausibility, top_p, _session(request), progress,
-                            submitted=_enqueued_at())
-        return render(gr, studio, ui, r) | session_state(r)
+        r = yield from streamed(studio, ui, lambda tap: studio.generate(
+            prompt, num_clips, duration, seed if lock else None, temperature, mode, lam, compare, guidance, negative,
+            plausibility, top_p, _session(request), progress, submitted=_enqueued_at(), tap=tap))
+        yield render(gr, studio, ui, r) | session_state(r)
+
 
     def session_state(r: Result) -> dict:
         return {ui.takes: Takes.of(r), ui.vary_message: "", ui.shown_seed: str(r.merged.seed)}
@@ -279,9 +290,10 @@ def wire_generate(gr, studio: Studio, ui) -> None:
         def vary_ui(takes, take, from_s, seconds, num_clips, seed, lock, temperature, mode, lam, request: gr.Request,
                     progress=gr.Progress()):  # noqa: B008 (Gradio injects it from this default)
             """Continue a take (from its end) or give it new endings (from the time typed), as new takes."""
-            r = studio.vary(takes, take, None if keep_all else from_s, seconds, num_clips, seed if lock else None,
-                            temperature, mode, lam, _session(request), progress, submitted=_enqueued_at())
-            return render(gr, studio, ui, r) | session_state(r)
+            r = yield from streamed(studio, ui, lambda tap: studio.vary(
+                takes, take, None if keep_all else from_s, seconds, num_clips, seed if lock else None, temperature,
+                mode, lam, _session(request), progress, submitted=_enqueued_at(), tap=tap))
+            yield render(gr, studio, ui, r) | session_state(r)
         return vary_ui
 
     # raw values reach the input layer (preprocess=False); the model-running endpoints share one limit
@@ -289,7 +301,7 @@ def wire_generate(gr, studio: Studio, ui) -> None:
     api_go = gr.Button(visible=False)  # /generate: the seed as sent, errors as errors (the button uses generate_ui)
     api_go.click(generate, inputs=inputs, outputs=outputs, api_name="generate", **models)
     button_inputs = inputs[:4] + [ui.lock] + inputs[4:]
-    ui_outputs = outputs + [ui.takes, ui.vary_message, ui.shown_seed]  # and the session's own state
+    ui_outputs = outputs + [ui.takes, ui.vary_message, ui.shown_seed, ui.live]  # the session's state, the stream
     ui.go.click(generate_ui, inputs=button_inputs, outputs=ui_outputs, api_name=False, trigger_mode="always_last",
                 **models)
     vary_inputs = [ui.takes, ui.take, ui.from_s, ui.new_length, ui.num_clips, ui.seed, ui.lock, ui.temperature,

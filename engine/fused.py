@@ -14,7 +14,8 @@ Steps of `generate_fused` (those of `engine.generate.generate_codes`, per reques
   1. each request's condition rows (and its negative rows under CFG), its cross-attention state; one shared cache;
   2. prefill the BOS column of every row;
   3. per column: for each request still running, CFG-combine its rows, sample with its generator, force the delay
-     pattern; a request stopped by its user is let go at once (its rows run on, unread, until the call ends);
+     pattern, hand its streamed clip's complete frames to its tap; a request stopped by its user is let go at once
+     (its rows run on, unread, until the call ends);
   4. revert each request's delay pattern.
 
 `SamplerBatcher` runs every sampler call of a service on one engine thread with all cores (`engine.threads`: the
@@ -37,7 +38,7 @@ import torch
 
 from engine import threads
 from engine.decoder import FastDecoder
-from engine.generate import CodesOutput, GenerationCancelled, SamplingParams, _rows
+from engine.generate import CodesOutput, FrameTap, GenerationCancelled, SamplingParams, _rows
 from engine.model import TextCondition
 from engine.sampling import cfg_logits, delay_valid_mask, plausible, revert_delay, sample_next_token
 
@@ -84,6 +85,7 @@ class FusedJob(Job):
     guidance: float | None = None
     plausibility: float = 0.0
     progress: Callable[[int, int], None] | None = None
+    tap: FrameTap | None = None  # one clip's frames handed out while it is sampled (streaming)
 
     @property
     def rows(self) -> int:
@@ -149,6 +151,8 @@ def generate_fused(decoder: FastDecoder, jobs: list[FusedJob], num_frames: int) 
             tok[:, :, c] = torch.where(valid[:, c], nxt.view(job.num_samples, K), pad_id)
             if job.progress is not None:
                 job.context.run(job.progress, c, L - 1)
+            if job.tap is not None:
+                job.tap.offer(tok, c, T)
         if c == L - 1 or all(job.done.is_set() for job in jobs):
             break
         t = time.perf_counter()

@@ -4,7 +4,8 @@ Steps of `generate_codes`:
   1. expand the (prompt, negative prompt) conditions to N rows each (one doubled batch under CFG);
   2. compute cross-attention K/V once and preallocate the self-attention cache for T + K positions;
   3. prefill the BOS column (and, when continuing, the prefix's columns, as one chunk);
-  4. per column: CFG-combine, sample, force delay-pattern padding (and the prefix's tokens), feed the column back;
+  4. per column: CFG-combine, sample, force delay-pattern padding (and the prefix's tokens), hand the frames now
+     complete to a `FrameTap` (streaming), feed the column back;
   5. revert the delay pattern to frame-aligned codes (N, K, T).
 
 `generate_long` makes takes longer than the model's window by windowed continuation (audiocraft's extend stride):
@@ -43,6 +44,35 @@ class CodesOutput:
     prefill_s: float = 0.0
 
 
+class FrameTap:
+    """A running take's frames handed out while it is sampled (to stream its audio): `send(codes)` gets one clip's
+    (K, f) frame-aligned codes from the take's first frame to its last complete one, each time `every` more frames are
+    complete and once at the end (f = the take's length). A frame is complete once every codebook has sampled it:
+    with the delay pattern, `K − 1` columns after its first codebook. Called on the sampling thread: `send` should
+    only hand the codes on."""
+
+    def __init__(self, send: Callable[[Tensor], None], every: int, row: int = 0,
+                 finish: Callable[[Tensor], None] | None = None):
+        if every < 1:
+            raise ValueError(f"a tap hands out at least one frame at a time, got every={every}")
+        self.send, self.every, self.row, self.sent = send, every, row, 0
+        self.finish = finish or send  # the whole take's codes (K, T), once sampling is over: `engine.service` calls it
+
+    def offer(self, tokens: Tensor, column: int, num_frames: int) -> None:
+        """`tokens` (N, K, L) in the delayed layout, sampled up to `column` inclusive, for a take of `num_frames`."""
+        K = tokens.shape[1]
+        complete = min(column - K + 1, num_frames)
+        if complete <= self.sent or (complete - self.sent < self.every and complete < num_frames):
+            return
+        self.sent = complete
+        self.send(revert_delay(tokens[self.row:self.row + 1, :, :complete + K], complete)[0].clone())
+
+    def after(self, start: Tensor, row: int) -> "FrameTap":
+        """The tap of a window that continues the take: its clip is row `row` of that window's batch, whose codes
+        follow `start` (K, s), the take's frames before the window's context; sends the take from its first frame."""
+        return FrameTap(lambda codes: self.send(torch.cat([start, codes], dim=-1)), self.every, row, self.finish)
+
+
 def _rows(cond: TextCondition, n: int, width: int) -> tuple[Tensor, Tensor]:
     """Repeat a single-prompt condition to n rows and pad its length to `width`."""
     if cond.hidden.shape[0] != 1:
@@ -62,7 +92,8 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
                    sampling: SamplingParams, generator: torch.Generator | None,
                    neg: TextCondition | None = None, guidance: float | None = None,
                    progress: Callable[[int, int], None] | None = None, plausibility: float = 0.0,
-                   cancel: threading.Event | None = None, prefix: Tensor | None = None) -> CodesOutput:
+                   cancel: threading.Event | None = None, prefix: Tensor | None = None,
+                   tap: FrameTap | None = None) -> CodesOutput:
     """Sample `num_samples` clips of `num_frames` frames for one prompt.
 
     `guidance` None: plain sampling. A float: CFG with the negative condition `neg`, as one doubled
@@ -70,7 +101,8 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
     (and equals plain sampling); the service skips it for speed. `plausibility` α > 0 masks the tokens the
     conditional branch finds implausible before sampling (`engine.sampling.cfg_logits`); without CFG the same mask
     applies to the plain logits (a min-p truncation), so that the mask's effect can be told from guidance's.
-    `prefix` (N or 1, K, P) frame-aligned codes, P < T: the clips continue them (the output starts with them)."""
+    `prefix` (N or 1, K, P) frame-aligned codes, P < T: the clips continue them (the output starts with them).
+    `tap`: hands one clip's frames out while it is sampled (`FrameTap`)."""
     use_cfg = guidance is not None
     if use_cfg and neg is None:
         raise ValueError("CFG needs a negative condition (the empty prompt for unconditional)")
@@ -115,6 +147,8 @@ def generate_codes(decoder: FastDecoder, cond: TextCondition, num_samples: int, 
             tokens[:, :, c] = torch.where(forced[:, c], known[:, :, c], tokens[:, :, c])
         if progress is not None:
             progress(c, L - 1)
+        if tap is not None:
+            tap.offer(tokens, c, T)
         if c == L - 1:
             break
         t = time.perf_counter()
@@ -165,12 +199,12 @@ class Continuation:
 def generate_long(decoder: FastDecoder, cond: TextCondition, num_samples: int, num_frames: int,
                   sampling: SamplingParams, generator: torch.Generator | None, continuation: Continuation,
                   prefix: Tensor | None = None, progress: Callable[[int, int], None] | None = None,
-                  cancel: threading.Event | None = None, **cfg) -> CodesOutput:
+                  cancel: threading.Event | None = None, tap: FrameTap | None = None, **cfg) -> CodesOutput:
     """`num_frames` frames per clip, any length: the first window as `generate_codes` makes it (so the first window of
     a long take is the plain take with the same seed), then windowed continuation; the same generator throughout, so
     the seed decides every window. `prefix` (N or 1, K, P): continue these codes instead of starting afresh (a take
-    to extend or to give new endings); the output starts with them. `cfg`: generate_codes' guidance, neg and
-    plausibility."""
+    to extend or to give new endings); the output starts with them. `tap`: one clip's frames from the take's first
+    one, handed out while every window is sampled. `cfg`: generate_codes' guidance, neg and plausibility."""
     window = continuation.window
     codes = None if prefix is None else prefix.expand(num_samples, -1, -1)
     if codes is not None and codes.shape[-1] >= num_frames:
@@ -183,13 +217,16 @@ def generate_long(decoder: FastDecoder, cond: TextCondition, num_samples: int, n
                                                 progress(done + round(i / n * new), num_frames))
         if codes is None:  # the first window: the plain take
             out = generate_codes(decoder, cond, num_samples, new, sampling, generator, progress=report,
-                                 cancel=cancel, **cfg)
+                                 cancel=cancel, tap=tap, **cfg)
             codes, runs = out.codes, [out]
         else:
             extended, runs = torch.empty(*codes.shape[:2], new, dtype=codes.dtype, device=codes.device), []
             for rows, context in _contexts(codes, continuation):
+                window_tap = None
+                if tap is not None and tap.row in rows:  # the streamed clip: the take before its context, then this
+                    window_tap = tap.after(codes[tap.row, :, :done - context.shape[-1]], rows.index(tap.row))
                 runs.append(generate_codes(decoder, cond, len(rows), context.shape[-1] + new, sampling, generator,
-                                           progress=report, cancel=cancel, prefix=context, **cfg))
+                                           progress=report, cancel=cancel, prefix=context, tap=window_tap, **cfg))
                 extended[rows] = runs[-1].codes[:, :, context.shape[-1]:]
             codes = torch.cat([codes, extended], dim=-1)
         steps += [t for run in runs for t in run.step_times_s]

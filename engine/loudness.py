@@ -23,6 +23,12 @@ HOLD_S = 0.02  # the limiter's gain is at its lowest from 20 ms before a peak to
 SMOOTH_S = 0.005  # … and moves smoothly over ±5 ms
 
 
+def preload() -> None:
+    """Import the measuring and limiting code now (scipy's filters: about half a second), not in a listener's wait."""
+    import pyloudnorm  # noqa: F401, PLC0415
+    from scipy.ndimage import minimum_filter1d  # noqa: F401, PLC0415
+
+
 def loudness(clip: np.ndarray, sample_rate: int) -> float:
     """Integrated loudness (LUFS) of one clip (C, samples); −inf for silence."""
     import pyloudnorm  # noqa: PLC0415 (scipy's filters: loaded on first use)

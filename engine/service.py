@@ -28,7 +28,7 @@ from engine.cfg import DEFAULT_NEGATIVE_PROMPT, CfgSetting, check_number
 from engine.checkpoint import CheckpointError
 from engine.decoder import FastDecoder
 from engine.fused import FusedJob, SamplerBatcher
-from engine.generate import Continuation, SamplingParams, generate_codes, generate_long, stop_if_cancelled
+from engine.generate import Continuation, FrameTap, SamplingParams, generate_codes, generate_long, stop_if_cancelled
 from engine.merge import Blend, WeightMixer
 from engine.model import MusicModel, load_model, parse_dtype
 from engine.score_codec import ScoreCodec
@@ -270,12 +270,13 @@ class MusicService:
 
     def _generate(self, decoder: FastDecoder, req: Request, label: str, weights=None,
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: threading.Event | None = None, prefix: torch.Tensor | None = None) -> Generation:
+                  cancel: threading.Event | None = None, prefix: torch.Tensor | None = None,
+                  tap: FrameTap | None = None) -> Generation:
         if req.duration_s > self.max_duration_s:
             raise ValueError(f"duration_s must be at most {self.max_duration_s:g} s for this model, "
                              f"got {req.duration_s}")
         return generate(self.model, decoder, req, label, weights, progress, cancel, self._text_lock, prefix,
-                        self.batcher)
+                        self.batcher, tap)
 
 
 def continuation(model: MusicModel) -> Continuation:
@@ -295,12 +296,13 @@ def continuation(model: MusicModel) -> Continuation:
 def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, weights=None,
              progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
              text_lock: threading.Lock | None = None, prefix: torch.Tensor | None = None,
-             batcher: SamplerBatcher | None = None) -> Generation:
+             batcher: SamplerBatcher | None = None, tap: FrameTap | None = None) -> Generation:
     """Clips for `req` from `decoder` (the base's, the service's merged one, or a student in training), with the text
     encoder and codec of `model`. `weights`: a context holding the decoder's weights (the blend gate) during sampling
     only; it yields the merge time. Text encoding (under `text_lock`) and audio decoding happen outside it. A take
     longer than the model's window, or one continuing `prefix` codes (1, K, P), is made window by window; a take of
-    one window goes through `batcher` where there is one (sampled with the requests that share its weights)."""
+    one window goes through `batcher` where there is one (sampled with the requests that share its weights). `tap`:
+    one take's frames handed out while it is sampled (`engine.stream` turns them into audio)."""
     t_start = time.perf_counter()
     stop_if_cancelled(cancel, "before it started")  # a request stopped while it waited never starts
     notices = []
@@ -330,13 +332,13 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
     def alone(merge_s: float):
         if one_window:
             return generate_codes(decoder, cond, req.num_clips, frames, params, generator, progress=progress,
-                                  cancel=cancel, **cfg), merge_s
+                                  cancel=cancel, tap=tap, **cfg), merge_s
         return generate_long(decoder, cond, req.num_clips, frames, params, generator, steps, prefix=prefix,
-                             progress=progress, cancel=cancel, **cfg), merge_s
+                             progress=progress, cancel=cancel, tap=tap, **cfg), merge_s
 
     if batcher is not None and one_window:  # fused with the requests for the same weights, length and CFG-ness
         job = FusedJob(cond=cond, num_samples=req.num_clips, sampling=params, generator=generator, progress=progress,
-                       cancel=cancel, **cfg)
+                       cancel=cancel, tap=tap, **cfg)
         out = batcher.sample((id(decoder), label, frames, use_cfg), decoder, frames, weights, job, announced=True)
         merge_s = job.merge_s
     elif batcher is not None:  # alone, on the engine thread
@@ -344,6 +346,8 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
     else:
         with weights if weights is not None else contextlib.nullcontext() as merge_s:
             out, merge_s = alone(merge_s)
+    if tap is not None:
+        tap.finish(out.codes[tap.row])  # the streamed take is whole
     stop_if_cancelled(cancel, "before decoding")
     t = time.perf_counter()
     audio = takes_audio(model.codec, out.codes)

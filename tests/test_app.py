@@ -366,16 +366,33 @@ def test_the_generate_button_reports_problems_in_place_and_keeps_the_takes(studi
     demo = build_ui(studio)
     button = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "generate_ui")
     args = ("x" * 600, 2, 0.5, "", False, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None)
-    out = button(*args)  # only the message changes: every other output is left as it was
+    [out] = list(button(*args))  # only the message changes: every other output is left as it was
     assert len(out) == 1 and "the limit is 500" in next(iter(out.values()))
 
     def broken(*a, **k):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(studio, "generate", broken)
-    out = button("rock", *args[1:])
+    [out] = list(button("rock", *args[1:]))
     assert len(out) == 1 and "Something went wrong (RuntimeError)" in next(iter(out.values()))
     assert "previous takes are kept" in next(iter(out.values()))
+
+
+def test_the_generate_button_streams_the_first_take_then_shows_every_take(studio, monkeypatch):
+    monkeypatch.setattr(studio, "streams", True)
+    demo = build_ui(studio)
+    button = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "generate_ui")
+    live = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "live")
+    updates = list(button("rock", 2, 2.0, "5", True, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None))
+    *chunks, final = updates
+    assert len(chunks) >= 3 and all(set(u) == {live} and u[live][:4] == b"RIFF" for u in chunks)  # WAV chunks
+    assert live not in final and len(final) > 10  # then the takes, scores and files, the stream left as it played
+    heard = sum(sf.info(io.BytesIO(u[live])).frames for u in chunks[1:])  # after the lead-in: take 1, and ticks
+    made = run(studio, prompt="rock", num_clips=2, duration=2.0, seed=5)
+    assert made.merged.audio.shape[-1] <= heard <= made.merged.audio.shape[-1] + 8 * len(chunks)
+    # a refusal while streaming is still a message in place
+    [out] = list(button("x" * 600, 2, 2.0, "5", True, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None))[1:]
+    assert "the limit is 500" in next(iter(out.values()))
 
 
 def test_exact_scores_check_what_nano_heard_as_the_played_table_does(studio):

@@ -24,7 +24,7 @@ import torch
 from engine import exact, threads
 from engine.cfg import PAPER_CFG, CfgSetting
 from engine.checkpoint import CheckpointError
-from engine.generate import GenerationCancelled, stop_if_cancelled
+from engine.generate import FrameTap, GenerationCancelled, stop_if_cancelled
 from engine.heard import hear, played
 from engine.merge import Blend
 from engine.modes import MergeMode, available_modes, merge_mode
@@ -32,6 +32,7 @@ from engine.ratings import VOTES, RatingStore
 from engine.score_codec import ScoreCodec
 from engine.scorers import Scorers, SetScores
 from engine.service import Generation, MusicService, Request
+from engine.stream import LiveTake
 from engine.studio import inputs
 from engine.studio.files import (
     MAX_OUTPUT_FOLDERS,
@@ -213,6 +214,7 @@ class Studio:
         self.teacher = teacher
         self.measured = measured or {}  # how the fronts were measured (prompts, clips, seconds)
         self.models = ""  # which models are loaded, for the page (make_studio fills it)
+        self.streams = False  # the first take plays while it is made (make_studio: where Gradio can encode it)
         self.readable = isinstance(service.model.codec, ScoreCodec)  # nano: exact metrics from the tokens
         self.trained = ["q", "d", *(soup or [])]  # the trained checkpoints the merge modes blend
         # a folder of this process's own unless given, removed when it exits
@@ -265,6 +267,11 @@ class Studio:
             pass
         return f"{what}: merged in {merge_s * 1000:.1f} ms." if merge_s else f"{what}: already merged."
 
+    def live_take(self) -> LiveTake | None:
+        """A take to stream while it is sampled, where the page streams (else None)."""
+        model = self.service.model
+        return LiveTake(model.codec, model.frame_rate) if self.streams else None
+
     def stop_signal(self, session: str, submitted: float | None = None) -> StopSignal:
         """The signal of a request of `session` submitted at `submitted` (time.monotonic; default now)."""
         return StopSignal(self._stops, inputs.text("session", session),
@@ -281,7 +288,9 @@ class Studio:
 
     def generate(self, prompt: str, num_clips, duration, seed, temperature, mode, lam, compare: bool, guidance,
                  negative: str, plausibility=0.0, top_p=0.0, session: str = "", progress=None,
-                 submitted: float | None = None) -> Result:
+                 submitted: float | None = None, tap: FrameTap | None = None) -> Result:
+        """New takes (and the CFG side's, with `compare`); `tap`: the first take of the trained model's, handed out
+        while it is sampled (`engine.stream`)."""
         cancel = self.stop_signal(session, submitted)
         # 1. every argument checked before any work (the CFG side too: the same prompt and seed)
         seed = inputs.seed(seed)
@@ -295,16 +304,17 @@ class Studio:
         blend, m = self.blend(mode, lam), self.mode(mode)
         # 2. the clips, then their scores and files
         with self._job("generate", req.num_clips * (1 if cfg is None else 2)):
-            result = self._clips(req, cfg, blend, m.caption(lam), cancel, progress)
+            result = self._clips(req, cfg, blend, m.caption(lam), cancel, progress, tap)
             return self._finish(result, m.file_tag(lam), cancel)
 
     def vary(self, takes: Takes | None, take, from_s, seconds, num_clips, seed, temperature, mode, lam,
-             session: str = "", progress=None, submitted: float | None = None) -> Result:
+             session: str = "", progress=None, submitted: float | None = None,
+             tap: FrameTap | None = None) -> Result:
         """New takes that keep the start of take `take` (1 = the first) of `takes`: its first `from_s` seconds (None or
         blank: all of it, so the take is continued) and go on to `seconds`, `num_clips` different ones. The trained
         model's take goes on with the blend the slider asks for now; where the comparison made the set, the CFG take
         of the same number goes on beside it with its own CFG setting. Takes longer than the model's window are made
-        window by window."""
+        window by window. `tap`: the first new take of the trained model's, handed out while it is sampled."""
         cancel = self.stop_signal(session, submitted)
         if takes is None:
             raise ValueError("make some takes first, then continue one of them")
@@ -324,8 +334,8 @@ class Studio:
         blend, m = self.blend(mode, lam), self.mode(mode)
         what = "continued" if start == length else f"new endings from {start:g} s"
         with self._job("vary", req.num_clips * (1 if takes.base is None else 2)):
-            result = Result(self.service.generate_merged(req, blend, prefix=codes[n - 1:n, :, :keep], cancel=cancel),
-                            label=f"{m.caption(lam)} · take {n} {what}")
+            result = Result(self.service.generate_merged(req, blend, prefix=codes[n - 1:n, :, :keep], cancel=cancel,
+                                                         tap=tap), label=f"{m.caption(lam)} · take {n} {what}")
             if takes.base is not None:
                 base_codes, base_req = takes.base
                 result.base = self.service.generate_base(req.with_cfg(base_req.cfg), cancel=cancel,
@@ -334,10 +344,10 @@ class Studio:
             return self._finish(result, f"{m.file_tag(lam)}-take{n}-from{start:g}s", cancel)
 
     def _clips(self, req: Request, cfg: CfgSetting | None, blend: Blend, label: str, cancel: StopSignal,
-               progress) -> Result:
+               progress, tap: FrameTap | None = None) -> Result:
         hook = (lambda desc: (lambda i, n: progress(i / n, desc=desc))) if progress else (lambda desc: None)
-        result = Result(self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel),
-                        label=label)
+        result = Result(self.service.generate_merged(req, blend, progress=hook("merged model"), cancel=cancel,
+                                                     tap=tap), label=label)
         if cfg is not None:
             result.base = self.service.generate_base(req.with_cfg(cfg), progress=hook("base + CFG"), cancel=cancel)
             result.base_label = result.base.request.cfg.label

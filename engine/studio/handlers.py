@@ -3,13 +3,15 @@ strict check of the values a request carries."""
 from __future__ import annotations
 
 import functools
+import inspect
 
 from engine.studio.core import LOG, explain_failure
 
 
 def handled(what: str, on_error):
     """The one error wrapper: a callback's failure becomes `on_error(kind, message)` (`explain_failure`: one log line,
-    a readable message, never internals). Keeps the signature: Gradio injects gr.Request and gr.Progress from it."""
+    a readable message, never internals). Keeps the signature: Gradio injects gr.Request and gr.Progress from it. A
+    generator (a callback that streams) stays one, its failure yielded as its last update."""
     def decorate(fn):
         @functools.wraps(fn)
         def wrapped(*args, **kwargs):
@@ -17,7 +19,14 @@ def handled(what: str, on_error):
                 return fn(*args, **kwargs)
             except Exception as e:
                 return on_error(*explain_failure(what, e))
-        return wrapped
+
+        @functools.wraps(fn)
+        def wrapped_generator(*args, **kwargs):  # a callback that streams: its failure is its last update
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as e:
+                yield on_error(*explain_failure(what, e))
+        return wrapped_generator if inspect.isgeneratorfunction(fn) else wrapped
     return decorate
 
 

@@ -6,12 +6,14 @@ import argparse
 import json
 import logging
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from engine import decoder, hub, kernels, shipped
+from engine import decoder, hub, kernels, loudness, shipped
 from engine.cfg import CfgSetting
 from engine.checkpoint import CheckpointError, is_signed
 from engine.figures import load_front_settings, load_fronts
@@ -121,6 +123,9 @@ def serving_flags(p: argparse.ArgumentParser, env) -> None:
     p.add_argument("--mcp", action="store_true", default=bool(env("MUSIC_MCP")),
                    help="also serve the app's endpoints as Model Context Protocol tools at /gradio_api/mcp, so an AI "
                         "agent can make takes (through the same queue, shares and limits as the page)")
+    p.add_argument("--no-stream", action="store_true", default=env("MUSIC_STREAM", "1") == "0",
+                   help="play takes only once made (by default the first take plays while it is made, where ffmpeg "
+                        "is installed: Gradio encodes the stream with it)")
     p.add_argument("--monitoring", action="store_true", default=bool(env("MUSIC_MONITORING")),
                    help="Gradio's monitoring dashboard (off by default: it answers without a login)")
 
@@ -285,11 +290,30 @@ def make_studio(args) -> Studio:
                     teacher=CfgSetting.load(src.teacher), concurrency=args.concurrency or concurrency(service),
                     keep_outputs=args.keep_outputs, measured=load_front_settings(fronts) if fronts else {},
                     votes_per_minute=args.votes_per_minute, addresses=ClientAddress(args.proxy_hops))
+    studio.streams, note = streaming(args.no_stream)
+    studio.banner += [note] if note else []
     # 3. what the page says was loaded
     studio.models = models_markdown(src.base, {"θ_q (quality model)": src.theta_q, "θ_d (diversity model)": src.theta_d}
                                     | {f"soup model {i + 1}": p for i, p in enumerate(src.soup)}, scorers,
                                     studio.readable, getattr(service.model.codec, "description", ""))
     return studio
+
+
+def streaming(off: bool) -> tuple[bool, str | None]:
+    """Whether the first take plays while it is made, and a page note where it cannot: Gradio streams audio as AAC,
+    which it encodes with an ffmpeg process (pip does not install ffmpeg; a Space lists it in packages.txt)."""
+    if off:
+        return False, None
+    ffmpeg = shutil.which("ffmpeg")
+    try:  # it runs (and its libraries are read from disk now, not when the first stream starts)
+        subprocess.run([ffmpeg, "-version"], capture_output=True, check=True, timeout=30) if ffmpeg else None
+    except (OSError, subprocess.SubprocessError):
+        ffmpeg = None
+    if ffmpeg is None:
+        return False, ("Takes play once they are made: hearing the first take while it is made needs ffmpeg "
+                       "(`apt install ffmpeg`; on a Space, `ffmpeg` in packages.txt).")
+    loudness.preload()  # the first chunk's level, before the first request
+    return True, None
 
 
 def trained_renderer(folder: str | None) -> str | None:
