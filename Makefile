@@ -29,6 +29,7 @@ bench: install
 	$(PY) -m bench.engine $(ARGS)
 	$(PY) -m bench.dtypes
 	$(PY) -m bench.render
+	$(PY) -m bench.first_audio
 
 # Chromium for the end-to-end browser test (tests/test_e2e.py skips without it) and ffmpeg, with which Gradio encodes
 # the take heard while it is made (the test of it skips without). Needs root or sudo.

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from engine import loudness
+from engine import loudness, threads
 from engine.generate import FrameTap
 from engine.score_codec import REST, ScoreCodec
 
@@ -168,6 +168,7 @@ class LiveTake:
         box: dict = {}
 
         def run():
+            threads.one_core()  # a request's thread (`engine.threads`)
             try:
                 box["value"] = work(self.tap())
             except BaseException as e:  # noqa: BLE001 (raised again in the listener's thread)
@@ -194,6 +195,7 @@ class LiveTake:
     def chunks(self) -> Iterator[np.ndarray]:
         """Audio (C, n) at the takes' loudness, in order, until the take is finished (its last sound included) or
         abandoned (stopped, failed: what was not yet sure is left out)."""
+        threads.one_core()  # the listener's thread renders beside the engine's (`engine.threads`)
         while True:
             with self._cond:  # 1. enough new frames (and the listener's buffer wants them), or the end
                 while not self._cond.wait_for(lambda: self._ready(self.renderer.done), timeout=PACE_S):

@@ -137,3 +137,14 @@ def test_results_are_written_as_valid_json_with_nan_as_null(tmp_path, capsys):
     path = write_json({"mean": float("nan"), "rows": [{"ci": float("nan"), "n": 1}]}, tmp_path / "x" / "r.json")
     assert json.loads(path.read_text()) == {"mean": None, "rows": [{"ci": None, "n": 1}]}
     assert f"wrote {path}" in capsys.readouterr().out
+
+
+def test_first_audio_bench_times_the_first_chunk_of_a_stopped_and_of_a_finished_request():
+    from bench.first_audio import measure  # noqa: PLC0415
+    from tests.conftest import debug_service  # noqa: PLC0415
+
+    service = debug_service()
+    stopped = measure(service, "debug", "fp32", 2, 1, stop_after=True, seconds=2.0)
+    finished = measure(service, "debug", "fp32", 2, 1, stop_after=False, seconds=2.0)
+    assert 0 < stopped["first_audio_s"] and "request_s" not in stopped
+    assert 0 < finished["first_audio_s"] < finished["request_s"]

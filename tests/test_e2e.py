@@ -3,6 +3,8 @@
 so that long takes are tried). Screenshots of each tab, at 1440×900 and at a phone's 390×844, go to artifacts/ (or
 $E2E_ARTIFACTS); docs/screenshots/ holds the ones the README shows."""
 import os
+import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -231,6 +233,27 @@ def test_a_20s_take_starts_with_the_8s_take_of_its_seed_and_can_be_continued(bro
     generate(page, expect, 1, button="#new-endings")  # the first 4 s kept, a new ending to 12 s
     expect(page.locator("#info")).to_contain_text("new endings from 4 s")
     expect(page.locator("#files")).to_contain_text("_12s_seed77_q-d-lam0.50-take1-from4s")
+
+
+def test_the_first_take_is_heard_while_the_takes_are_made(browser, server):
+    """The streamed player starts playing before the takes are done (the time it takes is `bench.first_audio`'s)."""
+    from playwright.sync_api import expect  # noqa: PLC0415
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("Gradio streams audio through ffmpeg (make e2e-deps)")
+    page = open_page(browser, server)
+    page.locator("#prompt textarea, #prompt input").first.fill("rock song with piano")
+    set_number(page, "clips", 4)
+    set_number(page, "duration", 20, settled=True)
+    page.evaluate("""() => { window.__heard = null; document.addEventListener('playing',
+        e => { if (e.target.closest('#live')) window.__heard = window.__heard ?? performance.now(); }, true); }""")
+    clicked = page.evaluate("() => performance.now()")
+    generate(page, expect, 4)
+    shown, heard = page.evaluate("() => performance.now()"), page.evaluate("() => window.__heard")
+    assert heard is not None and heard < shown, (heard, shown)  # heard first, while they were made
+    print(f"first sound {(heard - clicked) / 1000:.2f} s after the click, every take shown after "
+          f"{(shown - clicked) / 1000:.2f} s")
+    expect(page.locator("#live a[download]")).to_have_attribute("href", re.compile("playlist-file"))
 
 
 def test_a_typed_lambda_out_of_range_is_refused_and_the_last_one_used(browser, server):
