@@ -36,7 +36,7 @@ from engine.score_codec import REST, ScoreCodec
 
 T = TypeVar("T")
 
-FIRST_CHUNK_S = 0.25  # the first chunk: as soon as half a second is sure (what a listener waits for)
+FIRST_CHUNK_S = 0.25  # the first chunk: as soon as a quarter second is sure (what a listener waits for)
 CHUNK_S = 1.0  # then a second at a time (fewer renders of the take so far; a player keeps a few seconds buffered)
 LEAD_IN_S = 0.1  # silence before the music (see `LiveTake.play`)
 AHEAD_S = 3.0  # a chunk is made once the listener has less than this left to hear: the stream keeps pace with playback
@@ -52,8 +52,8 @@ MAX_GAIN_DB = 30.0  # a near-silent start is not brought up to the target: at mo
 
 
 class Renderer:
-    """A codec's sound for a take's first f frames: `sure(codes (K, f), final)` → (start sample, audio (C, n)), the
-    sound from `start` on that later frames cannot change (all of it when `final`)."""
+    """A codec's sound for a take's first f frames: `sure(codes (K, f), final)` → audio (C, n), the sound after what
+    it handed out before that later frames cannot change (all the rest when `final`)."""
 
     def __init__(self, codec, frame_rate: float):
         self.codec, self.frame_rate = codec, frame_rate
