@@ -79,13 +79,16 @@ def prompt_column(gr, studio: Studio) -> dict:
     with gr.Row():  # where the eye is after typing, above the fold on a laptop screen
         go = gr.Button("Generate new takes", variant="primary", elem_id="generate")
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    # where the eye is after the click: the first take plays here while the takes are made
+    live = gr.Audio(label="Take 1, playing while it is made", streaming=True, autoplay=True, interactive=False,
+                    visible=studio.streams, elem_id="live")
     message = gr.Markdown(elem_id="message")
     heard = gr.Markdown(pages.heard_markdown("") if studio.readable else "", elem_id="heard", visible=studio.readable)
     with gr.Row(visible=studio.readable):
         use_nano = gr.Button("Use nano's wording", size="sm", elem_id="use-nano")
         own_words = gr.Button("Back to my words", size="sm", elem_id="own-words")
     gr.Examples(pages.EXAMPLES, inputs=prompt)
-    return dict(prompt=prompt, go=go, stop=stop, message=message, heard=heard, use_nano=use_nano,
+    return dict(prompt=prompt, go=go, stop=stop, live=live, message=message, heard=heard, use_nano=use_nano,
                 own_words_btn=own_words)
 
 
@@ -131,8 +134,6 @@ def cfg_controls(gr, studio: Studio) -> dict:
 
 
 def take_outputs(gr, studio: Studio) -> dict:
-    live = gr.Audio(label="Take 1, playing while it is made", streaming=True, autoplay=True, interactive=False,
-                    visible=studio.streams, elem_id="live")
     with gr.Row():
         with gr.Column():
             gr.Markdown("### Trained model (the slider's blend)")
@@ -162,7 +163,7 @@ def take_outputs(gr, studio: Studio) -> dict:
                       value=pages.qd_figure(studio.fronts, None, studio.fronts_exact, studio.measured))
     files = gr.File(label="Download: all takes in one ZIP (FLAC: lossless, smaller), and each take as WAV",
                     file_count="multiple", elem_id="files")
-    return dict(live=live, merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
+    return dict(merged_audio=merged, base_audio=base, base_col=base_col, played=played, scores=scores,
                 heat_merged=heat_merged, heat_base=heat_base, qd=qd, files=files, take=take, from_s=from_s,
                 new_length=new_length, extend=extend, endings=endings, vary_message=vary_message,
                 takes=gr.State(None),  # what the session's last takes were made of (engine.studio.Takes)
