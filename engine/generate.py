@@ -52,11 +52,12 @@ class FrameTap:
     only hand the codes on."""
 
     def __init__(self, send: Callable[[Tensor], None], every: int, row: int = 0,
-                 finish: Callable[[Tensor], None] | None = None):
+                 finish: Callable[[Tensor], None] | None = None, begin: Callable[[], None] | None = None):
         if every < 1:
             raise ValueError(f"a tap hands out at least one frame at a time, got every={every}")
         self.send, self.every, self.row, self.sent = send, every, row, 0
         self.finish = finish or send  # the whole take's codes (K, T), once sampling is over: `engine.service` calls it
+        self.begin = begin or (lambda: None)  # the request is checked and about to sample: `engine.service` calls it
 
     def offer(self, tokens: Tensor, column: int, num_frames: int) -> None:
         """`tokens` (N, K, L) in the delayed layout, sampled up to `column` inclusive, for a take of `num_frames`."""
@@ -70,7 +71,8 @@ class FrameTap:
     def after(self, start: Tensor, row: int) -> "FrameTap":
         """The tap of a window that continues the take: its clip is row `row` of that window's batch, whose codes
         follow `start` (K, s), the take's frames before the window's context; sends the take from its first frame."""
-        return FrameTap(lambda codes: self.send(torch.cat([start, codes], dim=-1)), self.every, row, self.finish)
+        return FrameTap(lambda codes: self.send(torch.cat([start, codes], dim=-1)), self.every, row, self.finish,
+                        self.begin)
 
 
 def _rows(cond: TextCondition, n: int, width: int) -> tuple[Tensor, Tensor]:

@@ -324,6 +324,8 @@ def generate(model: MusicModel, decoder: FastDecoder, req: Request, label: str, 
     if cond.truncated[0] or (neg is not None and neg.truncated[0]):
         notices.append(f"Prompt truncated to {model.text_encoder.max_tokens} tokens.")
     t_text = time.perf_counter() - t_start
+    if tap is not None:
+        tap.begin()  # checked and encoded: the streamed take is about to be sampled
     generator = torch.Generator(device=decoder.device).manual_seed(seed)
     cfg = dict(neg=neg, guidance=req.guidance if use_cfg else None, plausibility=req.plausibility)
     params = SamplingParams(req.temperature, req.top_k, req.top_p)

@@ -39,6 +39,7 @@ T = TypeVar("T")
 FIRST_CHUNK_S = 0.25  # the first chunk: as soon as a quarter second is sure (what a listener waits for)
 CHUNK_S = 1.0  # then a second at a time (fewer renders of the take so far; a player keeps a few seconds buffered)
 LEAD_IN_S = 0.1  # silence before the music (see `LiveTake.play`)
+LEAD_IN_WAIT_S = 2.0  # a request waits at most this long for the lead-in to go out (a listener gone: not for ever)
 AHEAD_S = 3.0  # a chunk is made once the listener has less than this left to hear: the stream keeps pace with playback
 # (rendering all of a fast model's take at once would take cores from its sampling), and a player buffers 4 s
 PACE_S = 0.1  # how often a paced stream looks at the clock
@@ -122,9 +123,17 @@ class LiveTake:
         self._started: float | None = None  # when the first chunk went out
         self._state: str = "running"  # → "finished" or "abandoned"
         self._cond = threading.Condition()
+        self._begun = threading.Event()  # the request is checked and about to sample
+        self._lead_in_out = threading.Event()  # … and may (cleared by `play` until its lead-in is out)
+        self._lead_in_out.set()
 
     def tap(self, row: int = 0) -> FrameTap:
-        return FrameTap(self._receive, max(1, round(TAP_EVERY_S * self.frame_rate)), row, self._finish)
+        return FrameTap(self._receive, max(1, round(TAP_EVERY_S * self.frame_rate)), row, self._finish, self._begin)
+
+    def _begin(self) -> None:
+        """On the request's thread, once it is checked: wait (briefly) until `play` has sent the lead-in."""
+        self._begun.set()
+        self._lead_in_out.wait(LEAD_IN_WAIT_S)
 
     def _receive(self, codes: torch.Tensor) -> None:
         with self._cond:
@@ -177,11 +186,16 @@ class LiveTake:
                 self.close()
 
         thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="request", daemon=True)
-        # a short silence first, before the work starts: Gradio starts the stream's encoder on a stream's first chunk
-        # and a player polls a stream it found empty a second later, so the encoder should be running, on cores not
-        # yet busy sampling, before the music is
-        yield wrap(self._silence(LEAD_IN_S))
+        self._lead_in_out.clear()
         thread.start()
+        # a short silence first, once the request is checked and before it samples: Gradio starts the stream's encoder
+        # on a stream's first chunk and a player polls a stream it found empty a second later, so the encoder should
+        # be running, on cores not yet busy sampling, before the music is (a refused request streams nothing)
+        while not self._begun.wait(PACE_S) and thread.is_alive():
+            pass
+        if self._begun.is_set():
+            yield wrap(self._silence(LEAD_IN_S))
+        self._lead_in_out.set()  # the lead-in is out (Gradio asks for the next chunk once it has encoded it): sample
         for chunk in self.chunks():
             yield wrap(wav_bytes(chunk, self.sample_rate))
         # Gradio's encoder hands a chunk's sound on when the next chunk comes; after the last one, ticks (half a

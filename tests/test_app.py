@@ -391,8 +391,8 @@ def test_the_generate_button_streams_the_first_take_then_shows_every_take(studio
     made = run(studio, prompt="rock", num_clips=2, duration=2.0, seed=5)
     assert made.merged.audio.shape[-1] <= heard <= made.merged.audio.shape[-1] + 8 * len(chunks)
     # a refusal while streaming is still a message in place
-    [out] = list(button("x" * 600, 2, 2.0, "5", True, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None))[1:]
-    assert "the limit is 500" in next(iter(out.values()))
+    [out] = list(button("x" * 600, 2, 2.0, "5", True, 1.0, "θ_q ↔ θ_d", 0.5, False, 3.0, "", 0.0, 0.0, None))
+    assert "the limit is 500" in next(iter(out.values()))  # and nothing was streamed: the last stream stays
 
 
 def test_exact_scores_check_what_nano_heard_as_the_played_table_does(studio):

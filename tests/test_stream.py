@@ -135,7 +135,17 @@ def test_live_take_of_a_failed_or_stopped_request_ends_and_raises():
     stop = threading.Event()
     stop.set()
     player = live.play(lambda tap: svc.generate_merged(Request("rock", 1, 1.0, seed=3), 0.5, tap=tap, cancel=stop))
-    next(player)  # the lead-in
+    with pytest.raises(GenerationCancelled):  # stopped before it sampled: not even the lead-in
+        next(player)
+    refused = LiveTake(svc.model.codec, svc.model.frame_rate).play(
+        lambda tap: svc.generate_merged(Request("rock", 1, 60.0, seed=3), 0.5, tap=tap))
+    with pytest.raises(ValueError, match="at most"):  # refused: nothing streamed
+        next(refused)
+    stopping = threading.Event()
+    player = LiveTake(svc.model.codec, svc.model.frame_rate).play(
+        lambda tap: svc.generate_merged(Request("rock", 2, 2.0, seed=3), 0.5, tap=tap, cancel=stopping))
+    next(player)  # the lead-in: it was checked and began
+    stopping.set()  # stopped while it samples: the stream ends, the stop is raised
     with pytest.raises(GenerationCancelled):
         list(player)
 
