@@ -282,7 +282,6 @@ def wire_generate(gr, studio: Studio, ui) -> None:
             plausibility, top_p, _session(request), progress, submitted=_enqueued_at(), tap=tap))
         yield render(gr, studio, ui, r) | session_state(r)
 
-
     def session_state(r: Result) -> dict:
         return {ui.takes: Takes.of(r), ui.vary_message: "", ui.shown_seed: str(r.merged.seed)}
 

@@ -43,7 +43,7 @@ CHROMIUM = "/usr/bin/chromium"
 def first_chunk(service: MusicService, clips: int, seed: int, stop_after: bool, seconds: float = SECONDS) -> dict:
     """Seconds from the request to its first chunk of music (and to the end of its sampling, if let run)."""
     model = service.model
-    live, cancel = LiveTake(model.codec, model.frame_rate), threading.Event()
+    live, cancel = LiveTake(model.codec, model.frame_rate, engine_thread=service.batcher is not None), threading.Event()
     req = Request(PROMPT, clips, seconds, seed)
     t0 = time.perf_counter()
     player = live.play(lambda tap: service.generate_merged(req, 0.5, tap=tap, cancel=cancel))

@@ -68,11 +68,14 @@ class FrameTap:
         self.sent = complete
         self.send(revert_delay(tokens[self.row:self.row + 1, :, :complete + K], complete)[0].clone())
 
-    def after(self, start: Tensor, row: int) -> "FrameTap":
+    def after(self, start: Tensor, row: int, context: int) -> "FrameTap":
         """The tap of a window that continues the take: its clip is row `row` of that window's batch, whose codes
-        follow `start` (K, s), the take's frames before the window's context; sends the take from its first frame."""
-        return FrameTap(lambda codes: self.send(torch.cat([start, codes], dim=-1)), self.every, row, self.finish,
-                        self.begin)
+        follow `start` (K, s), the take's frames before the window's `context` frames (handed out already); sends the
+        take from its first frame once the window has new frames."""
+        tap = FrameTap(lambda codes: self.send(torch.cat([start, codes], dim=-1)), self.every, row, self.finish,
+                       self.begin)
+        tap.sent = context
+        return tap
 
 
 def _rows(cond: TextCondition, n: int, width: int) -> tuple[Tensor, Tensor]:
@@ -226,7 +229,8 @@ def generate_long(decoder: FastDecoder, cond: TextCondition, num_samples: int, n
             for rows, context in _contexts(codes, continuation):
                 window_tap = None
                 if tap is not None and tap.row in rows:  # the streamed clip: the take before its context, then this
-                    window_tap = tap.after(codes[tap.row, :, :done - context.shape[-1]], rows.index(tap.row))
+                    window_tap = tap.after(codes[tap.row, :, :done - context.shape[-1]], rows.index(tap.row),
+                                           context.shape[-1])
                 runs.append(generate_codes(decoder, cond, len(rows), context.shape[-1] + new, sampling, generator,
                                            progress=report, cancel=cancel, prefix=context, tap=window_tap, **cfg))
                 extended[rows] = runs[-1].codes[:, :, context.shape[-1]:]

@@ -114,7 +114,11 @@ class LiveTake:
     `chunks()` on the listener's thread; `close()` once the request is over (a take not finished by then was stopped
     or failed: its stream ends)."""
 
-    def __init__(self, codec, frame_rate: float, first_s: float = FIRST_CHUNK_S, chunk_s: float = CHUNK_S):
+    def __init__(self, codec, frame_rate: float, first_s: float = FIRST_CHUNK_S, chunk_s: float = CHUNK_S,
+                 engine_thread: bool = False):
+        """`engine_thread`: the service samples on an engine thread of its own (`engine.threads`), so the request's
+        and the listener's threads compute on one core."""
+        self.engine_thread = engine_thread
         self.renderer, self.level = Renderer(codec, frame_rate), StreamLevel(codec.sample_rate)
         self.sample_rate = codec.sample_rate
         self.first, self.next = round(first_s * codec.sample_rate), round(chunk_s * codec.sample_rate)
@@ -137,9 +141,8 @@ class LiveTake:
 
     def _receive(self, codes: torch.Tensor) -> None:
         with self._cond:
-            if self._codes is None or codes.shape[-1] > self._codes.shape[-1]:  # a next window's first frames are
-                self._codes = codes  # its context, already handed over
-                self._cond.notify_all()
+            self._codes = codes
+            self._cond.notify_all()
 
     def _finish(self, codes: torch.Tensor) -> None:
         with self._cond:
@@ -177,7 +180,8 @@ class LiveTake:
         box: dict = {}
 
         def run():
-            threads.one_core()  # a request's thread (`engine.threads`)
+            if self.engine_thread:
+                threads.one_core()  # a request's thread (`engine.threads`)
             try:
                 box["value"] = work(self.tap())
             except BaseException as e:  # noqa: BLE001 (raised again in the listener's thread)
@@ -200,8 +204,10 @@ class LiveTake:
             yield wrap(wav_bytes(chunk, self.sample_rate))
         # Gradio's encoder hands a chunk's sound on when the next chunk comes; after the last one, ticks (half a
         # millisecond of silence each) bring it out while the request scores and writes its takes
-        while thread.join(TICK_S) or thread.is_alive():
+        thread.join(TICK_S)
+        while thread.is_alive():
             yield wrap(self._silence(1 / 2000))
+            thread.join(TICK_S)
         if "error" in box:
             raise box["error"]
         return box["value"]
@@ -209,7 +215,8 @@ class LiveTake:
     def chunks(self) -> Iterator[np.ndarray]:
         """Audio (C, n) at the takes' loudness, in order, until the take is finished (its last sound included) or
         abandoned (stopped, failed: what was not yet sure is left out)."""
-        threads.one_core()  # the listener's thread renders beside the engine's (`engine.threads`)
+        if self.engine_thread:
+            threads.one_core()  # the listener's thread renders beside the engine's (`engine.threads`)
         while True:
             with self._cond:  # 1. enough new frames (and the listener's buffer wants them), or the end
                 while not self._cond.wait_for(lambda: self._ready(self.renderer.done), timeout=PACE_S):

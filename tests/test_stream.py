@@ -18,11 +18,12 @@ from engine.stream import LiveTake, Renderer, StreamLevel
 from tests.conftest import perturbed_state
 
 
-def nano_like_service(fuse: bool = False, window_s: float | None = None) -> MusicService:
-    """The tiny random decoder playing through nano's synthesiser (a window of 1 s: longer takes are continued)."""
-    model = build_debug_model(seed=0)
+def nano_like_service(fuse: bool = False) -> MusicService:
+    """The tiny random decoder playing through nano's synthesiser: a window of 60 frames (1.875 s at nano's 32 frames
+    per second), takes up to 4 s (longer than the window: continued window by window)."""
+    model = build_debug_model(seed=0, max_positions=64)
     model.codec = ScoreCodec()
-    svc = MusicService(model, max_duration_s=window_s, fuse=fuse)
+    svc = MusicService(model, max_duration_s=4.0, fuse=fuse)
     svc.add_checkpoint("q", perturbed_state(model, 1))
     svc.add_checkpoint("d", perturbed_state(model, 2))
     return svc
@@ -34,16 +35,17 @@ def tapped(svc: MusicService, req: Request, every: int = 3) -> tuple[list[torch.
     return sent, finished, g
 
 
-@pytest.mark.parametrize("seconds", [0.5, 2.5])  # one window; continued window by window (the window is 1 s)
+@pytest.mark.parametrize("seconds", [0.5, 2.5])  # one window; continued window by window
 def test_a_tap_hands_out_growing_starts_of_the_first_take_and_changes_nothing(seconds):
-    svc = nano_like_service(window_s=4 * 1.0)
+    svc = nano_like_service()
     req = Request("rock", num_clips=3, duration_s=seconds, seed=5)
     sent, finished, g = tapped(svc, req)
     alone = svc.generate_merged(req, 0.5)
     assert torch.equal(g.codes, alone.codes)  # the tap draws no random numbers and changes no token
     assert len(finished) == 1 and torch.equal(finished[0], g.codes[0])
     lengths = [s.shape[-1] for s in sent]
-    assert len(sent) >= 3 and lengths[-1] == g.codes.shape[-1] or lengths[-1] == svc.model.num_frames(1.0)
+    assert svc.model.max_duration_s == pytest.approx(1.875)  # so a 2.5 s take is made in two windows
+    assert len(sent) >= 3 and all(a < b for a, b in zip(lengths, lengths[1:])) and lengths[-1] == g.codes.shape[-1]
     for s in sent:  # every hand-out is the start of the finished take, as it is
         assert torch.equal(s, g.codes[0, :, :s.shape[-1]])
 
@@ -138,7 +140,7 @@ def test_live_take_of_a_failed_or_stopped_request_ends_and_raises():
     with pytest.raises(GenerationCancelled):  # stopped before it sampled: not even the lead-in
         next(player)
     refused = LiveTake(svc.model.codec, svc.model.frame_rate).play(
-        lambda tap: svc.generate_merged(Request("rock", 1, 60.0, seed=3), 0.5, tap=tap))
+        lambda tap: svc.generate_merged(Request("rock", 1, 6.0, seed=3), 0.5, tap=tap))
     with pytest.raises(ValueError, match="at most"):  # refused: nothing streamed
         next(refused)
     stopping = threading.Event()

@@ -270,7 +270,8 @@ class Studio:
     def live_take(self) -> LiveTake | None:
         """A take to stream while it is sampled, where the page streams (else None)."""
         model = self.service.model
-        return LiveTake(model.codec, model.frame_rate) if self.streams else None
+        return LiveTake(model.codec, model.frame_rate, engine_thread=self.service.batcher is not None) \
+            if self.streams else None
 
     def stop_signal(self, session: str, submitted: float | None = None) -> StopSignal:
         """The signal of a request of `session` submitted at `submitted` (time.monotonic; default now)."""
